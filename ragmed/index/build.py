@@ -1,0 +1,376 @@
+"""Building an index directory: streamed, resumable, atomic.
+
+Cases are processed in batches of ``index.batch_size``: images are decoded by a small thread pool one batch ahead
+of the encoder (memory stays bounded by two batches), vectors are written as parts, and the batch's rows are
+committed to SQLite in the same step, so a killed build resumes from the last committed batch. The build happens in
+``DIR/.staging``; when it is complete the staging directory becomes ``DIR/v-<timestamp>`` and the ``DIR/current``
+symlink is swapped atomically (``os.replace``), so a crash at any point leaves the previous index usable.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragmed import __version__
+from ragmed.corpus import Case, Corpus, SkippedRow
+from ragmed.errors import IndexStoreError, RagmedError
+
+log = logging.getLogger("ragmed.index")
+
+DDL = """
+CREATE TABLE IF NOT EXISTS cases (rowid INTEGER PRIMARY KEY, case_id TEXT UNIQUE NOT NULL, text TEXT NOT NULL,
+    sections TEXT NOT NULL, metadata TEXT NOT NULL, split TEXT, domain TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (vec_id INTEGER PRIMARY KEY, case_id TEXT NOT NULL, source TEXT NOT NULL,
+    content_hash TEXT NOT NULL, modality TEXT, body_part TEXT, view TEXT, domain TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS images_case ON images(case_id);
+CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash);
+CREATE TABLE IF NOT EXISTS skipped (row INTEGER, case_id TEXT, path TEXT, reason TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS parts (number INTEGER PRIMARY KEY, n_cases INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS done (case_id TEXT PRIMARY KEY);
+"""
+
+Router = Callable[[Case, list], str]
+
+
+@dataclass
+class BuildReport:
+    path: str
+    version: str
+    n_cases: int
+    n_images: int
+    n_text: int
+    added: int
+    resumed_from: int
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _key(corpus: Corpus, config_dict: dict, enc_ids: dict, base: str | None) -> str:
+    h = hashlib.sha256(json.dumps([corpus.checksum(), config_dict, enc_ids, base, __version__], sort_keys=True,
+                                  default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.execute("PRAGMA synchronous=FULL")
+    con.executescript(DDL)
+    return con
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="case", disable=not enabled, file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.5)
+
+
+def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=None, text_encoder=None,
+                router: Router | None = None, add: bool = False, progress: bool = True,
+                stop_after_batches: int | None = None) -> BuildReport:
+    """Build (or, with ``add``, extend) the index at ``out`` from ``corpus``.
+
+    ``config``: a :class:`ragmed.config.PipelineConfig` (default pipeline when ``None``).
+    ``router(case, images) -> domain`` assigns each case a domain sub-index (``"all"`` when ``None``).
+    ``stop_after_batches``: for tests, stop (as if killed) after that many committed batches.
+    """
+    from ragmed.config import PipelineConfig
+    from ragmed.encoders import create_encoder
+    from ragmed.io import load_image
+
+    t0 = time.perf_counter()
+    cfg = config or PipelineConfig()
+    icfg = cfg.index
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if text_encoder is None:
+        text_encoder = create_encoder(cfg.encoders.text.name, role="text", **cfg.encoders.text.params)
+    if image_encoder is None and cfg.encoders.image is not None:
+        image_encoder = create_encoder(cfg.encoders.image.name, role="image", **cfg.encoders.image.params)
+    base_dir = (out / "current").resolve() if add and (out / "current").exists() else None
+    if add and base_dir is None and (out / "manifest.json").exists():
+        base_dir = out
+    if base_dir is not None:
+        base_manifest = json.loads((base_dir / "manifest.json").read_text())
+        for role, enc in (("text", text_encoder), ("image", image_encoder)):
+            rec = base_manifest["encoders"].get(role)
+            if enc is not None and rec is not None and (rec["id"] != enc.id or int(rec["dim"]) != int(enc.dim)):
+                raise IndexStoreError(f"cannot add: the index's {role} encoder is {rec['id']!r} ({rec['dim']}-d), "
+                                      f"this pipeline's is {enc.id!r} ({enc.dim}-d)", path=str(out))
+    if image_encoder is not None and icfg.fit_image_encoder:
+        from ragmed.encoders import fit_to_corpus  # provided by the trained default encoder (issue B)
+
+        image_encoder = fit_to_corpus(image_encoder, corpus, text_encoder, epochs=icfg.fit_epochs,
+                                      work_dir=out / ".fit", progress=progress)
+    enc_ids = {"text": {"id": text_encoder.id, "dim": int(text_encoder.dim), "space": text_encoder.space}}
+    if image_encoder is not None:
+        enc_ids["image"] = {"id": image_encoder.id, "dim": int(image_encoder.dim), "space": image_encoder.space}
+    key = _key(corpus, cfg.to_dict(), enc_ids, base_dir.name if base_dir else None)
+
+    staging = out / ".staging"
+    state_file = staging / "state.json"
+    resumed_from = 0
+    if staging.exists():
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            state = {}
+        if state.get("key") != key:
+            shutil.rmtree(staging)
+    if not staging.exists():
+        tmp = out / f".staging-new-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        if base_dir is not None:
+            shutil.copy2(base_dir / "meta.sqlite", tmp / "meta.sqlite")
+            shutil.copytree(base_dir / "vectors", tmp / "vectors", copy_function=os.link)
+        (tmp / "state.json").write_text(json.dumps({"key": key, "started": time.time()}))
+        os.replace(tmp, staging)
+    con = _connect(staging / "meta.sqlite")
+    vec_root = staging / "vectors"
+    _drop_uncommitted_parts(con, vec_root)
+    done = {r[0] for r in con.execute("SELECT case_id FROM done")}
+    existing = {r[0] for r in con.execute("SELECT case_id FROM cases")}
+    if not base_dir:
+        resumed_from = len(done)
+    todo: list[Case] = []
+    pre_skipped: list[SkippedRow] = []
+    for c in corpus.cases:
+        if c.id in done:
+            continue
+        if c.id in existing:
+            pre_skipped.append(SkippedRow(0, c.id, None, "case id already in the index"))
+            continue
+        todo.append(c)
+    if not done or base_dir:
+        _record_skips(con, corpus.skipped + pre_skipped)
+    next_part = (con.execute("SELECT COALESCE(MAX(number), -1) FROM parts").fetchone()[0]) + 1
+    root = corpus.root
+
+    def decode(case: Case):
+        images, errors = [], []
+        for p in case.images:
+            try:
+                images.append(load_image(p, root=root, allow_burned_in=icfg.allow_burned_in))
+            except RagmedError as e:
+                errors.append(str(e))
+        return case, images, errors
+
+    batches = [todo[i:i + icfg.batch_size] for i in range(0, len(todo), icfg.batch_size)]
+    timings = {"decode": 0.0, "encode_image": 0.0, "encode_text": 0.0, "write": 0.0}
+    bar = _progress(len(corpus.cases), progress, f"indexing {Path(corpus.source).name}")
+    bar.update(len(corpus.cases) - len(todo))
+    added = 0
+    workers = max(1, icfg.decode_workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        def submit(batch):
+            return [pool.submit(decode, c) for c in batch]
+
+        pending = submit(batches[0]) if batches else None
+        for bi, batch in enumerate(batches):
+            td = time.perf_counter()
+            decoded = [f.result() for f in pending]
+            timings["decode"] += time.perf_counter() - td
+            pending = submit(batches[bi + 1]) if bi + 1 < len(batches) else None  # decode ahead while encoding
+            added += _commit_batch(con, vec_root, next_part, decoded, router, image_encoder, text_encoder, timings, root)
+            next_part += 1
+            bar.update(len(batch))
+            if stop_after_batches is not None and bi + 1 >= stop_after_batches:
+                bar.close()
+                con.close()
+                raise KeyboardInterrupt("stopped by stop_after_batches (test hook)")
+    bar.close()
+    tf = time.perf_counter()
+    manifest = _finalize(con, staging, cfg, enc_ids, corpus, text_encoder, image_encoder)
+    timings["finalize"] = time.perf_counter() - tf
+    n_cases = con.execute("SELECT COUNT(*) FROM cases").fetchone()[0]
+    n_images = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+    skipped = [dict(zip(("row", "case_id", "path", "reason"), r))
+               for r in con.execute("SELECT row, case_id, path, reason FROM skipped ORDER BY rowid")]
+    con.execute("DROP TABLE done")
+    con.commit()
+    con.close()
+    version = _swap_in(out, staging, manifest)
+    return BuildReport(path=str(out), version=version, n_cases=n_cases, n_images=n_images, n_text=n_cases,
+                       added=added, resumed_from=resumed_from, skipped=skipped,
+                       seconds=time.perf_counter() - t0, timings=timings)
+
+
+def _record_skips(con, rows: list[SkippedRow]) -> None:
+    con.executemany("INSERT INTO skipped(row, case_id, path, reason) VALUES (?,?,?,?)",
+                    [(s.row, s.case_id, s.path, s.reason) for s in rows])
+    con.commit()
+
+
+def _drop_uncommitted_parts(con, vec_root: Path) -> None:
+    committed = {r[0] for r in con.execute("SELECT number FROM parts")}
+    if not vec_root.exists():
+        return
+    for p in vec_root.glob("*/*.npz"):
+        try:
+            number = int(p.stem.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            p.unlink()
+            continue
+        if number not in committed and not p.name.startswith("base"):
+            p.unlink()
+    for p in vec_root.glob("*/.*.tmp.npz"):
+        p.unlink()
+
+
+def _commit_batch(con, vec_root, part_no, decoded, router, image_encoder, text_encoder, timings, root) -> int:
+    from ragmed.index.parts import write_part
+
+    rows_ok = []
+    skips = []
+    for case, images, errors in decoded:
+        if errors:
+            skips.append(SkippedRow(0, case.id, None, errors[0] + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")))
+            continue
+        if image_encoder is None and not case.text:
+            skips.append(SkippedRow(0, case.id, None, "no text and no image encoder configured"))
+            continue
+        domain = router(case, images) if router is not None else "all"
+        rows_ok.append((case, images, domain))
+    ti = time.perf_counter()
+    all_images = [im for _, ims, _ in rows_ok for im in ims] if image_encoder is not None else []
+    img_vecs = image_encoder.encode_images(all_images) if all_images else None
+    timings["encode_image"] += time.perf_counter() - ti
+    tt = time.perf_counter()
+    with_text = [(c, d) for c, _, d in rows_ok if c.text]
+    txt_vecs = text_encoder.encode_texts([c.text for c, _ in with_text]) if with_text else None
+    text_pos = {c.id: i for i, (c, _) in enumerate(with_text)}
+    timings["encode_text"] += time.perf_counter() - tt
+    tw = time.perf_counter()
+    try:
+        con.execute("BEGIN")
+        by_domain_img: dict[str, tuple[list[int], list[int]]] = {}
+        by_domain_txt: dict[str, tuple[list[int], list[int]]] = {}
+        k = 0
+        for case, images, domain in rows_ok:
+            cur = con.execute("INSERT INTO cases(case_id, text, sections, metadata, split, domain) VALUES (?,?,?,?,?,?)",
+                              (case.id, case.text, json.dumps(case.sections), json.dumps(case.metadata), case.split,
+                               domain))
+            rowid = cur.lastrowid
+            if case.text:
+                ids, pos = by_domain_txt.setdefault(domain, ([], []))
+                ids.append(rowid)
+                pos.append(text_pos[case.id])
+            for im in images if image_encoder is not None else []:
+                cur = con.execute("INSERT INTO images(case_id, source, content_hash, modality, body_part, view, domain)"
+                                  " VALUES (?,?,?,?,?,?,?)", (case.id, im.source, im.content_hash, im.modality,
+                                                             im.body_part, im.view, domain))
+                by_domain_img.setdefault(domain, ([], []))[0].append(cur.lastrowid)
+                by_domain_img[domain][1].append(k)
+                k += 1
+        for domain, (ids, pos) in by_domain_img.items():
+            write_part(vec_root, domain, "image", part_no, np.array(ids), img_vecs[pos])
+        for domain, (ids, pos) in by_domain_txt.items():
+            write_part(vec_root, domain, "text", part_no, np.array(ids), txt_vecs[pos])
+        con.executemany("INSERT INTO skipped(row, case_id, path, reason) VALUES (?,?,?,?)",
+                        [(s.row, s.case_id, s.path, s.reason) for s in skips])
+        con.execute("INSERT INTO parts(number, n_cases) VALUES (?,?)", (part_no, len(rows_ok)))
+        con.executemany("INSERT OR IGNORE INTO done(case_id) VALUES (?)", [(c.id,) for c, _, _ in decoded])
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    timings["write"] += time.perf_counter() - tw
+    return len(rows_ok)
+
+
+def _finalize(con, staging: Path, cfg, enc_ids, corpus, text_encoder, image_encoder) -> dict:
+    from ragmed.index.calibrate import calibrate
+    from ragmed.index.faiss_utils import build_faiss, resolve_factory
+    from ragmed.index.parts import domains_in, load_parts
+
+    import faiss
+
+    vec_root = staging / "vectors"
+    domains_meta: dict[str, Any] = {}
+    dom_dir = staging / "domains"
+    shutil.rmtree(dom_dir, ignore_errors=True)
+    for domain in domains_in(vec_root):
+        domains_meta[domain] = {}
+        for kind in ("image", "text"):
+            ids, vecs = load_parts(vec_root, domain, kind)
+            if len(ids) == 0:
+                continue
+            factory = resolve_factory(cfg.index.factory, len(ids), cfg.index.auto_flat_below)
+            index = build_faiss(vecs, ids, factory)
+            (dom_dir / domain).mkdir(parents=True, exist_ok=True)
+            faiss.write_index(index, str(dom_dir / domain / f"{kind}.faiss"))
+            domains_meta[domain][kind] = {"n": int(len(ids)), "factory": factory}
+    n_cases = con.execute("SELECT COUNT(*) FROM cases").fetchone()[0]
+    if n_cases == 0:
+        raise IndexStoreError("nothing to index: every case was skipped", path=corpus.source,
+                              remedy="see the skipped rows above")
+    manifest = {
+        "schema": 1,
+        "ragmed_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "pipeline": {"name": cfg.name, "source": cfg.source, "config": cfg.to_dict()},
+        "encoders": enc_ids,
+        "metric": "cosine",
+        "factory": cfg.index.factory,
+        "search_params": {"ef_search": cfg.index.ef_search, "nprobe": cfg.index.nprobe},
+        "domains": domains_meta,
+        "corpus": {"source": Path(corpus.source).name, "format": corpus.format, "checksum": corpus.checksum(),
+                   "n_cases": n_cases},
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    manifest["calibration"] = calibrate(staging, manifest, con, text_encoder)
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _swap_in(out: Path, staging: Path, manifest: dict) -> str:
+    version = "v-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+    (staging / "state.json").unlink(missing_ok=True)
+    os.replace(staging, out / version)
+    link_tmp = out / f".current-{os.getpid()}"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    os.symlink(version, link_tmp)
+    old = os.readlink(out / "current") if (out / "current").is_symlink() else None
+    os.replace(link_tmp, out / "current")  # atomic swap
+    _fsync_dir(out)
+    for p in out.glob("v-*"):  # keep the live version only; older ones are no longer referenced
+        if p.name != version:
+            shutil.rmtree(p, ignore_errors=True)
+    log.info("index %s now at %s (was %s)", out, version, old)
+    return version
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def iter_batches(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]

@@ -1,0 +1,222 @@
+"""Reading an index directory: manifest, SQLite metadata and per-domain FAISS indexes.
+
+On disk (see ``indexes/README.md``)::
+
+    DIR/current -> v-<timestamp>        atomically swapped symlink to the live version
+    DIR/v-<timestamp>/manifest.json     what built it: encoders (id, dim, space), factory, pipeline, versions, checksum
+    DIR/v-<timestamp>/meta.sqlite       cases, images (one row per image vector), skipped rows
+    DIR/v-<timestamp>/domains/<domain>/{image,text}.faiss   IndexIDMap2 over the chosen factory, inner product
+    DIR/v-<timestamp>/vectors/...        the raw vectors in parts (for add / rebuild without re-encoding)
+    DIR/.staging/                        an interrupted build, resumed by the next build with the same inputs
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragmed.errors import EncoderMismatchError, IndexStoreError
+
+SCHEMA = 1
+
+
+@dataclass
+class Hit:
+    """One retrieved item at the index boundary."""
+
+    case_id: str
+    score: float
+    channel: str  # "image-image", "image-report", "question-report", "question-image", "bm25" …
+    domain: str = "all"
+    image: str | None = None  # source path of the matched image (image channels)
+    vector_id: int = -1
+
+
+@dataclass
+class CaseRecord:
+    case_id: str
+    text: str
+    sections: dict[str, str]
+    metadata: dict[str, str]
+    split: str | None
+    domain: str
+    images: list[dict[str, Any]] = field(default_factory=list)  # source, content_hash, modality, body_part, view
+
+
+def resolve_version_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if (p / "current").exists():
+        return (p / "current").resolve()
+    if (p / "manifest.json").exists():
+        return p
+    if not p.exists():
+        raise IndexStoreError("index directory not found", path=str(p),
+                              remedy="build one with `ragmed index build --corpus MANIFEST --out DIR`")
+    raise IndexStoreError("not a ragmed index (no 'current' version and no manifest.json)", path=str(p),
+                          remedy="rebuild it with `ragmed index build`")
+
+
+class IndexStore:
+    """A loaded index: thread-safe for searching (FAISS search is re-entrant; SQLite per thread)."""
+
+    def __init__(self, path: str | Path, *, use_gpu: bool = True):
+        self.path = Path(path)
+        self.version_dir = resolve_version_dir(path)
+        try:
+            self.manifest = json.loads((self.version_dir / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise IndexStoreError(f"cannot read manifest.json: {e}", path=str(self.version_dir)) from e
+        if self.manifest.get("schema", 0) > SCHEMA:
+            raise IndexStoreError(f"index schema {self.manifest.get('schema')} is newer than this ragmed supports",
+                                  path=str(self.path), remedy="upgrade ragmed")
+        self._use_gpu = use_gpu
+        self._faiss: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._db_path = self.version_dir / "meta.sqlite"
+        if not self._db_path.exists():
+            raise IndexStoreError("meta.sqlite missing", path=str(self.version_dir))
+
+    # --- metadata -------------------------------------------------------------------------------------------
+    @property
+    def db(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(f"file:{self._db_path}?mode=ro", uri=True, check_same_thread=False)
+            con.row_factory = sqlite3.Row
+            self._local.con = con
+        return con
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.manifest.get("domains", {}).keys())
+
+    @property
+    def encoders(self) -> dict[str, Any]:
+        return self.manifest.get("encoders", {})
+
+    def count(self, kind: str = "cases") -> int:
+        table = {"cases": "cases", "images": "images"}[kind]
+        return int(self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def cases(self, case_ids: list[str]) -> dict[str, CaseRecord]:
+        if not case_ids:
+            return {}
+        out: dict[str, CaseRecord] = {}
+        q = ",".join("?" * len(case_ids))
+        for r in self.db.execute(f"SELECT * FROM cases WHERE case_id IN ({q})", case_ids):
+            out[r["case_id"]] = CaseRecord(r["case_id"], r["text"], json.loads(r["sections"]), json.loads(r["metadata"]),
+                                           r["split"], r["domain"])
+        for r in self.db.execute(f"SELECT * FROM images WHERE case_id IN ({q}) ORDER BY vec_id", case_ids):
+            if r["case_id"] in out:
+                out[r["case_id"]].images.append({k: r[k] for k in ("source", "content_hash", "modality", "body_part",
+                                                                      "view")})
+        return out
+
+    def iter_cases(self, batch: int = 1000):
+        cur = self.db.execute("SELECT case_id FROM cases ORDER BY rowid")
+        while rows := cur.fetchmany(batch):
+            yield from self.cases([r[0] for r in rows]).values()
+
+    def case_ids_with_hash(self, content_hash: str) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT case_id FROM images WHERE content_hash=?", (content_hash,))}
+
+    def skipped(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute("SELECT row, case_id, path, reason FROM skipped ORDER BY row")]
+
+    # --- vectors --------------------------------------------------------------------------------------------
+    def faiss_index(self, domain: str, kind: str):
+        key = (domain, kind)
+        if key not in self._faiss:
+            with self._lock:
+                if key not in self._faiss:
+                    import faiss
+
+                    from ragmed.index.faiss_utils import set_search_params, to_gpu_if_available
+
+                    f = self.version_dir / "domains" / domain / f"{kind}.faiss"
+                    if not f.exists():
+                        self._faiss[key] = None
+                    else:
+                        idx = faiss.read_index(str(f))
+                        params = self.manifest.get("search_params", {})
+                        set_search_params(idx, ef_search=params.get("ef_search", 128), nprobe=params.get("nprobe", 32))
+                        self._faiss[key] = to_gpu_if_available(idx) if self._use_gpu else idx
+        return self._faiss[key]
+
+    def check_encoder(self, role: str, encoder) -> None:
+        """Refuse a query encoder that differs from the one that built the index, naming both."""
+        rec = self.encoders.get(role)
+        if rec is None:
+            raise IndexStoreError(f"this index has no {role} vectors", path=str(self.path))
+        if rec.get("id") != encoder.id or int(rec.get("dim", -1)) != int(encoder.dim):
+            raise EncoderMismatchError(
+                f"{role} encoder mismatch: the index was built with {rec.get('id')!r} ({rec.get('dim')}-d), "
+                f"the query uses {encoder.id!r} ({encoder.dim}-d)", path=str(self.path),
+                remedy="use the pipeline that built the index, or rebuild the index")
+
+    def search(self, kind: str, queries: np.ndarray, k: int, *, domains: list[str] | None = None,
+               channel: str | None = None) -> list[list[Hit]]:
+        """Search ``kind`` ("image" or "text") vectors of the given domains; per query a list of :class:`Hit`
+        best first (across domains merged by score). Image hits are collapsed to their case (best image wins)."""
+        from ragmed.index.faiss_utils import check_queries
+
+        domains = domains or self.domains
+        dim = int(self.encoders.get(kind if kind == "image" else "text", {}).get("dim", 0))
+        if kind == "image" and "image" not in self.encoders:
+            return [[] for _ in range(len(np.atleast_2d(queries)))]
+        q = check_queries(queries, dim)
+        results: list[list[Hit]] = [[] for _ in range(q.shape[0])]
+        for d in domains:
+            idx = self.faiss_index(d, kind)
+            if idx is None or idx.ntotal == 0:
+                continue
+            kk = min(idx.ntotal, k * (3 if kind == "image" else 1))
+            scores, ids = idx.search(q, kk)
+            for qi in range(q.shape[0]):
+                results[qi].extend(self._hits(d, kind, scores[qi], ids[qi], channel or kind))
+        out = []
+        for hits in results:
+            best: dict[str, Hit] = {}
+            for h in sorted(hits, key=lambda h: -h.score):
+                if h.case_id not in best:
+                    best[h.case_id] = h
+            out.append(list(best.values())[:k])
+        return out
+
+    def _hits(self, domain: str, kind: str, scores, ids, channel: str) -> list[Hit]:
+        valid = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0]
+        if not valid:
+            return []
+        idlist = [i for _, i in valid]
+        q = ",".join("?" * len(idlist))
+        if kind == "image":
+            rows = {r[0]: (r[1], r[2]) for r in self.db.execute(
+                f"SELECT vec_id, case_id, source FROM images WHERE vec_id IN ({q})", idlist)}
+            return [Hit(rows[i][0], s, channel, domain, rows[i][1], i) for s, i in valid if i in rows]
+        rows = {r[0]: r[1] for r in self.db.execute(f"SELECT rowid, case_id FROM cases WHERE rowid IN ({q})", idlist)}
+        return [Hit(rows[i], s, channel, domain, None, i) for s, i in valid if i in rows]
+
+    def vectors(self, domain: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """All stored (ids, vectors) of one domain and kind, from the raw parts (for calibration and eval)."""
+        from ragmed.index.parts import load_parts
+
+        return load_parts(self.version_dir / "vectors", domain, kind)
+
+    def info(self) -> dict[str, Any]:
+        m = dict(self.manifest)
+        m["path"] = str(self.path)
+        m["version_dir"] = self.version_dir.name
+        m["n_cases"] = self.count("cases")
+        m["n_images"] = self.count("images")
+        m["n_skipped"] = len(self.skipped())
+        return m
+
+
+def open_index(path: str | Path) -> IndexStore:
+    return IndexStore(path)
