@@ -1,0 +1,69 @@
+"""``ragmed index build`` / ``ragmed index info``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def index():
+    """Build and inspect index directories."""
+
+
+@index.command("build")
+@click.option("--corpus", "corpus_path", required=True, type=click.Path(dir_okay=False),
+              help="Manifest (CSV/JSONL) or VQA JSON (with --format vqa-rad|slake --images DIR).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "vqa-rad", "slake"]), default=None,
+              help="Corpus format; default: from the file extension / fields.")
+@click.option("--images", type=click.Path(file_okay=False), default=None, help="Image folder (VQA sets; else the manifest's folder).")
+@click.option("--pipeline", "pipeline", default=None, help="pipelines/NAME.yaml or a name (default: default).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Index directory (default: indexes/NAME).")
+@click.option("--add", is_flag=True, help="Add the corpus's cases to the existing index at --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def build(corpus_path, fmt, images, pipeline, out, add, as_json, quiet):
+    """Build an index from a corpus: decode, de-identify, embed, write FAISS + SQLite atomically."""
+    from ragmed.config import load_pipeline
+    from ragmed.corpus import read_corpus
+    from ragmed.pipeline.build import build_from_config
+
+    cfg = load_pipeline(pipeline)
+    corpus = read_corpus(corpus_path, format=fmt, images=images)
+    out = Path(out) if out else Path("indexes") / Path(corpus_path).stem
+    report = build_from_config(corpus, out, cfg, add=add, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    click.echo(f"index {out}: {report.n_cases} cases, {report.n_images} images "
+               f"({report.added} added{', resumed after ' + str(report.resumed_from) if report.resumed_from else ''}) "
+               f"in {report.seconds:.1f} s [{report.version}]")
+    if report.skipped:
+        click.echo(f"skipped {len(report.skipped)} row(s):")
+        for s in report.skipped:
+            where = f"row {s['row']}" if s["row"] else "case"
+            click.echo(f"  {where} {s['case_id'] or '?'}: {s['reason']}" + (f" [{s['path']}]" if s["path"] and s["path"] not in s["reason"] else ""))
+
+
+@index.command("info")
+@click.argument("directory", type=click.Path(), default="indexes/default")
+@click.option("--json", "as_json", is_flag=True)
+def info(directory, as_json):
+    """Show what built an index and what it holds."""
+    from ragmed.index import open_index
+
+    inf = open_index(directory).info()
+    if as_json:
+        click.echo(json.dumps(inf, indent=2, default=str))
+        return
+    click.echo(f"index      {inf['path']} ({inf['version_dir']}, schema {inf['schema']}, ragmed {inf['ragmed_version']})")
+    click.echo(f"pipeline   {inf['pipeline']['name']}")
+    for role, e in inf["encoders"].items():
+        click.echo(f"{role:<10} {e['id']} ({e['dim']}-d, space {e['space']})")
+    click.echo(f"cases      {inf['n_cases']}  images {inf['n_images']}  skipped {inf['n_skipped']}")
+    for d, kinds in inf["domains"].items():
+        click.echo(f"domain     {d}: " + ", ".join(f"{k} {v['n']} ({v['factory']})" for k, v in kinds.items()))
+    for ch, c in inf.get("calibration", {}).items():
+        click.echo(f"floor      {ch}: {c['floor']:.3f} (p{c['percentile']:g} of {c['n']} leave-one-out best scores)")
+    click.echo(f"corpus     {inf['corpus']['source']} ({inf['corpus']['format']}, checksum {inf['corpus']['checksum']})")
