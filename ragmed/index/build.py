@@ -26,7 +26,7 @@ import numpy as np
 
 from ragmed import __version__
 from ragmed.corpus import Case, Corpus, SkippedRow
-from ragmed.errors import IndexStoreError, RagmedError
+from ragmed.errors import EncoderMismatchError, IndexStoreError, RagmedError
 
 log = logging.getLogger("ragmed.index")
 
@@ -113,7 +113,7 @@ def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=N
         for role, enc in (("text", text_encoder), ("image", image_encoder)):
             rec = base_manifest["encoders"].get(role)
             if enc is not None and rec is not None and (rec["id"] != enc.id or int(rec["dim"]) != int(enc.dim)):
-                raise IndexStoreError(f"cannot add: the index's {role} encoder is {rec['id']!r} ({rec['dim']}-d), "
+                raise EncoderMismatchError(f"cannot add: the index's {role} encoder is {rec['id']!r} ({rec['dim']}-d), "
                                       f"this pipeline's is {enc.id!r} ({enc.dim}-d)", path=str(out))
     if image_encoder is not None and icfg.fit_image_encoder:
         from ragmed.encoders import fit_to_corpus  # provided by the trained default encoder (issue B)
@@ -343,7 +343,7 @@ def _finalize(con, staging: Path, cfg, enc_ids, corpus, text_encoder, image_enco
 
 
 def _swap_in(out: Path, staging: Path, manifest: dict) -> str:
-    version = "v-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.getpid()}"
+    version = "v-" + time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{os.urandom(4).hex()}"
     (staging / "state.json").unlink(missing_ok=True)
     os.replace(staging, out / version)
     link_tmp = out / f".current-{os.getpid()}"

