@@ -28,6 +28,7 @@ class Evidence:
     image: str | None = None  # matched image, path relative to the corpus
     channels: dict[str, float] = field(default_factory=dict)  # channel -> raw similarity (or BM25 score)
     ranks: dict[str, int] = field(default_factory=dict)  # channel -> 1-based rank
+    similarity: float | None = None  # calibrated similarity in [0, 1] (fusion, cross-domain merge, gap selector)
     metadata: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
