@@ -1,0 +1,3 @@
+from ragmed.cli import main
+
+main()
