@@ -81,7 +81,8 @@ def scan_for_phi(directory: str | Path, values: dict[str, str] = SYNTHETIC_PHI) 
         needles.add(v.encode())
         needles.update(p.encode() for p in v.split("^") if len(p) >= 6)
     hits = []
-    for p in Path(directory).rglob("*"):
+    root = Path(directory)
+    for p in [root] if root.is_file() else root.rglob("*"):
         if p.is_file() and not p.is_symlink():
             data = p.read_bytes()
             for n in needles:
