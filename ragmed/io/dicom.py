@@ -1,8 +1,28 @@
 """DICOM reading through pydicom and its pixel-data plugins (pylibjpeg, openjpeg, libjpeg, rle).
 
-De-identification: only an allow-list of attributes that PS3.15's Basic Application Level Confidentiality Profile
-keeps (Modality, Body Part Examined, View Position, Pixel Spacing, image-pixel-module attributes) is read out of the
-dataset; nothing else leaves this module.
+What a DICOM file becomes:
+
+* **Header.** Only :data:`ragmed.io.deid.RETAINED_KEYWORDS` are read out of the dataset (attributes that the PS3.15
+  Basic Application Level Confidentiality Profile keeps); private tags and everything else stay inside this module.
+  Code-string values are cleaned to ``[A-Z0-9 _]``. The dataset itself is dropped after decoding.
+* **Checks before decoding.** Pixel data present (else :class:`NoPixelDataError`), BurnedInAnnotation
+  (:class:`BurnedInAnnotationError` unless allowed), a valid image pixel module, ``Rows × Columns × Samples`` of the
+  frame to decode within ``max_pixels`` (:class:`ImageTooLargeError`), and ``NumberOfFrames`` consistent with the
+  size of the pixel data (:class:`DecodeError`): nothing is allocated from a header's word alone.
+* **Decoding.** One frame only. Compressed transfer syntaxes are decoded in an isolated worker process
+  (:mod:`ragmed.io._isolate`: address-space limit, timeout; a crash becomes a :class:`DecodeError`); native
+  (uncompressed) pixel data is decoded in-process by numpy. ``isolate="always" | "never"`` overrides.
+* **Frame choice.** ``frame="middle"`` (default): for a multi-frame image with per-frame positions (enhanced CT / MR),
+  the frame in the middle of the stack along the slice normal (the first in time at that position); otherwise frame
+  ``NumberOfFrames // 2``. ``"first"`` or a 0-based index pick explicitly.
+* **Display.** Grayscale: modality LUT / rescale (``apply_modality_lut``), then VOI LUT or the first window centre /
+  width (``apply_voi_lut``), mapped linearly from the transform's full output range to [0, 1]; without VOI data the
+  0.5–99.5 percentile range. MONOCHROME1 is inverted. Colour: pydicom converts YBR_FULL / YBR_FULL_422 /
+  YBR_PARTIAL_* to RGB, the JPEG 2000 decoders undo YBR_ICT / YBR_RCT; RGB is scaled by ``2**BitsStored - 1``;
+  PALETTE COLOR goes through its lookup table (``apply_color_lut``).
+* **Errors** name the file by the path the caller gave relative to the corpus root and a reason from ragmed's own
+  vocabulary (exception *types*, transfer-syntax *names*); pydicom's exception texts are never passed on, since they
+  can quote header values.
 """
 from __future__ import annotations
 
@@ -13,180 +33,438 @@ import numpy as np
 from ragmed.errors import (
     BurnedInAnnotationError,
     DecodeError,
+    ImageError,
     ImageTooLargeError,
     NoPixelDataError,
     UnsupportedFormatError,
 )
+from ragmed.io.deid import clean_code, uid_name
 from ragmed.io.image import MedicalImage, content_hash
 from ragmed.io.windowing import minmax_normalise
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+DEFAULT_MAX_PIXELS = 1 << 27  # samples in the one frame decoded (~512 MB as float32)
+ISOLATE_CHOICES = ("auto", "always", "never")
 
 
-def _str(ds, keyword: str) -> str | None:
-    v = ds.get(keyword)
-    if v is None or v == "":
+def classify_decode_error(e: BaseException) -> str:
+    """A reason from ragmed's vocabulary for a decoder exception. The exception's text is read, never repeated."""
+    if isinstance(e, MemoryError):
+        return "decoder ran out of memory"
+    msg = str(e).lower()
+    if "missing dependencies" in msg or "no pixel data decoders" in msg or "not supported" in msg \
+            or "unable to decompress" in msg or "no decoder" in msg or isinstance(e, NotImplementedError):
+        return "no installed decoder supports it"
+    if "transfer syntax" in msg and ("missing" in msg or "no (0002,0010)" in msg or "has no" in msg):
+        return "the file has no transfer syntax"
+    if "less than expected" in msg or "insufficient" in msg or "truncat" in msg:
+        return "pixel data shorter than the image pixel module declares"
+    if "frame" in msg and ("index" in msg or "offset" in msg or "fragment" in msg or "number" in msg):
+        return "frames cannot be located in the pixel data"
+    if "missing required element" in msg or "missing required" in msg or "attributeerror" in msg \
+            or isinstance(e, (AttributeError, KeyError)):
+        return "image pixel module incomplete"
+    return "corrupt or unsupported pixel data"
+
+
+def read_dicom(path: Path, shown: str, *, allow_burned_in: bool = False, frame: int | str = "middle",
+               max_pixels: int = DEFAULT_MAX_PIXELS, sniffed: bool = True, isolate: str = "auto") -> MedicalImage:
+    import pydicom
+    import pydicom.pixels  # noqa: F401 - create its loggers before quiet() filters them
+
+    from ragmed.io._quiet import quiet
+
+    if isolate not in ISOLATE_CHOICES:
+        raise ImageError(f"isolate must be one of {', '.join(ISOLATE_CHOICES)}, not {isolate!r}", path=shown)
+    with quiet():
+        return _read(pydicom, path, shown, allow_burned_in=allow_burned_in, frame=frame, max_pixels=max_pixels,
+                     sniffed=sniffed, isolate=isolate)
+
+
+def _parse(pydicom, path: Path, shown: str, sniffed: bool, **kw):
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, force=True, **kw)
+    except InvalidDicomError as e:
+        raise UnsupportedFormatError("not a DICOM, PNG or JPEG file", path=shown) from None
+    except (MemoryError, RecursionError, Exception) as e:  # noqa: BLE001 - any parser failure is a typed error
+        if not sniffed:
+            raise UnsupportedFormatError("not a DICOM, PNG or JPEG file", path=shown) from None
+        raise DecodeError(f"cannot parse the DICOM header ({type(e).__name__})", path=shown) from None
+    return ds
+
+
+def _has(ds, keyword: str) -> bool:
+    try:
+        return keyword in ds
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _get(ds, keyword: str):
+    """A retained attribute's value, or None when absent or unreadable (a corrupt value is treated as absent)."""
+    try:
+        v = ds.get(keyword)
+    except Exception:  # noqa: BLE001
         return None
-    return str(v).strip().upper() or None
+    return None if v is None or v == "" else v
+
+
+def _int(ds, keyword: str, default: int | None = None) -> int | None:
+    v = _get(ds, keyword)
+    if v is None:
+        return default
+    try:
+        return int(float(str(v[0] if isinstance(v, (list, tuple)) else v)))
+    except Exception:  # noqa: BLE001
+        raise ValueError(keyword) from None
+
+
+def _read(pydicom, path: Path, shown: str, *, allow_burned_in, frame, max_pixels, sniffed, isolate) -> MedicalImage:
+    ds = _parse(pydicom, path, shown, sniffed)
+    has_pixels = any(_has(ds, t) for t in PIXEL_TAGS)
+    if not sniffed and not has_pixels and not any(_has(ds, k) for k in ("SOPClassUID", "Modality", "Rows")):
+        raise UnsupportedFormatError("not a DICOM, PNG or JPEG file", path=shown)
+    if not has_pixels:
+        what = uid_name(_get(ds, "SOPClassUID")) or "unknown SOP class"
+        raise NoPixelDataError(f"DICOM object has no pixel data ({what})", path=shown)
+    if clean_code(_get(ds, "BurnedInAnnotation")) == "YES" and not allow_burned_in:
+        raise BurnedInAnnotationError("flagged BurnedInAnnotation=YES; skipped", path=shown,
+                                      remedy="allow such images with allow_burned_in / --allow-burned-in")
+    meta_ds = getattr(ds, "file_meta", None)
+    tsyntax = _get(meta_ds, "TransferSyntaxUID") if meta_ds is not None else None
+    ts_name = uid_name(tsyntax) or "unknown transfer syntax"
+    try:
+        rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+        frames = _int(ds, "NumberOfFrames", 1) or 1
+        spp = _int(ds, "SamplesPerPixel", 1) or 1
+        bits_alloc = _int(ds, "BitsAllocated", 0) or 0
+    except ValueError as e:
+        raise DecodeError(f"image pixel module has an invalid {e.args[0]}", path=shown) from None
+    if rows is None or cols is None:
+        raise DecodeError("image pixel module incomplete (Rows / Columns missing)", path=shown)
+    if rows <= 0 or cols <= 0 or frames <= 0:
+        raise DecodeError(f"invalid image size {rows}x{cols}, {frames} frame(s)", path=shown)
+    if spp not in (1, 3):
+        raise DecodeError(f"unsupported Samples per Pixel {spp}", path=shown)
+    if rows * cols * spp > max_pixels:
+        raise ImageTooLargeError(f"{rows}x{cols}x{spp} samples per frame exceeds the limit of {max_pixels}",
+                                 path=shown, remedy="raise max_pixels if this image is expected")
+    compressed = _is_compressed(tsyntax)
+    n_bytes = _pixel_bytes(ds)
+    if compressed:
+        if frames > max(1, n_bytes // 8):  # each encapsulated frame needs at least an 8-byte item header
+            raise DecodeError(f"NumberOfFrames {frames} is inconsistent with {n_bytes} bytes of pixel data",
+                              path=shown)
+    elif bits_alloc > 0 and n_bytes >= 0:
+        need = (rows * cols * spp * frames * bits_alloc + 7) // 8
+        if spp == 3 and clean_code(_get(ds, "PhotometricInterpretation")) == "YBR_FULL_422":
+            need = need * 2 // 3  # two chroma samples per two pixels
+        if need > n_bytes + 1:
+            raise DecodeError(f"pixel data holds {n_bytes} bytes, the image pixel module declares {need} "
+                              f"({rows}x{cols}x{spp}, {frames} frame(s), {bits_alloc} bits)", path=shown)
+    index = choose_frame(ds, frame, frames, shown)
+    use_worker = (isolate == "always" or (isolate == "auto" and compressed))
+    from ragmed.io import _isolate
+
+    if use_worker and _isolate.available():
+        arr = _decode_isolated(path, index if frames > 1 else None, shown, ts_name)
+    else:
+        arr = _decode_here(ds, index if frames > 1 else None, shown, ts_name)
+    if arr.ndim not in (2, 3) or tuple(arr.shape[:2]) != (rows, cols):
+        raise DecodeError(f"decoded {ts_name} frame has shape {tuple(arr.shape)}, header declares {rows}x{cols}",
+                          path=shown)
+    pi = clean_code(_get(ds, "PhotometricInterpretation")) or ""
+    try:
+        pixels = _to_display(ds, arr, pi, spp)
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise DecodeError(f"cannot convert the decoded pixels for display ({type(e).__name__})", path=shown) from None
+    if pixels.ndim == 3 and pixels.shape[2] != 3 or pixels.ndim not in (2, 3):
+        raise DecodeError(f"unexpected pixel array shape {pixels.shape}", path=shown)
+    meta = {"frames": str(frames), "frame": str(index), "transfer_syntax": ts_name}
+    if pi:
+        meta["photometric"] = pi.replace(" ", "_") if pi == "PALETTE COLOR" else pi
+    sop = uid_name(_get(ds, "SOPClassUID"))
+    if sop:
+        meta["sop_class"] = sop
+    lat = clean_code(_get(ds, "ImageLaterality")) or clean_code(_get(ds, "Laterality"))
+    if lat:
+        meta["laterality"] = lat
+    return MedicalImage(
+        pixels=pixels, source=shown, content_hash=content_hash(path), format="dicom",
+        modality=clean_code(_get(ds, "Modality")), body_part=clean_code(_get(ds, "BodyPartExamined")),
+        view=clean_code(_get(ds, "ViewPosition")), spacing=_spacing(ds), meta=meta,
+    )
+
+
+def _is_compressed(tsyntax) -> bool:
+    if tsyntax is None:
+        return False
+    try:
+        from pydicom.uid import UID
+
+        u = UID(str(tsyntax))
+        return bool(u.is_transfer_syntax and u.is_compressed)
+    except Exception:  # noqa: BLE001 - unknown / malformed UID: let the (isolated) decoder refuse it
+        return True
+
+
+def _pixel_bytes(ds) -> int:
+    for t in PIXEL_TAGS:
+        try:
+            if t in ds:
+                v = ds[t].value
+                return len(v) if v is not None else 0
+        except Exception:  # noqa: BLE001
+            return 0
+    return 0
+
+
+def _decode_here(ds, index: int | None, shown: str, ts_name: str) -> np.ndarray:
+    from pydicom.pixels import pixel_array
+
+    try:
+        return np.asarray(pixel_array(ds, index=index))
+    except (MemoryError, RecursionError, Exception) as e:  # noqa: BLE001
+        raise DecodeError(f"cannot decode '{ts_name}' pixel data: {classify_decode_error(e)} ({type(e).__name__})",
+                          path=shown) from None
+
+
+def _decode_isolated(path: Path, index: int | None, shown: str, ts_name: str) -> np.ndarray:
+    from ragmed.io import _isolate
+
+    try:
+        return _isolate.decode_frame(str(path), index)
+    except _isolate.WorkerError as e:
+        raise DecodeError(f"cannot decode '{ts_name}' pixel data: {e.category} ({e.exc_type})", path=shown) from None
+    except _isolate.WorkerFailure as e:
+        if e.kind == "timeout":
+            reason = f"the '{ts_name}' decoder did not finish within {_isolate.timeout_s():g} s"
+        elif e.kind == "crash":
+            reason = f"the '{ts_name}' decoder crashed ({e.detail})"
+        else:
+            reason = f"the '{ts_name}' decoder worker failed ({e.detail})"
+        raise DecodeError(reason, path=shown, remedy="the file is probably corrupt") from None
+    except OSError as e:
+        raise DecodeError(f"cannot start the decoder worker ({type(e).__name__})", path=shown) from None
+
+
+# ----------------------------------------------------------------------------------------------- frames
+
+
+def frame_positions(ds, n: int) -> list[float] | None:
+    """Per-frame position along the slice normal for enhanced multi-frame images, else None."""
+    try:
+        per = ds.get("PerFrameFunctionalGroupsSequence")
+        if not per or len(per) != n:
+            return None
+        shared = ds.get("SharedFunctionalGroupsSequence")
+        shared0 = shared[0] if shared else None
+        out = []
+        for item in per:
+            iop = _first_item_value(item, "PlaneOrientationSequence", "ImageOrientationPatient")
+            if iop is None and shared0 is not None:
+                iop = _first_item_value(shared0, "PlaneOrientationSequence", "ImageOrientationPatient")
+            ipp = _first_item_value(item, "PlanePositionSequence", "ImagePositionPatient")
+            if iop is None or ipp is None:
+                return None
+            out.append(_position(iop, ipp))
+        return out
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _first_item_value(item, seq: str, keyword: str):
+    s = item.get(seq)
+    if not s:
+        return None
+    return s[0].get(keyword)
+
+
+def _position(iop, ipp) -> float:
+    o = [float(x) for x in iop]
+    p = [float(x) for x in ipp]
+    if len(o) != 6 or len(p) != 3:
+        raise ValueError("geometry")
+    normal = np.cross(o[:3], o[3:])
+    v = float(np.dot(normal, p))
+    if not np.isfinite(v):
+        raise ValueError("geometry")
+    return v
+
+
+def middle_of(positions: list[float]) -> int:
+    """Index of the first item at the median distinct position (positions rounded to 0.01 mm)."""
+    keys = [round(p, 2) for p in positions]
+    distinct = sorted(set(keys))
+    mid = distinct[len(distinct) // 2]
+    return keys.index(mid)
+
+
+def choose_frame(ds, frame, n: int, shown: str) -> int:
+    if frame == "middle":
+        if n > 1:
+            pos = frame_positions(ds, n)
+            if pos is not None:
+                return middle_of(pos)
+        return n // 2
+    if frame == "first":
+        return 0
+    try:
+        i = int(frame)
+    except (TypeError, ValueError):
+        raise ImageError(f"frame must be 'middle', 'first' or an index, not {frame!r}", path=shown) from None
+    if not 0 <= i < n:
+        raise ImageError(f"frame {i} out of range 0..{n - 1}", path=shown)
+    return i
+
+
+# ----------------------------------------------------------------------------------------------- display
 
 
 def _spacing(ds) -> tuple[float, float] | None:
     for kw in ("PixelSpacing", "ImagerPixelSpacing"):
-        v = ds.get(kw)
+        v = _get(ds, kw)
         if v is not None:
             try:
                 r, c = float(v[0]), float(v[1])
-                if r > 0 and c > 0:
+                if 0 < r < 1e4 and 0 < c < 1e4:
                     return (r, c)
             except (TypeError, ValueError, IndexError):
                 continue
     return None
 
 
-def read_dicom(path: Path, shown: str, *, allow_burned_in: bool = False, frame="middle",
-               max_pixels: int = 1 << 27, sniffed: bool = True) -> MedicalImage:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+def _to_display(ds, arr: np.ndarray, pi: str, spp: int) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
 
-    try:
-        ds = pydicom.dcmread(path, force=not sniffed or True)
-    except InvalidDicomError as e:
-        raise UnsupportedFormatError("not a DICOM, PNG or JPEG file", path=shown) from e
-    except Exception as e:
-        raise DecodeError(f"cannot parse DICOM header: {type(e).__name__}", path=shown) from e
-    if not any(t in ds for t in PIXEL_TAGS):
-        sop = ds.get("SOPClassUID")
-        what = getattr(sop, "name", None) or (str(ds.get("Modality")) if "Modality" in ds else "unknown object")
-        if not sniffed and len(ds) == 0:
-            raise UnsupportedFormatError("not a DICOM, PNG or JPEG file", path=shown)
-        raise NoPixelDataError(f"DICOM object has no pixel data ({what})", path=shown)
-    burned = _str(ds, "BurnedInAnnotation")
-    if burned == "YES" and not allow_burned_in:
-        raise BurnedInAnnotationError("flagged BurnedInAnnotation=YES; skipped (allow with --allow-burned-in)", path=shown)
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    except (AttributeError, TypeError, ValueError) as e:
-        raise DecodeError("image pixel module incomplete (Rows/Columns/frames)", path=shown) from e
-    if rows <= 0 or cols <= 0 or frames <= 0:
-        raise DecodeError(f"invalid image size {rows}x{cols}x{frames}", path=shown)
-    if rows * cols * frames * spp > max_pixels:
-        raise ImageTooLargeError(f"{rows}x{cols}x{frames}x{spp} samples exceeds the limit of {max_pixels}", path=shown)
-    index = _frame_index(frame, frames)
-    tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    try:
-        if frames > 1:
-            arr = ds.pixel_array_frame(index) if hasattr(ds, "pixel_array_frame") else None
-            if arr is None:
-                from pydicom.pixels import pixel_array
-
-                arr = pixel_array(ds, index=index)
-        else:
-            arr = ds.pixel_array
-    except Exception as e:
-        name = getattr(tsyntax, "name", None) or "unknown transfer syntax"
-        raise DecodeError(f"cannot decode '{name}' pixel data: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}",
-                          path=shown) from e
-    pixels = _to_display(ds, np.asarray(arr), shown)
-    meta = {"frames": str(frames), "frame": str(index)}
-    if tsyntax is not None:
-        meta["transfer_syntax"] = getattr(tsyntax, "name", str(tsyntax))
-    pi = _str(ds, "PhotometricInterpretation")
-    if pi:
-        meta["photometric"] = pi
-    return MedicalImage(
-        pixels=pixels, source=shown, content_hash=content_hash(path), format="dicom",
-        modality=_str(ds, "Modality"), body_part=_str(ds, "BodyPartExamined"), view=_str(ds, "ViewPosition"),
-        spacing=_spacing(ds), meta=meta,
-    )
-
-
-def _frame_index(frame, n: int) -> int:
-    if frame == "middle":
-        return n // 2
-    if frame == "first":
-        return 0
-    i = int(frame)
-    if not 0 <= i < n:
-        raise ValueError(f"frame {i} out of range 0..{n - 1}")
-    return i
-
-
-def _to_display(ds, arr: np.ndarray, shown: str) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
-
-    pi = _str(ds, "PhotometricInterpretation") or ""
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    if spp == 3 or arr.ndim == 3 and arr.shape[-1] == 3:
-        if pi.startswith("YBR") and pi not in ("YBR_RCT", "YBR_ICT"):
-            try:
-                arr = convert_color_space(arr, pi, "RGB")
-            except Exception:
-                pass
-        a = arr.astype(np.float32)
-        bits = int(ds.get("BitsStored", 8) or 8)
-        out = a / float((1 << bits) - 1) if bits > 0 else minmax_normalise(a)
-        return np.clip(out, 0, 1).astype(np.float32)
+    if arr.ndim == 3:
+        # pixel_array(as_rgb=True) has already turned YBR_FULL / YBR_FULL_422 / YBR_PARTIAL_* into RGB, and the
+        # JPEG 2000 decoders undo YBR_ICT / YBR_RCT, so a 3-sample array is RGB here.
+        if arr.dtype.kind == "f":
+            return minmax_normalise(arr, 0, 100)
+        bits = _int_or(ds, "BitsStored", arr.dtype.itemsize * 8)
+        bits = bits if 0 < bits <= arr.dtype.itemsize * 8 else arr.dtype.itemsize * 8
+        return np.clip(arr.astype(np.float32) / float((1 << bits) - 1), 0, 1).astype(np.float32)
     if pi == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
-
-        rgb = apply_color_lut(arr, ds).astype(np.float32)
-        return minmax_normalise(rgb, 0, 100)
-    a = apply_modality_lut(arr, ds)
-    has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds
-    if has_voi:
-        try:
-            v = apply_voi_lut(a, ds, index=0)
-            out = minmax_normalise(v, 0, 100)
-        except Exception:
-            out = minmax_normalise(a)
-    else:
+        rgb = apply_color_lut(arr, ds)
+        desc = _get(ds, "RedPaletteColorLookupTableDescriptor")
+        bits = int(desc[2]) if desc is not None and len(desc) > 2 and int(desc[2]) in (8, 16) else 16
+        if bits == 16 and rgb.max() <= 255:
+            bits = 8
+        return np.clip(rgb.astype(np.float32) / float((1 << bits) - 1), 0, 1).astype(np.float32)
+    try:
+        a = apply_modality_lut(arr, ds)
+    except Exception:  # noqa: BLE001 - a broken modality LUT: use stored values
+        a = arr
+    out = _apply_voi(ds, a)
+    if out is None:
         out = minmax_normalise(a)
     if pi == "MONOCHROME1":
         out = 1.0 - out
-    if out.ndim != 2:
-        raise DecodeError(f"unexpected pixel array shape {out.shape}", path=shown)
     return out.astype(np.float32)
 
 
-def read_series(directory: Path, shown: str, *, root=None, **options) -> MedicalImage:
-    """Middle slice of a single-frame series (sorted by ImagePositionPatient along the normal, else InstanceNumber)."""
-    import pydicom
+def _int_or(ds, keyword: str, default: int) -> int:
+    try:
+        v = _int(ds, keyword, default)
+        return default if v is None else v
+    except ValueError:
+        return default
 
-    files = sorted(p for p in directory.iterdir() if p.is_file())
-    if not files:
-        raise UnsupportedFormatError("series directory has no files", path=shown)
-    keyed = []
-    for p in files:
+
+def _apply_voi(ds, a: np.ndarray) -> np.ndarray | None:
+    """VOI LUT or first window (pydicom), scaled from the transform's full output range to [0, 1]; None if absent."""
+    from pydicom.pixels import apply_voi_lut
+
+    has_lut = bool(_get(ds, "VOILUTSequence"))
+    has_window = _get(ds, "WindowCenter") is not None and _get(ds, "WindowWidth") is not None
+    if not (has_lut or has_window):
+        return None
+    try:
+        v = np.asarray(apply_voi_lut(a, ds, index=0), dtype=np.float64)
+        if has_lut:
+            ext = np.array([np.iinfo(np.int32).min, np.iinfo(np.int32).max], dtype=np.int64)
+        else:
+            ext = np.array([-1e30, 1e30], dtype=np.float64)
         try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
-        except Exception:
-            continue
-        if "Rows" not in ds:
-            continue
-        pos, inst = None, None
-        try:
-            ipp = [float(x) for x in ds.ImagePositionPatient]
-            iop = [float(x) for x in ds.ImageOrientationPatient]
-            normal = np.cross(iop[:3], iop[3:])
-            pos = float(np.dot(normal, ipp))
-        except Exception:
-            pass
-        try:
-            inst = int(ds.InstanceNumber)
-        except Exception:
-            pass
-        keyed.append((pos, inst, p))
-    if not keyed:
-        raise NoPixelDataError("series directory has no DICOM images", path=shown)
-    if all(k[0] is not None for k in keyed):
-        keyed.sort(key=lambda k: k[0])
-    else:
-        keyed.sort(key=lambda k: (k[1] if k[1] is not None else 0, str(k[2])))
-    chosen = keyed[len(keyed) // 2][2]
+            e = np.asarray(apply_voi_lut(ext.astype(a.dtype) if has_lut and a.dtype.kind in "iu" else ext, ds,
+                                         index=0), dtype=np.float64)
+            lo, hi = float(e.min()), float(e.max())
+        except Exception:  # noqa: BLE001
+            lo, hi = float(v.min()), float(v.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
+            return None
+        return np.clip((v - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    except Exception:  # noqa: BLE001 - invalid window / LUT values: fall back to the percentile range
+        return None
+
+
+# ----------------------------------------------------------------------------------------------- series
+
+
+def read_series(directory: Path, shown: str, *, root=None, **options) -> MedicalImage:
+    """One representative image of the DICOM series in ``directory``.
+
+    The directory's largest series (by Series Instance UID) is used. Its files are ordered by position along the slice
+    normal (Image Position / Orientation (Patient)); the chosen file is the first (lowest Acquisition Number, then
+    Instance Number, then file name) at the median distinct position. Without geometry: the middle file by Instance
+    Number. A single multi-frame file (enhanced CT / MR) gives its middle frame by position (see
+    :func:`choose_frame`). ``MedicalImage.source`` names the chosen file; ``meta`` records the series size.
+    """
+    import pydicom
+    import pydicom.pixels  # noqa: F401
+
+    from ragmed.io._quiet import quiet
     from ragmed.io.readers import load_image
 
+    try:
+        files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError as e:
+        raise ImageError(f"cannot list the series directory ({type(e).__name__})", path=shown) from None
+    entries = []
+    skipped = 0
+    with quiet():
+        for p in files:
+            try:
+                ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
+                if "Rows" not in ds or "Columns" not in ds:
+                    skipped += 1
+                    continue
+                series = str(ds.get("SeriesInstanceUID", ""))
+                try:
+                    pos = _position(ds.ImageOrientationPatient, ds.ImagePositionPatient)
+                except Exception:  # noqa: BLE001
+                    pos = None
+                acq = _int_or(ds, "AcquisitionNumber", 0)
+                inst = _int_or(ds, "InstanceNumber", 0)
+            except Exception:  # noqa: BLE001 - not a DICOM image: not part of the series
+                skipped += 1
+                continue
+            entries.append((series, pos, acq, inst, p))
+    if not entries:
+        raise NoPixelDataError("series directory holds no DICOM image", path=shown)
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e[0]] = counts.get(e[0], 0) + 1
+    best = max(counts, key=lambda s: (counts[s], -min(i for i, e in enumerate(entries) if e[0] == s)))
+    members = [e for e in entries if e[0] == best]
+    if all(e[1] is not None for e in members):
+        members.sort(key=lambda e: (round(e[1], 2), e[2], e[3], e[4].name))
+        idx = middle_of([e[1] for e in members])
+        n_pos = len({round(e[1], 2) for e in members})
+    else:
+        members.sort(key=lambda e: (e[3], e[2], e[4].name))
+        idx = len(members) // 2
+        n_pos = len(members)
+    chosen = members[idx][4]
     img = load_image(chosen, root=root, **options)
-    img.meta["series_slices"] = str(len(keyed))
-    return img
+    meta = dict(img.meta)
+    meta.update({"series": shown, "series_files": str(len(members)), "series_positions": str(n_pos),
+                 "series_skipped_files": str(skipped + len(entries) - len(members))})
+    from dataclasses import replace
+
+    return replace(img, meta=meta)

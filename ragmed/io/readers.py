@@ -1,4 +1,4 @@
-"""Format readers behind ``load_image``. Each reader has ``can_read(path, head)`` and ``read(path, ...)``."""
+"""Format readers behind ``load_image``. Each reader has ``can_read(path, head)`` and ``read(path, shown, ...)``."""
 from __future__ import annotations
 
 import os
@@ -16,10 +16,10 @@ from ragmed.errors import (
     RagmedError,
     UnsupportedFormatError,
 )
+from ragmed.io.dicom import DEFAULT_MAX_PIXELS
 from ragmed.io.image import MedicalImage, content_hash
-from ragmed.io.windowing import minmax_normalise
 
-MAX_PIXELS = 512 * 1024 * 1024 // 4  # samples across all frames decoded at once (~512 MB of float32)
+MAX_PIXELS = DEFAULT_MAX_PIXELS  # samples of the one frame decoded at once (~512 MB as float32)
 
 
 class Reader(Protocol):
@@ -31,6 +31,7 @@ class Reader(Protocol):
 
 
 def _shown(path: Path, root: str | Path | None) -> str:
+    """The name errors and ``MedicalImage.source`` use: the path relative to ``root`` when one is given."""
     if root is not None:
         try:
             return os.path.relpath(path, root)
@@ -52,6 +53,14 @@ class DicomReader:
 
 
 class PillowReader:
+    """PNG and JPEG through Pillow.
+
+    8-bit grayscale is scaled by 1/255; 16-bit grayscale (PNG ``I;16``) by ``2**k - 1`` where ``k`` (≥ 8) is the
+    number of bits its largest value needs (so 12-bit data stored in 16 bits keeps its contrast); colour becomes RGB
+    (alpha dropped), and an RGB image whose channels are equal becomes grayscale. JPEG EXIF orientation is applied.
+    Text chunks / EXIF are never read out.
+    """
+
     name = "pillow"
     _SIGS = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
 
@@ -59,35 +68,57 @@ class PillowReader:
         return any(head.startswith(s) for s in self._SIGS) or path.suffix.lower() in (".png", ".jpg", ".jpeg")
 
     def read(self, path: Path, shown: str, **options) -> MedicalImage:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, ImageOps
+
+        from ragmed.io._quiet import quiet
 
         max_pixels = options.get("max_pixels", MAX_PIXELS)
         try:
-            with Image.open(path) as im:
-                fmt = (im.format or "").lower() or "png"
-                if im.width * im.height > max_pixels:
-                    raise ImageTooLargeError(f"{im.width}x{im.height} pixels exceeds the limit of {max_pixels}", path=shown)
+            with quiet(), Image.open(path) as im:
+                fmt = (im.format or "").lower()
+                if fmt not in ("png", "jpeg", "mpo"):
+                    raise UnsupportedFormatError(f"image format {fmt or 'unknown'} is not PNG or JPEG", path=shown)
+                bands = len(im.getbands())
+                if im.width * im.height * max(1, min(bands, 3)) > max_pixels:
+                    raise ImageTooLargeError(f"{im.width}x{im.height} pixels exceeds the limit of {max_pixels}",
+                                             path=shown, remedy="raise max_pixels if this image is expected")
                 im.load()
-                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                    arr = minmax_normalise(np.asarray(im, dtype=np.float32), 0, 100)
-                elif im.mode in ("L", "1", "P", "LA") and (im.mode != "P" or _palette_is_gray(im)):
-                    arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-                else:
-                    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-                    if _is_gray_rgb(arr):
-                        arr = np.ascontiguousarray(arr[..., 0])
+                if fmt in ("jpeg", "mpo"):
+                    im = ImageOps.exif_transpose(im)
+                arr = _to_float(im)
         except RagmedError:
             raise
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            raise DecodeError(f"cannot decode image: {type(e).__name__}: {e}", path=shown) from e
+        except (MemoryError, Exception) as e:  # noqa: BLE001 - Pillow's messages can hold the absolute path
+            raise DecodeError(f"cannot decode the {'PNG' if path.suffix.lower() == '.png' else 'image'} file "
+                              f"({type(e).__name__})", path=shown) from None
         return MedicalImage(
-            pixels=arr.astype(np.float32), source=shown, content_hash=content_hash(path),
-            format="jpeg" if fmt in ("jpeg", "jpg", "mpo") else fmt,
+            pixels=arr, source=shown, content_hash=content_hash(path),
+            format="jpeg" if fmt in ("jpeg", "mpo") else "png",
+            meta={"bit_depth": "16" if im.mode.startswith("I") else "8"},
         )
 
 
+def _to_float(im) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        a = np.clip(a, 0, None)
+        top = float(a.max()) if a.size else 0.0
+        bits = max(8, int(np.ceil(np.log2(top + 1)))) if top > 0 else 8
+        return np.clip(a / float((1 << bits) - 1), 0, 1).astype(np.float32)
+    if im.mode == "F":
+        from ragmed.io.windowing import minmax_normalise
+
+        return minmax_normalise(np.asarray(im, dtype=np.float32), 0, 100)
+    if im.mode in ("L", "1", "LA") or im.mode == "P" and _palette_is_gray(im):
+        return (np.asarray(im.convert("L"), dtype=np.float32) / 255.0).astype(np.float32)
+    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    if _is_gray_rgb(arr):
+        arr = np.ascontiguousarray(arr[..., 0])
+    return arr.astype(np.float32)
+
+
 def _palette_is_gray(im) -> bool:
-    pal = np.asarray(im.convert("RGB"))
+    pal = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     return _is_gray_rgb(pal)
 
 
@@ -107,57 +138,65 @@ def load_image(
     allow_burned_in: bool = False,
     frame: int | str = "middle",
     max_pixels: int = MAX_PIXELS,
+    isolate: str = "auto",
 ) -> MedicalImage:
-    """Decode one image file into a normalised, de-identified :class:`MedicalImage`.
+    """Decode one image file (or a DICOM series directory) into a normalised, de-identified :class:`MedicalImage`.
 
     ``root``: errors and ``MedicalImage.source`` name the file relative to it (the corpus directory).
-    ``frame``: for multi-frame DICOM, ``"middle"`` (default), ``"first"`` or a 0-based index.
-    Raises a subclass of :class:`ragmed.errors.ImageError` for anything that is not a loadable image.
+    ``frame``: for multi-frame DICOM, ``"middle"`` (default: middle of the stack by position, see
+    :func:`ragmed.io.dicom.choose_frame`), ``"first"`` or a 0-based index.
+    ``max_pixels``: the most samples (Rows × Columns × Samples per Pixel) of the frame decoded; larger images raise
+    :class:`~ragmed.errors.ImageTooLargeError` before anything is decoded.
+    ``isolate``: ``"auto"`` decodes compressed DICOM pixel data in a worker process (crash / hang / memory
+    containment), ``"always"`` all DICOM pixel data, ``"never"`` none.
+    Raises a subclass of :class:`ragmed.errors.ImageError` for anything that is not a loadable image, and nothing else.
     """
     p = Path(path)
     shown = _shown(p, root)
+    opts = dict(allow_burned_in=allow_burned_in, frame=frame, max_pixels=max_pixels)
     try:
         if not p.exists():
             raise ImageError("file not found", path=shown)
         if p.is_dir():
-            return load_series(p, root=root, allow_burned_in=allow_burned_in, max_pixels=max_pixels)
+            return load_series(p, root=root, isolate=isolate, **opts)
         with open(p, "rb") as f:
             head = f.read(256)
         if not head:
             raise UnsupportedFormatError("empty file", path=shown)
         # Content sniffing first, suffix second.
-        ordered = sorted(READERS, key=lambda r: 0 if _sniff(r, head) else 1)
-        for reader in ordered:
+        if _sniff_dicom(head):
+            return DicomReader().read(p, shown, isolate=isolate, **opts)
+        if any(head.startswith(s) for s in PillowReader._SIGS):
+            return PillowReader().read(p, shown, **opts)
+        for reader in READERS:
             if reader.can_read(p, head):
-                return reader.read(p, shown, allow_burned_in=allow_burned_in, frame=frame, max_pixels=max_pixels)
+                if isinstance(reader, DicomReader):
+                    return reader.read(p, shown, isolate=isolate, **opts)
+                return reader.read(p, shown, **opts)
         # DICOM without preamble ("no meta") still parses with force=True: try it last.
-        return DicomReader().read(p, shown, allow_burned_in=allow_burned_in, frame=frame, max_pixels=max_pixels,
-                                  sniffed=False)
+        return DicomReader().read(p, shown, sniffed=False, isolate=isolate, **opts)
     except RagmedError:
         raise
     except (MemoryError, RecursionError) as e:
-        raise DecodeError(f"cannot decode: {type(e).__name__}", path=shown) from e
-    except Exception as e:  # last line: nothing but typed errors leaves io
-        raise DecodeError(f"cannot decode: {type(e).__name__}: {_safe(e)}", path=shown) from e
+        raise DecodeError(f"cannot decode ({type(e).__name__})", path=shown) from None
+    except Exception as e:  # noqa: BLE001 - last line: nothing but typed errors leaves io, and no foreign message
+        raise DecodeError(f"cannot decode ({type(e).__name__})", path=shown) from None
 
 
-def _safe(e: Exception) -> str:
-    text = str(e).splitlines()[0] if str(e) else ""
-    return text[:200]
-
-
-def _sniff(reader: Reader, head: bytes) -> bool:
-    if isinstance(reader, DicomReader):
-        return head[128:132] == b"DICM"
-    return any(head.startswith(s) for s in PillowReader._SIGS)
+def _sniff_dicom(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
 
 
 def load_series(directory: str | Path, *, root: str | Path | None = None, **options) -> MedicalImage:
-    """Load a DICOM series directory: the middle slice by position along the slice normal (else InstanceNumber)."""
+    """Load a DICOM series directory: the middle slice by position along the slice normal (see
+    :func:`ragmed.io.dicom.read_series`)."""
     from ragmed.io.dicom import read_series
 
     d = Path(directory)
-    return read_series(d, _shown(d, root), root=root, **options)
+    shown = _shown(d, root)
+    if not d.is_dir():
+        raise ImageError("not a directory", path=shown)
+    return read_series(d, shown, root=root, **options)
 
 
 __all__ = ["load_image", "load_series", "READERS", "BurnedInAnnotationError", "NoPixelDataError"]
