@@ -25,12 +25,20 @@ def minilm_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
-def set_torch_threads() -> None:
+def set_torch_threads(n: int | None = None) -> None:
+    """Set torch's intra-op threads: ``n``, else ``$RAGMED_THREADS``, else the usable CPU count."""
     import torch
 
-    n = int(os.environ.get("RAGMED_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    n = n or int(os.environ.get("RAGMED_THREADS", "0") or 0) or _usable_cpus()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+def _usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class SentenceTransformerTextEncoder(BaseTextEncoder):
@@ -74,6 +82,12 @@ class SentenceTransformerTextEncoder(BaseTextEncoder):
         if self._model is None:
             with self._lock:
                 if self._model is None:
+                    from ragmed.encoders import bert_lite
+
+                    if bert_lite.supported(Path(self.path)):
+                        set_torch_threads()
+                        self._model = bert_lite.BertLite(self.path, max_seq_length=self.max_seq_length or 512)
+                        return self._model
                     os.environ.setdefault("HF_HUB_OFFLINE", "1")
                     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                     from sentence_transformers import SentenceTransformer
@@ -90,6 +104,10 @@ class SentenceTransformerTextEncoder(BaseTextEncoder):
         _ = self.model
 
     def _encode_text_batch(self, texts: list[str]) -> np.ndarray:
+        from ragmed.encoders.bert_lite import BertLite
+
+        if isinstance(self.model, BertLite):
+            return self.model.encode(texts, batch_size=self.batch_size)
         import torch
 
         with torch.inference_mode():
