@@ -95,3 +95,14 @@ def test_slake_importer_english_only(tmp_path):
     assert "哪个" not in c.cases[0].text
     with pytest.raises(CorpusError, match="needs --images"):
         read_corpus(tmp_path / "test.json", format="slake")
+
+
+def test_column_mapping_text_only(tmp_path):
+    (tmp_path / "r.csv").write_text("uid,image,findings,impression,MeSH\n1,Xray Chest PA,Clear lungs.,Normal.,normal\n"
+                                    "2,Xray Chest,Small effusion.,Effusion.,Pleural Effusion/small\n")
+    c = read_corpus(tmp_path / "r.csv", columns={"id": "uid", "image": ""})
+    assert [x.id for x in c] == ["1", "2"] and c.cases[0].images == [] and not c.skipped
+    assert c.cases[1].text == "FINDINGS: Small effusion. IMPRESSION: Effusion."
+    assert c.cases[1].metadata["mesh"] == "Pleural Effusion/small"
+    with pytest.raises(CorpusError, match="'nope'"):
+        read_corpus(tmp_path / "r.csv", columns={"id": "nope"})

@@ -18,19 +18,27 @@ def index():
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "vqa-rad", "slake"]), default=None,
               help="Corpus format; default: from the file extension / fields.")
 @click.option("--images", type=click.Path(file_okay=False), default=None, help="Image folder (VQA sets; else the manifest's folder).")
+@click.option("--column", "columns", multiple=True, metavar="OURS=THEIRS",
+              help="Map a manifest column: --column id=uid; --column image= ignores the image column (text-only).")
 @click.option("--pipeline", "pipeline", default=None, help="pipelines/NAME.yaml or a name (default: default).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Index directory (default: indexes/NAME).")
 @click.option("--add", is_flag=True, help="Add the corpus's cases to the existing index at --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def build(corpus_path, fmt, images, pipeline, out, add, as_json, quiet):
+def build(corpus_path, fmt, images, columns, pipeline, out, add, as_json, quiet):
     """Build an index from a corpus: decode, de-identify, embed, write FAISS + SQLite atomically."""
     from ragmed.config import load_pipeline
     from ragmed.corpus import read_corpus
     from ragmed.pipeline.build import build_from_config
 
     cfg = load_pipeline(pipeline)
-    corpus = read_corpus(corpus_path, format=fmt, images=images)
+    mapping = {}
+    for c in columns:
+        if "=" not in c:
+            raise click.BadParameter(f"{c!r} is not OURS=THEIRS", param_hint="--column")
+        ours, theirs = c.split("=", 1)
+        mapping[ours] = theirs
+    corpus = read_corpus(corpus_path, format=fmt, images=images, columns=mapping)
     out = Path(out) if out else Path("indexes") / Path(corpus_path).stem
     report = build_from_config(corpus, out, cfg, add=add, progress=not quiet)
     if as_json:

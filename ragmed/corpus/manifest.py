@@ -76,8 +76,12 @@ class Corpus:
 
 
 def read_corpus(path: str | Path, *, format: str | None = None, images: str | Path | None = None,
-                language: str = "en") -> Corpus:
-    """Read a manifest (``csv``, ``jsonl``) or a VQA set (``vqa-rad``, ``slake``; needs ``images``)."""
+                language: str = "en", columns: dict[str, str] | None = None) -> Corpus:
+    """Read a manifest (``csv``, ``jsonl``) or a VQA set (``vqa-rad``, ``slake``; needs ``images``).
+
+    ``columns`` maps ragmed's column names to the manifest's, e.g. ``{"id": "uid", "image": ""}`` reads the id from
+    ``uid`` and ignores any ``image`` column (an empty source name drops the column: a text-only corpus).
+    """
     p = Path(path)
     if not p.exists():
         raise CorpusError("manifest not found", path=str(path))
@@ -89,9 +93,9 @@ def read_corpus(path: str | Path, *, format: str | None = None, images: str | Pa
             raise CorpusError(f"--format {fmt} needs --images DIR (the folder holding the question images)", path=str(p))
         return read_vqa(p, Path(images), format=None if fmt == "vqa" else fmt, language=language)
     if fmt == "csv":
-        rows = _read_csv(p)
+        rows = _read_csv(p, columns or {})
     elif fmt == "jsonl":
-        rows = _read_jsonl(p)
+        rows = [(i, _rename(r, columns or {})) for i, r in _read_jsonl(p)]
     else:
         raise CorpusError(f"unknown corpus format {fmt!r}; use csv, jsonl, vqa-rad or slake", path=str(p))
     root = Path(images) if images is not None else p.parent
@@ -111,7 +115,18 @@ def _guess_format(p: Path) -> str:
     raise CorpusError(f"cannot tell the manifest format from the extension {suf!r}; pass --format", path=str(p))
 
 
-def _read_csv(p: Path) -> list[tuple[int, dict]]:
+def _rename(row: dict, columns: dict[str, str]) -> dict:
+    if not columns:
+        return row
+    out = {k: v for k, v in row.items() if k not in columns}
+    for ours, theirs in columns.items():
+        if theirs:
+            out[ours] = row.get(theirs.strip().lower(), "")
+    return out
+
+
+def _read_csv(p: Path, columns: dict[str, str] | None = None) -> list[tuple[int, dict]]:
+    columns = {k.strip().lower(): v.strip().lower() for k, v in (columns or {}).items()}
     try:
         with open(p, newline="", encoding="utf-8-sig") as f:
             sample = f.read(4096)
@@ -121,12 +136,18 @@ def _read_csv(p: Path) -> list[tuple[int, dict]]:
             if reader.fieldnames is None:
                 raise CorpusError("manifest is empty", path=str(p))
             fields = [h.strip().lower() for h in reader.fieldnames]
+            for ours, theirs in columns.items():
+                if theirs and theirs not in fields:
+                    raise CorpusError(f"column {theirs!r} (given for {ours!r}) is not in the header {reader.fieldnames}",
+                                      path=str(p))
+            fields = list(_rename(dict.fromkeys(fields, ""), columns))
             if "id" not in fields or ("image" not in fields and "report" not in fields and "findings" not in fields):
                 raise CorpusError(f"manifest header must have 'id' and 'image' and/or 'report'; found {reader.fieldnames}",
                                   path=str(p))
             out = []
             for i, row in enumerate(reader, start=1):
-                out.append((i, {(k or "").strip().lower(): (v or "") for k, v in row.items() if k is not None}))
+                out.append((i, _rename({(k or "").strip().lower(): (v or "") for k, v in row.items() if k is not None},
+                                       columns)))
             return out
     except UnicodeDecodeError as e:
         raise CorpusError(f"manifest is not UTF-8 text ({e.reason} at byte {e.start})", path=str(p)) from e
