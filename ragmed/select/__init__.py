@@ -3,7 +3,15 @@
 Registered selectors (chosen by ``select.name`` in the pipeline YAML):
 - ``fixed``: the top ``k``;
 - ``gap``: MMed-RAG's similarity-gap truncation — with scores S1 ≥ S2 ≥ … cut at the first i where
-  log(S_i / S_{i+1}) > γ, keeping at least ``min_k`` and at most ``max_k``.
+  log(S_i / S_{i+1}) > γ, keeping at least ``min_k`` and at most ``max_k``. The scores are, by default
+  (``by: similarity``), each candidate's *calibrated similarity* (``Evidence.similarity``: the fused quantile
+  position of its raw channel similarities in the index's own leave-one-out distribution, in [0, 1]; see
+  ``ragmed.pipeline.hybrid``). Reciprocal-rank-fusion scores are not used by default: they are 1/(60 + rank) sums
+  whose consecutive log-ratios are ≤ log(62/61) ≈ 0.016, so a γ of 0.1 would never fire on them.
+  ``by: score`` uses ``Evidence.score`` (the fused ranking score) instead.
+- ``rule`` (alias ``ltt``): RULE's calibrated k by Learn-then-Test (``ragmed.select.ltt``): the k certified on a
+  calibration split so that risk (1 − accuracy) ≤ α with probability ≥ 1 − δ; the calibration JSON is named by
+  ``calibration:`` in the YAML.
 """
 from __future__ import annotations
 
@@ -41,7 +49,10 @@ class GapSelector:
 
     name = "gap"
 
-    def __init__(self, gamma: float = 0.1, min_k: int = 1, max_k: int = 5, eps: float = 1e-6):
+    def __init__(self, gamma: float = 0.1, min_k: int = 1, max_k: int = 5, eps: float = 1e-3, by: str = "similarity"):
+        if by not in ("similarity", "score"):
+            raise ConfigError("select.params.by must be 'similarity' or 'score'")
+        self.by = by
         if gamma <= 0:
             raise ConfigError("select.params.gamma must be > 0")
         if not 1 <= min_k <= max_k:
@@ -50,25 +61,43 @@ class GapSelector:
 
     def cut_point(self, scores: list[float]) -> tuple[int, bool, float | None]:
         """(number kept, whether the gap rule fired, the gap that fired)."""
-        s = scores[: self.max_k]
-        for i in range(self.min_k - 1, len(s) - 1):
-            a, b = max(s[i], self.eps), max(s[i + 1], self.eps)
-            gap = math.log(a / b)
-            if gap > self.gamma:
-                return i + 1, True, gap
-        return len(s), False, None
+        return _cut(scores, self.gamma, self.min_k, self.max_k, self.eps)
+
+    def key(self, e: Evidence) -> float:
+        if self.by == "similarity" and e.similarity is not None:
+            return float(e.similarity)
+        return float(e.score)
 
     def select(self, candidates: list[Evidence], **overrides: Any) -> Selection:
-        ranked = sorted(candidates, key=lambda e: -e.score)
-        scores = [e.score for e in ranked]
-        n, fired, gap = self.cut_point(scores)
-        reason = (f"log(S{n}/S{n + 1}) = {gap:.3f} > γ = {self.gamma}" if fired
-                  else f"no gap > γ = {self.gamma} within the first {min(self.max_k, len(scores))}; kept max_k/all")
+        gamma = float(overrides.get("gamma", self.gamma))
+        ranked = sorted(candidates, key=lambda e: -self.key(e))
+        scores = [round(self.key(e), 6) for e in ranked]
+        used = "similarity" if self.by == "similarity" and any(e.similarity is not None for e in ranked) else "score"
+        n, fired, gap = _cut(scores, gamma, self.min_k, self.max_k, self.eps)
+        reason = (f"log(S{n}/S{n + 1}) = {gap:.3f} > γ = {gamma} on {'calibrated similarity' if used == 'similarity' else 'score'}" if fired
+                  else f"no gap > γ = {gamma} within the first {min(self.max_k, len(scores))} {used} scores; "
+                       f"kept {n}")
         return Selection(kept=ranked[:n], rule="gap", cut_at=n if fired else None, scores=scores, reason=reason,
-                         params={"gamma": self.gamma, "min_k": self.min_k, "max_k": self.max_k})
+                         params={"gamma": gamma, "min_k": self.min_k, "max_k": self.max_k, "by": used})
 
 
-_SELECTORS: dict[str, Callable[..., Selector]] = {"fixed": FixedK, "gap": GapSelector}
+def _cut(scores: list[float], gamma: float, min_k: int, max_k: int, eps: float) -> tuple[int, bool, float | None]:
+    s = scores[:max_k]
+    for i in range(min_k - 1, len(s) - 1):
+        a, b = max(s[i], eps), max(s[i + 1], eps)
+        gap = math.log(a / b)
+        if gap > gamma:
+            return i + 1, True, gap
+    return len(s), False, None
+
+
+def _ltt(**kw):
+    from ragmed.select.ltt import LTTSelector
+
+    return LTTSelector(**kw)
+
+
+_SELECTORS: dict[str, Callable[..., Selector]] = {"fixed": FixedK, "gap": GapSelector, "rule": _ltt, "ltt": _ltt}
 
 
 def register_selector(name: str, factory: Callable[..., Selector]) -> None:
