@@ -1,0 +1,113 @@
+"""Index build speed and memory: cases/s, peak memory, decode vs encode split, growth with corpus size.
+
+Corpus: a CSV manifest of N cases, each one real VQA-RAD image (cycled) with one real IU X-ray report (cycled), ids
+unique, written under a temporary directory (the shared data is only referenced, never copied). Each size is built
+with the pipeline's own ``build_index`` in a fresh process, so peak RSS (ru_maxrss) is that build's alone.
+
+    python eval/bench_build.py --sizes 300,3000           # 1x and 10x
+    python eval/bench_build.py --sizes 300 --pipeline default --out bench_build_smoke
+
+Timings come from ``BuildReport.timings``: ``decode`` is the time the encoder waited for decoded images (decoding
+runs in a thread pool one batch ahead, so decode work that overlaps encoding is not counted there), ``encode_image``
+and ``encode_text`` the encoders, ``write`` the SQLite + vector-part commits, ``finalize`` the FAISS build and
+calibration.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from ragmed.eval.bench import peak_rss_mb, table, write_result  # noqa: E402
+
+DATA = Path(os.environ.get("RAGMED_DATA", REPO.parent / "shared" / "data"))
+
+
+def write_corpus(n: int, out: Path) -> Path:
+    images = sorted((DATA / "vqa-rad/images").glob("*.jpg"))
+    if not images:
+        sys.exit(f"no VQA-RAD images under {DATA / 'vqa-rad/images'} (set RAGMED_DATA)")
+    with (DATA / "reports/iu-xray/indiana_reports.csv").open(encoding="utf-8") as f:
+        reports = [(r.get("findings") or "") + " " + (r.get("impression") or "") for r in csv.DictReader(f)]
+    reports = [r.strip() for r in reports if len(r.strip()) > 20]
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / f"corpus_{n}.csv"
+    with manifest.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "image", "report"])
+        for i in range(n):
+            w.writerow([f"case-{i:06d}", str(images[i % len(images)]), reports[i % len(reports)]])
+    return manifest
+
+
+def build_one(manifest: str, out: str, pipeline: str | None) -> dict:
+    from ragmed.config import load_pipeline
+    from ragmed.corpus import read_corpus
+    from ragmed.pipeline.build import build_from_config
+
+    t0 = time.perf_counter()
+    cfg = load_pipeline(pipeline)
+    corpus = read_corpus(manifest)
+    t_read = time.perf_counter() - t0
+    rep = build_from_config(corpus, out, cfg, progress=False)
+    total = time.perf_counter() - t0
+    return {"n_cases": rep.n_cases, "n_images": rep.n_images, "skipped": len(rep.skipped), "build_s": rep.seconds,
+            "total_s": total, "read_corpus_s": t_read, "cases_per_s": rep.n_cases / rep.seconds,
+            "timings": rep.timings, "peak_rss_mb": peak_rss_mb(), "pipeline": cfg.name,
+            "encoders": {"text": cfg.encoders.text.name, "image": cfg.encoders.image.name if cfg.encoders.image else None},
+            "batch_size": cfg.index.batch_size, "decode_workers": cfg.index.decode_workers}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="300,3000")
+    ap.add_argument("--pipeline", default=None)
+    ap.add_argument("--tmp", default=None, help="where corpora and indexes are written (deleted afterwards)")
+    ap.add_argument("--out", default="bench_build")
+    ap.add_argument("--worker", nargs=2, metavar=("MANIFEST", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.worker:
+        print(json.dumps(build_one(args.worker[0], args.worker[1], args.pipeline)))
+        return
+    rows, results = [], []
+    with tempfile.TemporaryDirectory(prefix="ragmed-bench-build-", dir=args.tmp) as tmp:
+        for n in [int(x) for x in args.sizes.split(",")]:
+            manifest = write_corpus(n, Path(tmp))
+            cmd = [sys.executable, __file__, "--worker", str(manifest), str(Path(tmp) / f"idx_{n}")]
+            if args.pipeline:
+                cmd += ["--pipeline", args.pipeline]
+            print(f"--- building {n} cases", file=sys.stderr, flush=True)
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode != 0:
+                sys.exit(f"build of {n} cases failed:\n{p.stderr[-3000:]}")
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            results.append(r)
+            t = r["timings"]
+            rows.append({"cases": r["n_cases"], "cases/s": r["cases_per_s"], "build_s": r["build_s"],
+                         "decode_wait_s": t.get("decode"), "enc_image_s": t.get("encode_image"),
+                         "enc_text_s": t.get("encode_text"), "write_s": t.get("write"), "finalize_s": t.get("finalize"),
+                         "peak_rss_mb": r["peak_rss_mb"]})
+            print(table(rows[-1:]), file=sys.stderr, flush=True)
+    print(table(rows))
+    growth = {}
+    if len(results) >= 2:
+        a, b = results[0], results[-1]
+        growth = {"size_ratio": b["n_cases"] / a["n_cases"], "time_ratio": b["build_s"] / a["build_s"],
+                  "peak_rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"],
+                  "peak_rss_delta_mb": b["peak_rss_mb"] - a["peak_rss_mb"]}
+        print("growth " + ", ".join(f"{k}={v:.3g}" for k, v in growth.items()))
+    write_result(args.out, {"results": results, "table": rows, "growth": growth,
+                            "corpus": "N cases: VQA-RAD images cycled + IU X-ray reports cycled (unique ids)"})
+
+
+if __name__ == "__main__":
+    main()
