@@ -1,11 +1,25 @@
-"""Citation checks shared by every generator: which refs a text cites, and whether they were given."""
+"""Citation checks shared by every generator: which refs a text cites, whether they were given, whether the cited
+evidence supports each sentence, and deterministic citations for a model that forgot them.
+
+Flags a :class:`~ragmed.types.Generation` may carry:
+
+- ``uncited``: the answer cites nothing it was given;
+- ``unknown-citation``: it cites a ref it was not given (that ref is dropped from ``citations``);
+- ``unsupported``: a sentence's cited evidence does not support it (low word overlap, or, for a yes/no answer, no
+  cited evidence that says the same);
+- ``citations-attached``: the model cited nothing; ragmed attached the refs of the evidence each sentence overlaps
+  most (deterministic), so the citations are ragmed's, not the model's.
+"""
 from __future__ import annotations
 
 import re
 
+from ragmed.generate.text import content_words, overlap, report_asserts, split_sentences, yes_no
 from ragmed.types import Evidence, KnowledgeEvidence
 
 REF = re.compile(r"\[(K?\d+)\]")
+_ANY_REF = re.compile(r"\s*\[(?:K?\d+)\](?:\s*,?\s*\[(?:K?\d+)\])*")
+_ANSWER_SENT = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
 def cited_refs(text: str) -> list[str]:
@@ -29,3 +43,128 @@ def check_citations(text: str, evidence: list[Evidence], knowledge: list[Knowled
     if len(valid) < len(refs):
         flags.append("unknown-citation")
     return valid, flags
+
+
+def _sources(evidence: list[Evidence], knowledge: list[KnowledgeEvidence]) -> dict[str, str]:
+    src = {e.ref: (e.text or e.excerpt) for e in evidence if e.ref}
+    src.update({k.ref: f"{k.name}. {k.text}" for k in knowledge if k.ref})
+    return src
+
+
+def answer_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _ANSWER_SENT.split(text or "") if s.strip()]
+
+
+def strip_unknown_refs(text: str, given: set[str]) -> str:
+    """Remove refs the model invented (``[7]`` when only [1]–[3] were given)."""
+    return REF.sub(lambda m: m.group(0) if f"[{m.group(1)}]" in given else "", text)
+
+
+def evidence_says(question: str, text: str) -> str | None:
+    """What one piece of evidence answers to a yes/no question: the answer of its most similar "Q: … A: …" pair
+    (content-word Jaccard ≥ 0.5), else the negation-aware presence of the finding in its report text."""
+    from ragmed.generate.text import jaccard, normalize_answer, qa_pairs
+
+    best, best_sim = None, 0.0
+    for q, a in qa_pairs(text):
+        sim = jaccard(question, q)
+        if sim > best_sim:
+            best, best_sim = normalize_answer(a), sim
+    if best is not None and best_sim >= 0.5:
+        return best
+    return report_asserts(question, text)
+
+
+def support(sentence: str, source: str) -> float:
+    """How much of a sentence's content the cited text contains (share of its content words, 0–1)."""
+    body = _ANY_REF.sub(" ", sentence)
+    if not content_words(body):
+        return 1.0  # nothing to support ("See [1].")
+    return overlap(body, source)
+
+
+def attach_citations(text: str, evidence: list[Evidence], knowledge: list[KnowledgeEvidence], *,
+                     min_overlap: float = 0.2) -> tuple[str, bool]:
+    """Cite, after each uncited sentence, the given evidence whose text overlaps it most (ties → better rank).
+    Returns (text, whether anything was attached). Deterministic."""
+    src = _sources(evidence, knowledge)
+    order = [e.ref for e in evidence if e.ref] + [k.ref for k in knowledge if k.ref]
+    out, attached = [], False
+    for sent in answer_sentences(text):
+        if cited_refs(sent) or not src:
+            out.append(sent)
+            continue
+        scores = [(support(sent, src[r]), -i, r) for i, r in enumerate(order)]
+        s, _, ref = max(scores)
+        if s >= min_overlap and content_words(sent):
+            m = re.search(r"[.!?]\s*$", sent)
+            sent = (sent[: m.start()] + f" {ref}" + sent[m.start():]) if m else f"{sent} {ref}"
+            attached = True
+        out.append(sent)
+    return " ".join(out), attached
+
+
+def ground(text: str, question: str, evidence: list[Evidence], knowledge: list[KnowledgeEvidence], *,
+           task: str = "open", attach: bool = True, min_support: float = 0.3) -> tuple[str, list[str], list[str]]:
+    """The one check every model backend runs on its raw answer. Returns (text, citations, flags): invented refs
+    removed, citations attached when the model gave none (flag ``citations-attached``), ``uncited`` when nothing
+    could be cited, and ``unsupported`` when a sentence's cited evidence does not support it."""
+    given = {e.ref for e in evidence} | {k.ref for k in knowledge}
+    flags: list[str] = []
+    refs = cited_refs(text)
+    if any(r not in given for r in refs):
+        flags.append("unknown-citation")
+        text = re.sub(r"\s{2,}", " ", strip_unknown_refs(text, given)).strip()
+    if attach:  # a closed answer with no citation; every uncited sentence of a longer answer
+        if task == "closed":
+            text, done = _attach_closed(text, question, evidence) if not cited_refs(text) else (text, False)
+        else:
+            text, done = attach_citations(text, evidence, knowledge)
+        if done:
+            flags.append("citations-attached")
+    citations, cflags = check_citations(text, evidence, knowledge)
+    flags += [f for f in cflags if f not in flags]
+    if citations and not supported(text, question, evidence, knowledge, task=task, min_support=min_support):
+        flags.append("unsupported")
+    return text, citations, flags
+
+
+def _attach_closed(text: str, question: str, evidence: list[Evidence]) -> tuple[str, bool]:
+    """A yes/no answer cites the evidence that gives the same answer."""
+    ans = yes_no(text)
+    if ans is None:
+        return attach_citations(text, evidence, [])
+    refs = [e.ref for e in evidence if e.ref and evidence_says(question, e.text or e.excerpt) == ans]
+    if not refs:
+        return text, False
+    first, rest = (text.split(None, 1) + [""])[:2]
+    first = first.rstrip(".,;:")
+    return f"{first} {''.join(refs)}. {rest}".strip(), True
+
+
+def supported(text: str, question: str, evidence: list[Evidence], knowledge: list[KnowledgeEvidence], *,
+              task: str = "open", min_support: float = 0.3) -> bool:
+    """True when every cited sentence is supported by at least one evidence item it cites."""
+    src = _sources(evidence, knowledge)
+    if task == "closed":
+        ans = yes_no(text)
+        if ans is not None:
+            refs = [r for r in cited_refs(text) if r in src]
+            said = {evidence_says(question, src[r]) for r in refs if not r.startswith("[K")}
+            return ans in said
+    for sent in answer_sentences(text):
+        refs = [r for r in cited_refs(sent) if r in src]
+        if refs and max(support(sent, src[r]) for r in refs) < min_support:
+            return False
+    return True
+
+
+def compact_evidence(question: str, e: Evidence, max_chars: int = 240, max_items: int = 2) -> str:
+    """The part of an evidence text worth showing a small model: the Q–A pairs or sentences that overlap the
+    question most (in their original order), cut to ``max_chars``."""
+    sents = split_sentences(e.text or e.excerpt)
+    if not sents:
+        return ""
+    ranked = sorted(range(len(sents)), key=lambda i: (-overlap(question, sents[i]), i))[:max_items]
+    out = " ".join(sents[i] for i in sorted(ranked))
+    return out if len(out) <= max_chars else out[: max_chars - 1].rsplit(" ", 1)[0] + "…"
