@@ -19,7 +19,28 @@ LOGGERS = ("pydicom", "PIL")
 
 class _DropWhileReading(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003
-        return not getattr(_state, "depth", 0)
+        if not getattr(_state, "depth", 0):
+            return True
+        try:
+            text = str(record.msg).lower()
+        except Exception:  # noqa: BLE001
+            text = ""
+        if record.levelno >= logging.ERROR or _is_stop(text):
+            _state.parse_stops = getattr(_state, "parse_stops", 0) + 1
+        return False
+
+
+def _is_stop(text: str) -> bool:
+    text = text.lower()
+    return "end of file" in text or "bytes expected" in text
+
+
+def parse_stops() -> int:
+    """How many times pydicom reported, in this thread, that it stopped reading a dataset early (EOF or a value
+    it could not read), since the outermost :func:`quiet` began (seen in its log records and in its warnings, so
+    that a logging configuration that silences pydicom does not hide it)."""
+    caught = getattr(_state, "caught", None) or []
+    return max(getattr(_state, "parse_stops", 0), sum(1 for w in caught if _is_stop(str(w.message))))
 
 
 _FILTER = _DropWhileReading()
@@ -43,10 +64,19 @@ def _attach() -> None:
 @contextlib.contextmanager
 def quiet():
     _attach()
+    if not getattr(_state, "depth", 0):
+        _state.parse_stops = 0
+    outer = not getattr(_state, "depth", 0)
     _state.depth = getattr(_state, "depth", 0) + 1
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        if outer:
+            with warnings.catch_warnings(record=True) as caught:  # recorded, never shown
+                warnings.simplefilter("always")
+                _state.caught = caught
+                yield
+        else:
             yield
     finally:
         _state.depth -= 1
+        if outer:
+            _state.caught = None

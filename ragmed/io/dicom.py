@@ -38,6 +38,7 @@ from ragmed.errors import (
     NoPixelDataError,
     UnsupportedFormatError,
 )
+from ragmed.io._quiet import parse_stops
 from ragmed.io.deid import clean_code, uid_name
 from ragmed.io.image import MedicalImage, content_hash
 from ragmed.io.windowing import minmax_normalise
@@ -122,12 +123,18 @@ def _int(ds, keyword: str, default: int | None = None) -> int | None:
 
 
 def _read(pydicom, path: Path, shown: str, *, allow_burned_in, frame, max_pixels, sniffed, isolate) -> MedicalImage:
+    stops_before = parse_stops()
     ds = _parse(pydicom, path, shown, sniffed)
     has_pixels = any(_has(ds, t) for t in PIXEL_TAGS)
     if not sniffed and not has_pixels and not any(_has(ds, k) for k in ("SOPClassUID", "Modality", "Rows")):
         raise UnsupportedFormatError("not a DICOM, PNG or JPEG file", path=shown)
     if not has_pixels:
-        what = uid_name(_get(ds, "SOPClassUID")) or "unknown SOP class"
+        if parse_stops() > stops_before or _has_pixel_tag_bytes(path):
+            raise DecodeError("corrupt DICOM header: reading stopped before the pixel data "
+                              "(truncated file, a bad tag or element length)", path=shown)
+        meta0 = getattr(ds, "file_meta", None)
+        sop = _get(ds, "SOPClassUID") or (_get(meta0, "MediaStorageSOPClassUID") if meta0 is not None else None)
+        what = uid_name(sop) or "unknown SOP class"
         raise NoPixelDataError(f"DICOM object has no pixel data ({what})", path=shown)
     if clean_code(_get(ds, "BurnedInAnnotation")) == "YES" and not allow_burned_in:
         raise BurnedInAnnotationError("flagged BurnedInAnnotation=YES; skipped", path=shown,
@@ -198,6 +205,24 @@ def _read(pydicom, path: Path, shown: str, *, allow_burned_in, frame, max_pixels
         modality=clean_code(_get(ds, "Modality")), body_part=clean_code(_get(ds, "BodyPartExamined")),
         view=clean_code(_get(ds, "ViewPosition")), spacing=_spacing(ds), meta=meta,
     )
+
+
+def _has_pixel_tag_bytes(path: Path) -> bool:
+    """True when the file's bytes hold a Pixel Data tag (little or big endian) at an even offset: the parser
+    stopped before an element that is there."""
+    import mmap
+
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            for pat in (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10"):
+                i = m.find(pat)
+                while i != -1:
+                    if i % 2 == 0:
+                        return True
+                    i = m.find(pat, i + 1)
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def _is_compressed(tsyntax) -> bool:
