@@ -50,7 +50,8 @@ class ChatResult:
 
 
 def domain_slug(domain: str | None) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", (domain or "").lower()).strip("-") or "default"
+    d = re.sub(r"x[\s_-]?ray", "xray", (domain or "").lower())
+    return re.sub(r"[^a-z0-9]+", "-", d).strip("-") or "default"
 
 
 def parse_prompt(text: str, path: str = "<prompt>") -> Prompt:

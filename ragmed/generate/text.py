@@ -19,7 +19,9 @@ PRE_NEG = ("no evidence of", "no signs of", "no sign of", "negative for", "free 
            "not", "nor", "resolved", "resolution of", "clear of", "rule out", "ruled out", "removed")
 POST_NEG = ("is absent", "are absent", "not seen", "not identified", "not present", "has resolved", "have resolved",
             "is not", "are not", "were not", "was not", "unlikely", "resolved")
-_CLAUSE = re.compile(r"\b(?:but|however|although|though|except|which|with the exception of)\b|[,;:]")
+# a negation's scope ends at a termination term or clause break, and reaches at most NEG_WINDOW words (NegEx)
+_CLAUSE = re.compile(r"\b(?:but|however|although|though|except|which|with the exception of)\b|[;:]")
+NEG_WINDOW = 8
 
 
 def words(text: str) -> list[str]:
@@ -125,7 +127,7 @@ def report_asserts(question: str, text: str) -> str | None:
             if not idx or len(set(terms) & set(cw)) < need:
                 continue
             first = min(idx)
-            before = " " + " ".join(words(clause)[:first]) + " "
+            before = " " + " ".join(words(clause)[max(0, first - NEG_WINDOW):first]) + " "
             after = " " + " ".join(words(clause)[first:]) + " "
             if any(f" {t} " in before for t in PRE_NEG) or any(f" {t} " in after for t in POST_NEG):
                 neg += 1
