@@ -159,6 +159,8 @@ def load_image(
             raise ImageError("file not found", path=shown)
         if p.is_dir():
             return load_series(p, root=root, isolate=isolate, **opts)
+        if not p.is_file():  # a FIFO or device would block the read
+            raise UnsupportedFormatError("not a regular file", path=shown)
         with open(p, "rb") as f:
             head = f.read(256)
         if not head:
@@ -170,8 +172,8 @@ def load_image(
             return PillowReader().read(p, shown, **opts)
         for reader in READERS:
             if reader.can_read(p, head):
-                if isinstance(reader, DicomReader):
-                    return reader.read(p, shown, isolate=isolate, **opts)
+                if isinstance(reader, DicomReader):  # by suffix: no DICM preamble
+                    return reader.read(p, shown, isolate=isolate, sniffed=False, **opts)
                 return reader.read(p, shown, **opts)
         # DICOM without preamble ("no meta") still parses with force=True: try it last.
         return DicomReader().read(p, shown, sniffed=False, isolate=isolate, **opts)
