@@ -97,3 +97,32 @@ def test_missing_or_bad_model_dir_is_a_clear_error(tmp_path):
         create_generator("transformers").warm_up()
     with pytest.raises(ConfigError, match="kind="):
         create_generator("transformers", path=str(tmp_path), kind="audio")
+
+
+def test_constrained_choice_scores_whole_choices(tiny_models):
+    import torch
+
+    g = create_generator("transformers", path=str(tiny_models["lm"]))
+    msgs = [{"role": "user", "content": "is there a lesion ?"}]
+    pick, scores = g.choose(msgs, ["yes", "no"])
+    assert pick in ("yes", "no") and set(scores) == {"yes", "no"} and pick == max(scores, key=scores.get)
+    # a multi-token choice is scored by its whole continuation (cached prompt): equal to the direct log-probability
+    _, s = g.choose(msgs, ["9 lung", "1 lobe"])
+    prompt = g._inputs(msgs)["input_ids"]
+    ids = g.tokenizer("9 lung", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 2
+    with torch.inference_mode():
+        logits = g.model(input_ids=torch.cat([prompt, torch.tensor([ids])], 1)).logits[0]
+    lps = torch.log_softmax(logits.float(), -1)
+    n = prompt.shape[1]
+    direct = float(lps[n - 1, ids[0]] + lps[n, ids[1]])
+    assert abs(s["9 lung"] - direct) < 1e-3
+
+
+def test_closed_question_uses_the_constrained_choice(tiny_models):
+    g = create_generator("transformers", path=str(tiny_models["lm"]))
+    out = g.generate("Is there a pneumothorax?", EVIDENCE, [], task="closed")
+    assert out.text.split()[0].rstrip(".") in ("Yes", "No")
+    # the answer cites exactly the evidence that says the same, or is flagged uncited
+    expected = {"No": ["[1]", "[2]"], "Yes": []}[out.text.split()[0].rstrip(".")]
+    assert out.citations == expected and (expected or "uncited" in out.flags)

@@ -206,7 +206,9 @@ class ChatGenerator:
       else the model);
     - ``max_evidence``, ``evidence_chars``, ``max_knowledge``: how much evidence goes into the prompt;
     - ``min_support``: word-overlap share under which a cited sentence is flagged ``unsupported``;
-    - ``attach_citations``: attach refs deterministically when the model cites nothing (flagged).
+    - ``attach_citations``: attach refs deterministically when the model cites nothing (flagged);
+    - ``constrained``: answer a closed question by scoring its choices (yes/no, or the options of an either/or
+      question) with the model instead of parsing free text, where the backend can (``choose``: local models).
     """
 
     id = "chat"
@@ -215,7 +217,7 @@ class ChatGenerator:
     def __init__(self, *, max_new_tokens: int | dict[str, int] | None = None, temperature: float = 0.0,
                  seed: int = 0, prompts_dir: str | None = None, closed: str = "model", vote_share: float = 0.75,
                  max_evidence: int = 4, evidence_chars: int = 240, max_knowledge: int = 2, min_support: float = 0.3,
-                 attach_citations: bool = True, text_encoder=None):
+                 attach_citations: bool = True, constrained: bool = True, text_encoder=None):
         if closed not in CLOSED_STRATEGIES:
             raise ConfigError(f"generator param closed={closed!r}; one of {', '.join(CLOSED_STRATEGIES)}")
         mnt = dict(DEFAULT_MAX_NEW_TOKENS)
@@ -232,6 +234,7 @@ class ChatGenerator:
         self.max_evidence, self.evidence_chars, self.max_knowledge = int(max_evidence), int(evidence_chars), int(max_knowledge)
         self.min_support = float(min_support)
         self.attach = bool(attach_citations)
+        self.constrained = bool(constrained)
         self.text_encoder = text_encoder
         self._lock = threading.RLock()
         self._ready = False
@@ -288,7 +291,12 @@ class ChatGenerator:
                 return g
         self.warm_up()
         msgs = self.messages_for(question, evidence, knowledge, image=image, domain=domain, task=task)
-        res = self.chat(msgs, max_new_tokens=self.max_new_tokens[task])
+        choices = closed_choices(question) if task == "closed" and self.constrained else []
+        if choices and hasattr(self, "choose"):
+            pick, _ = self.choose(msgs, choices)
+            res = ChatResult(text=pick[:1].upper() + pick[1:] + ".")
+        else:
+            res = self.chat(msgs, max_new_tokens=self.max_new_tokens[task])
         text = clean_answer(res.text, task, question)
         if not text:
             return Generation(text="The model gave no answer.", citations=[], model=self.model_id,
@@ -298,6 +306,13 @@ class ChatGenerator:
         if res.finish_reason == "length" and task != "closed":
             flags.append("truncated")
         return Generation(text=text, citations=citations, model=self.model_id, flags=flags)
+
+
+def closed_choices(question: str) -> list[str]:
+    """The answers a closed question allows: its either/or options, else yes/no."""
+    from ragmed.generate.text import options
+
+    return options(question) or ["yes", "no"]
 
 
 _ROLE_LEAK = re.compile(r"(<\|im_end\|>|<\|im_start\|>|<\|endoftext\|>|\n\s*(?:question|evidence|user|assistant)\s*:).*",

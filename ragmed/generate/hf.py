@@ -13,6 +13,7 @@ machine; see eval/results/bench_generate.json).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import threading
 from collections.abc import Iterator
@@ -190,6 +191,38 @@ class TransformersGenerator(ChatGenerator):
         finish = "length" if len(new) >= max_new_tokens else "stop"
         return ChatResult(text=text.strip(), prompt_tokens=int(n_in), completion_tokens=int(len(new)),
                           finish_reason=finish)
+
+    def choose(self, messages: list[dict[str, Any]], choices: list[str]) -> tuple[str, dict[str, float]]:
+        """Constrained answer to a closed question: the choice the model finds most likely as the start of its
+        reply (log-probability of the choice's tokens after the prompt, best of "yes" / "Yes" spellings).
+        Deterministic; no free text to parse."""
+        import torch
+
+        self.warm_up()
+        tok = self.tokenizer
+        scores: dict[str, float] = {}
+        with self._gen_lock, torch_threads(self.threads), torch.inference_mode():
+            inputs = self._inputs(messages).to(self.device)
+            out = self.model(**inputs, use_cache=True)
+            first = torch.log_softmax(out.logits[0, -1].float(), -1)
+            for c in choices:
+                best = -float("inf")
+                for variant in dict.fromkeys((c, c[:1].upper() + c[1:])):
+                    ids = tok(variant, add_special_tokens=False)["input_ids"]
+                    if not ids:
+                        continue
+                    lp = float(first[ids[0]])
+                    if len(ids) > 1:  # the rest of a multi-token choice, continuing from the prompt's cache
+                        n = inputs["input_ids"].shape[1]
+                        rest = torch.tensor([ids], device=self.device)
+                        logits = self.model(input_ids=rest, past_key_values=copy.deepcopy(out.past_key_values),
+                                            attention_mask=torch.ones((1, n + len(ids)), dtype=torch.long,
+                                                                      device=self.device)).logits[0]
+                        lps = torch.log_softmax(logits[:-1].float(), -1)
+                        lp += float(sum(lps[i, t] for i, t in enumerate(ids[1:])))
+                    best = max(best, lp)
+                scores[c] = best
+        return max(choices, key=lambda c: scores[c]), scores
 
     def stream(self, messages: list[dict[str, Any]], *, max_new_tokens: int = 64, temperature: float | None = None,
                seed: int | None = None, stop: list[str] | None = None) -> Iterator[str]:
