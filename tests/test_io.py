@@ -479,6 +479,21 @@ def test_decoder_timeout_and_crash_are_contained(tmp_path, monkeypatch):
     assert load_image(path).shape == (1955, 1841)  # a fresh worker works again
 
 
+def test_rust_decoder_panic_is_a_typed_error_in_and_out_of_process(tmp_path):
+    """Four bit flips in MR_small_RLE make pylibjpeg-rle panic (pyo3 PanicException, a BaseException)."""
+    data = bytearray(Path(pydicom_file("MR_small_RLE.dcm")).read_bytes())
+    for offset, xor in ((1513, 32), (1798, 16), (4501, 128), (6840, 1)):
+        data[offset] ^= xor
+    p = tmp_path / "panic.dcm"
+    p.write_bytes(bytes(data))
+    with pytest.raises(BaseException) as raw:  # the hazard is real
+        pydicom.dcmread(p).pixel_array
+    assert not isinstance(raw.value, Exception)
+    for mode in ("auto", "never"):
+        with pytest.raises(DecodeError, match="RLE Lossless"):
+            load_image(p, root=tmp_path, isolate=mode)
+
+
 def test_isolate_option(tmp_path):
     p = pydicom_file("JPEG2000.dcm")
     assert np.array_equal(load_image(p, isolate="always").pixels, load_image(p, isolate="never").pixels)

@@ -26,6 +26,7 @@ What a DICOM file becomes:
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +177,7 @@ def _read(pydicom, path: Path, shown: str, *, allow_burned_in, frame, max_pixels
     from ragmed.io import _isolate
 
     if use_worker and _isolate.available():
-        arr = _decode_isolated(path, index if frames > 1 else None, shown, ts_name)
+        arr = _decode_isolated(Path(os.path.abspath(path)), index if frames > 1 else None, shown, ts_name)
     else:
         arr = _decode_here(ds, index if frames > 1 else None, shown, ts_name)
     if arr.ndim not in (2, 3) or tuple(arr.shape[:2]) != (rows, cols):
@@ -253,7 +254,9 @@ def _decode_here(ds, index: int | None, shown: str, ts_name: str) -> np.ndarray:
 
     try:
         return np.asarray(pixel_array(ds, index=index))
-    except (MemoryError, RecursionError, Exception) as e:  # noqa: BLE001
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - pyo3's PanicException (Rust RLE decoder) is a BaseException
         raise DecodeError(f"cannot decode '{ts_name}' pixel data: {classify_decode_error(e)} ({type(e).__name__})",
                           path=shown) from None
 

@@ -181,7 +181,9 @@ def load_image(
         raise
     except (MemoryError, RecursionError) as e:
         raise DecodeError(f"cannot decode ({type(e).__name__})", path=shown) from None
-    except Exception as e:  # noqa: BLE001 - last line: nothing but typed errors leaves io, and no foreign message
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as e:  # noqa: BLE001 - last line (a Rust panic is a BaseException): only typed errors leave
         raise DecodeError(f"cannot decode ({type(e).__name__})", path=shown) from None
 
 
