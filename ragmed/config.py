@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ragmed.errors import ConfigError
 
@@ -19,6 +19,20 @@ PACKAGED_PIPELINES = Path(__file__).resolve().parent / "pipelines"
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+# Where each built-in encoder's parameters are declared (modules that import no torch at module level).
+_ENCODER_SIGNATURES = {
+    "minilm": "ragmed.encoders.text:SentenceTransformerTextEncoder.__init__",
+    "sentence-transformers": "ragmed.encoders.text:SentenceTransformerTextEncoder.__init__",
+    "classic": "ragmed.encoders.classic:ClassicDescriptor.__init__",
+    "ragmed-default": "ragmed.encoders.default:RagmedImageEncoder.__init__",
+    "biomedclip": "ragmed.encoders.clip:biomedclip",
+    "unimed-clip": "ragmed.encoders.clip:unimed_clip",
+    "siglip": "ragmed.encoders.clip:siglip",
+    "clip": "ragmed.encoders.clip:clip",
+    "medimageinsight": "ragmed.encoders.clip:medimageinsight",
+}
 
 
 class EncoderSpec(_Model):
@@ -35,6 +49,31 @@ class EncoderSpec(_Model):
         if v not in list_encoders():
             raise ValueError(f"unknown encoder {v!r}; registered: {', '.join(list_encoders())}")
         return v
+
+    @model_validator(mode="after")
+    def _known_params(self) -> "EncoderSpec":
+        """Parameter names are checked at load time (values such as weight paths only when the encoder is built)."""
+        import importlib
+        import inspect
+
+        target = _ENCODER_SIGNATURES.get(self.name)
+        if target is None:
+            return self
+        mod, attr = target.split(":")
+        obj = importlib.import_module(mod)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        sig = inspect.signature(obj)
+        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+            return self
+        allowed = {n for n, p in sig.parameters.items() if n not in ("self", "role")}
+        if self.name == "minilm":
+            allowed.discard("path")
+        unknown = sorted(set(self.params) - allowed)
+        if unknown:
+            raise ValueError(f"encoder {self.name!r} has no parameter(s) {', '.join(unknown)}; "
+                             f"it takes: {', '.join(sorted(allowed)) or 'none'}")
+        return self
 
 
 class EncodersConfig(_Model):

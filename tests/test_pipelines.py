@@ -47,3 +47,8 @@ def test_missing_weights_reported_on_use_with_remedy():
     with pytest.raises(ModelNotFoundError) as e:
         create_encoder(spec.name, role="image", **{**spec.params, "path": cfg.resolve_path(spec.params["path"])})
     assert "b16_400m.pt" in str(e.value)
+
+
+def test_unknown_encoder_parameter_named_at_load():
+    with pytest.raises(ConfigError, match="encoder 'unimed-clip' has no parameter.*model.*it takes:.*arch"):
+        PipelineConfig.from_dict({"encoders": {"image": {"name": "unimed-clip", "params": {"model": "x"}}}})
