@@ -1,0 +1,94 @@
+"""Medical knowledge graphs: build (UMLS RRF, open registry sources, OBO files), persist, link text, give evidence.
+
+Public API (the pipeline uses these names):
+
+- ``load_graph(path) -> KnowledgeGraph`` (``kg.id``, ``kg.link(text) -> list[LinkedConcept]``, ``kg.lookup``,
+  ``kg.concept``, ``kg.neighbours``, ``kg.graph`` as networkx)
+- ``knowledge_evidence(kg, question, reports, max_concepts) -> list[KnowledgeEvidence]``
+- ``default_graph_path()``: the bundled open default graph (``knowledge/open-default``)
+- ``build_graph(specs) -> networkx.MultiDiGraph`` and ``save_graph(G, out)``
+
+Schema of nodes and edges: ``ragmed/knowledge/schema.py``; on-disk format: ``store.py``; README:
+``knowledge/README.md``.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ragmed.errors import KnowledgeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ragmed.knowledge.graph import KnowledgeGraph, LinkedConcept
+
+__all__ = ["load_graph", "default_graph_path", "knowledge_evidence", "build_graph", "save_graph", "KnowledgeGraph",
+           "LinkedConcept"]
+
+DEFAULT_NAME = "open-default"
+_CACHE: dict[tuple[str, float], "KnowledgeGraph"] = {}
+_LOCK = threading.Lock()
+
+
+def default_graph_path() -> Path:
+    """``$RAGMED_KG`` if set, else ``knowledge/open-default`` in the repository (or the working directory)."""
+    env = os.environ.get("RAGMED_KG")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2] / "knowledge" / DEFAULT_NAME
+    if repo.exists():
+        return repo
+    cwd = Path.cwd() / "knowledge" / DEFAULT_NAME
+    return cwd if cwd.exists() else repo
+
+
+def load_graph(path: str | Path | None = None, *, cache: bool = True) -> "KnowledgeGraph":
+    """Load a knowledge directory (default: :func:`default_graph_path`). Loaded graphs are cached per process by
+    path and manifest modification time."""
+    from ragmed.knowledge.graph import KnowledgeGraph
+    from ragmed.knowledge.store import read_columns, read_manifest
+
+    p = Path(path) if path is not None else default_graph_path()
+    if not p.exists():
+        remedy = ("build it with: ragmed kg build --source open --out " + str(p)) if p.name == DEFAULT_NAME else \
+            "build one with: ragmed kg build --source open|obo:FILE|umls:DIR --out DIR"
+        raise KnowledgeError("knowledge graph directory not found", path=str(p), remedy=remedy)
+    manifest = read_manifest(p)
+    key = (str(p.resolve()), (p / "manifest.json").stat().st_mtime)
+    if cache and key in _CACHE:
+        return _CACHE[key]
+    with _LOCK:
+        if cache and key in _CACHE:
+            return _CACHE[key]
+        cols, edges, lex = read_columns(p)
+        kg = KnowledgeGraph(p, manifest, cols, edges, lex)
+        if cache:
+            _CACHE[key] = kg
+    return kg
+
+
+def knowledge_evidence(kg: "KnowledgeGraph", question: str, reports: list[str], max_concepts: int = 5):
+    from ragmed.knowledge.evidence import knowledge_evidence as _ke
+
+    return _ke(kg, question, reports, max_concepts=max_concepts)
+
+
+def build_graph(specs, **umls_options):
+    from ragmed.knowledge.build import build_graph as _bg
+
+    return _bg(specs, **umls_options)
+
+
+def save_graph(G, out, **kw):
+    from ragmed.knowledge.store import save_graph as _sg
+
+    return _sg(G, out, **kw)
+
+
+def __getattr__(name: str):
+    if name in ("KnowledgeGraph", "LinkedConcept"):
+        from ragmed.knowledge import graph
+
+        return getattr(graph, name)
+    raise AttributeError(f"module 'ragmed.knowledge' has no attribute {name!r}")

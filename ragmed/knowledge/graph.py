@@ -1,0 +1,261 @@
+"""The loaded concept graph: concept records, typed relations, and the concept linker.
+
+``KnowledgeGraph`` keeps the nodes column-wise and the edges as numpy arrays (compressed sparse rows per direction),
+so that a graph of ~200k concepts loads in well under a second; ``kg.graph`` builds the equivalent
+``networkx.MultiDiGraph`` on first use.
+
+Linking (``kg.link(text)``): tokens are normalised (``text.py``) and matched against the precomputed lexicon of
+concept names and synonyms, leftmost-longest, within a sentence; capitalised abbreviations match case-sensitively.
+Every match is then checked for negation (NegEx-style scope). A span that several concepts share (the same name in
+DOID, HPO and MeSH) is reported once, as the concept that is matched by its preferred name, has a UMLS CUI, and comes
+first in ``SOURCE_PRIORITY``; when that concept has no CUI of its own, the CUI that the other concepts of the span
+agree on is reported. Optionally (``fuzzy=True``) phrases left unmatched are compared with concept names by MiniLM
+embeddings (``embed.py``), with a high similarity threshold (precision first).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ragmed.knowledge.text import negated_tokens, sentence_ids, tokenize, uncertain_tokens
+
+SOURCE_PRIORITY = ("UMLS", "DOID", "HPO", "SYMP", "MSH", "ICD10CM")
+SCORE_PREFERRED, SCORE_SYNONYM, SCORE_ABBREVIATION = 1.0, 0.95, 0.9
+UNCERTAIN_FACTOR = 0.5  # a hedged mention ("may represent X", "X versus Y") scores half
+
+
+@dataclass
+class LinkedConcept:
+    """One concept mention in a text. ``span`` is (start, end) character offsets into the linked text."""
+
+    id: str
+    name: str
+    source: str
+    cui: str | None
+    span: tuple[int, int]
+    negated: bool
+    score: float
+    text: str = ""  # the words matched, as written
+    method: str = "exact"  # exact | synonym | abbreviation | embedding
+    uncertain: bool = False  # in the scope of a hedge; its score is multiplied by UNCERTAIN_FACTOR
+    types: list[str] = field(default_factory=list)
+    alternatives: list[str] = field(default_factory=list)  # other concepts sharing this surface form
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented JSON schema of ``ragmed kg link --json``."""
+        return {"id": self.id, "name": self.name, "source": self.source, "cui": self.cui,
+                "span": [self.span[0], self.span[1]], "negated": self.negated, "score": round(self.score, 4)}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["span"] = list(self.span)
+        return d
+
+
+class KnowledgeGraph:
+    """A loaded knowledge directory. Use :func:`ragmed.knowledge.load_graph`."""
+
+    def __init__(self, path: Path, manifest: dict, cols: dict, edges: dict, lexicon: dict):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.id: str = manifest["id"]
+        self.ids: list[str] = cols["ids"]
+        self.names: list[str] = cols["names"]
+        self._source_names: list[str] = cols["sources"]
+        self._source: list[int] = cols["source"]
+        self.synonyms: list[list[str]] = cols["synonyms"]
+        self.definitions: list[str] = cols["definitions"]
+        self._type_names: list[str] = cols["type_names"]
+        self._types: list[list[int]] = cols["types"]
+        self.xrefs: list[dict[str, list[str]]] = cols["xrefs"]
+        self.cuis: list[str | None] = cols["cuis"]
+        self.index: dict[str, int] = dict(zip(self.ids, range(len(self.ids))))
+        self.relations: list[str] = manifest["relations"]
+        src, dst, rel = edges["src"], edges["dst"], edges["rel"]
+        self._out = self._csr(src, dst, rel)
+        self._in = self._csr(dst, src, rel)
+        self._lex: dict[str, list[int]] = dict(zip(lexicon["keys"], lexicon["postings"]))
+        self._maxlen: dict[str, int] = lexicon["maxlen"]
+        self._prio = {s: i for i, s in enumerate(SOURCE_PRIORITY)}
+        self._nx = None
+        self._fuzzy = None
+        self._lock = threading.Lock()
+
+    def _csr(self, a: np.ndarray, b: np.ndarray, rel: np.ndarray):
+        n = len(self.ids)
+        order = np.argsort(a, kind="stable")
+        ptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(a, minlength=n), out=ptr[1:])
+        return ptr, b[order], rel[order]
+
+    # --- concepts ----------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, cid: str) -> bool:
+        return cid in self.index
+
+    @property
+    def number_of_edges(self) -> int:
+        return int(len(self._out[1]))
+
+    def source_of(self, i: int) -> str:
+        return self._source_names[self._source[i]]
+
+    def types_of(self, i: int) -> list[str]:
+        return [self._type_names[t] for t in self._types[i]]
+
+    def concept(self, cid: str) -> dict[str, Any]:
+        """The node record (common schema) of a concept id; KeyError when absent."""
+        i = self.index[cid]
+        return {"id": cid, "name": self.names[i], "source": self.source_of(i), "synonyms": list(self.synonyms[i]),
+                "definition": self.definitions[i], "types": self.types_of(i), "xrefs": self.xrefs[i],
+                "cui": self.cuis[i]}
+
+    def neighbours(self, cid: str, rel: str | Iterable[str] | None = None, direction: str = "out") -> list[tuple[str, str]]:
+        """(relation, concept id) pairs: ``out`` edges (e.g. ``is_a`` → parents) or ``in`` edges (children)."""
+        i = self.index[cid]
+        ptr, other, rels = self._out if direction == "out" else self._in
+        want = None if rel is None else ({rel} if isinstance(rel, str) else set(rel))
+        out = []
+        for j in range(ptr[i], ptr[i + 1]):
+            r = self.relations[rels[j]]
+            if want is None or r in want:
+                out.append((r, self.ids[other[j]]))
+        return out
+
+    def parents(self, cid: str) -> list[str]:
+        return [c for _, c in self.neighbours(cid, "is_a")]
+
+    def lookup(self, term: str, limit: int = 10) -> list[dict[str, Any]]:
+        """Concepts for a term: a concept id, else exact normalised name/synonym matches (any source, linkable or
+        not), else names containing every word of the term (shortest first)."""
+        from ragmed.knowledge.text import normalise
+
+        term = term.strip()
+        if term in self.index:
+            return [self.concept(term)]
+        key = normalise(term)
+        hits = [i for i, n in enumerate(self.names) if normalise(n) == key] if key else []
+        if not hits and key:
+            hits = [p // 4 for p in self._lex.get(key, [])]
+        if not hits and key:
+            words = key.split()
+            scored = []
+            for i, n in enumerate(self.names):
+                nn = normalise(n)
+                if all(w in nn.split() for w in words):
+                    scored.append((len(nn), i))
+            hits = [i for _, i in sorted(scored)]
+        hits = sorted(dict.fromkeys(hits), key=self._rank_key)
+        return [self.concept(self.ids[i]) for i in hits[:limit]]
+
+    # --- networkx view -----------------------------------------------------------------------------------------
+    @property
+    def graph(self):
+        """The graph as a ``networkx.MultiDiGraph`` (built on first access)."""
+        if self._nx is None:
+            import networkx as nx
+
+            G = nx.MultiDiGraph(id=self.id, sources=self.manifest.get("sources", []))
+            G.add_nodes_from((cid, self.concept(cid)) for cid in self.ids)
+            ptr, other, rels = self._out
+            for i in range(len(self.ids)):
+                for j in range(ptr[i], ptr[i + 1]):
+                    G.add_edge(self.ids[i], self.ids[other[j]], rel=self.relations[rels[j]])
+            self._nx = G
+        return self._nx
+
+    # --- linking -----------------------------------------------------------------------------------------------
+    def _rank_key(self, i: int, preferred: bool = True):
+        return (not preferred, self.cuis[i] is None, self._prio.get(self.source_of(i), len(self._prio)), self.ids[i])
+
+    def _choose(self, postings: list[int]) -> tuple[int, int, list[int]]:
+        best = min(postings, key=lambda p: self._rank_key(p // 4, bool(p & 1)))
+        others = [p // 4 for p in postings if p != best]
+        return best // 4, best & 3, others
+
+    def link(self, text: str, *, negation: bool = True, fuzzy: bool = False,
+             fuzzy_threshold: float | None = None) -> list[LinkedConcept]:
+        """Concept mentions in ``text``, in text order (one per span)."""
+        if not text or not text.strip():
+            return []
+        toks = tokenize(text)
+        n = len(toks)
+        norms = [t.norm for t in toks]
+        sid = sentence_ids(text, toks)
+        found: list[tuple[int, int, list[int], str]] = []  # (i, j, postings, key)
+        i = 0
+        lex, maxlen = self._lex, self._maxlen
+        while i < n:
+            hit = None
+            m = maxlen.get(norms[i], 0)
+            for L in range(min(m, n - i), 0, -1):
+                if sid[i + L - 1] != sid[i]:
+                    continue
+                key = norms[i] if L == 1 else " ".join(norms[i:i + L])
+                post = lex.get(key)
+                if post:
+                    hit = (i, i + L, post, key)
+                    break
+            if hit is None:
+                post = lex.get("=" + toks[i].text)
+                if post:
+                    hit = (i, i + 1, post, "=" + toks[i].text)
+            if hit:
+                found.append(hit)
+                i = hit[1]
+            else:
+                i += 1
+        spans = [(a, b) for a, b, _, _ in found]
+        neg = negated_tokens(text, toks, spans) if negation and found else [False] * n
+        unc = uncertain_tokens(text, toks, spans) if negation and found else [False] * n
+        out: list[LinkedConcept] = []
+        for a, b, post, key in found:
+            ci, flags, others = self._choose(post)
+            method = "abbreviation" if flags & 2 else ("exact" if flags & 1 else "synonym")
+            score = {"abbreviation": SCORE_ABBREVIATION, "exact": SCORE_PREFERRED, "synonym": SCORE_SYNONYM}[method]
+            cui = self.cuis[ci]
+            if cui is None:
+                alt = {self.cuis[o] for o in others if self.cuis[o]}
+                cui = alt.pop() if len(alt) == 1 else None
+            start, end = toks[a].start, toks[b - 1].end
+            hedged = any(unc[a:b])
+            out.append(LinkedConcept(id=self.ids[ci], name=self.names[ci], source=self.source_of(ci), cui=cui,
+                                     span=(start, end), negated=any(neg[a:b]),
+                                     score=score * (UNCERTAIN_FACTOR if hedged else 1.0), text=text[start:end],
+                                     method=method, uncertain=hedged, types=self.types_of(ci),
+                                     alternatives=[self.ids[o] for o in others]))
+        if fuzzy:
+            out = self._fuzzy_linker().extend(text, toks, sid, neg, unc, out, threshold=fuzzy_threshold)
+        return out
+
+    def link_many(self, texts: list[str], **kw) -> list[list[LinkedConcept]]:
+        return [self.link(t, **kw) for t in texts]
+
+    def _fuzzy_linker(self):
+        if self._fuzzy is None:
+            with self._lock:
+                if self._fuzzy is None:
+                    from ragmed.knowledge.embed import FuzzyLinker
+
+                    self._fuzzy = FuzzyLinker(self)
+        return self._fuzzy
+
+    def linkable_indices(self) -> list[int]:
+        """Node indices that the lexicon links (their types are among the manifest's link types)."""
+        seen: set[int] = set()
+        for post in self._lex.values():
+            for p in post:
+                seen.add(p // 4)
+        return sorted(seen)
+
+    def info(self) -> dict[str, Any]:
+        m = self.manifest
+        return {"id": self.id, "path": str(self.path), "nodes": len(self), "edges": self.number_of_edges,
+                "counts": m.get("counts", {}), "sources": m.get("sources", []), "relations": self.relations,
+                "link_types": m.get("link_types", []), "created": m.get("created"), "command": m.get("command")}

