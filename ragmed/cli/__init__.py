@@ -79,7 +79,7 @@ def _quiet_libraries(verbose: bool) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         warnings.filterwarnings("ignore")
-        for name in ("pydicom", "transformers", "sentence_transformers", "faiss", "httpx"):
+        for name in ("pydicom", "transformers", "sentence_transformers", "faiss", "httpx", "bm25s", "urllib3"):
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
