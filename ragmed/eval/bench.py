@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent.parent / "eval" / "results"
-CACHE_DIR = Path(__file__).resolve().parent.parent.parent / "eval" / ".cache"
+CACHE_DIR = Path(os.environ.get("RAGMED_BENCH_CACHE") or Path(__file__).resolve().parent.parent.parent / "eval" / ".cache")
 
 
 def machine() -> dict[str, Any]:
