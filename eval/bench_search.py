@@ -565,6 +565,10 @@ def cmd_run(args) -> None:
             results.append(run_worker_process(system, size, args))
             print(json.dumps({k: v for k, v in results[-1].items() if k not in ("ef_sweep", "nprobe_sweep")},
                              default=float), file=sys.stderr, flush=True)
+    if args.peers_from:  # e.g. the SimpleVectorStore measured at 100k by an earlier run, for the 1M ratios
+        prev = json.loads(Path(args.peers_from).read_text())["results"]
+        results += [dict(r, from_file=args.peers_from) for r in prev
+                    if r.get("system") == "llama-simple" and "t1" in r and r["system"] not in systems]
     rows = summary_rows(results)
     print(table(rows))
     ratios = compute_ratios(results, args)
@@ -663,6 +667,7 @@ def main() -> None:
     r.add_argument("--simple-max", type=int, default=100_000)
     r.add_argument("--out", default="bench_search")
     r.add_argument("--plot", action="store_true")
+    r.add_argument("--peers-from", default=None, help="add the llama-simple rows of an earlier result file")
     w = sub.choices["worker"]
     w.add_argument("--system", required=True)
     w.add_argument("--size", required=True, choices=list(SIZES))

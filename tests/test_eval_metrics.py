@@ -268,3 +268,20 @@ def test_read_reports_formats(tmp_path):
     p.write_text('[{"id": "a", "nope": 1}]')
     with pytest.raises(CorpusError, match="none of the text fields"):
         read_reports(p)
+
+
+def test_finding_f1_with_the_real_linker(tmp_path):
+    """The bundled knowledge graph's linker, negation-aware: 'No pleural effusion' is an absent finding."""
+    from ragmed.eval.report import load_linker
+
+    kg, why = load_linker()
+    if kg is None:
+        pytest.skip(why)
+    pred = tmp_path / "p.txt"
+    ref = tmp_path / "r.txt"
+    pred.write_text("No pleural effusion. Cardiomegaly.\n")
+    ref.write_text("Pleural effusion. Cardiomegaly.\n")
+    r = evaluate_reports(pred, ref, linker=kg)
+    # pred {effusion absent, cardiomegaly present}; ref {effusion present, cardiomegaly present}
+    assert r["metrics"]["finding_precision"] == 0.5 and r["metrics"]["finding_recall"] == 0.5
+    assert r["metrics"]["finding_present_precision"] == 1.0 and r["metrics"]["finding_present_recall"] == 0.5
