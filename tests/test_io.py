@@ -653,6 +653,31 @@ def test_no_phi_from_a_real_file_with_identifiers(tmp_path, caplog):
     assert name not in repr(img) + repr(img.meta) and "Lestrade" not in caplog.text
 
 
+def test_concurrent_loads_match_sequential_and_restore_warning_state(tmp_path):
+    import concurrent.futures as cf
+
+    names = ["CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm", "rtplan.dcm",
+             "MR_small_jpeg_ls_lossless.dcm", "examples_ybr_color.dcm", "MR_truncated.dcm"] * 3
+    paths = [pydicom_file(n) for n in names]
+
+    def one(p):
+        try:
+            img = load_image(p)
+            return img.content_hash, float(img.pixels.sum())
+        except ImageError as e:
+            return type(e).__name__, str(e)
+
+    load_image(paths[0])
+    before = (list(warnings.filters), warnings.showwarning)
+    sequential = [one(p) for p in paths]
+    with cf.ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(one, paths))
+    assert parallel == sequential
+    assert (list(warnings.filters), warnings.showwarning) == before
+    with pytest.warns(UserWarning, match="still shown"):
+        warnings.warn("still shown", UserWarning)
+
+
 def test_logging_of_other_libraries_still_works_after_reads(caplog):
     caplog.set_level(logging.WARNING)
     load_image(pydicom_file("CT_small.dcm"))

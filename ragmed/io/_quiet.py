@@ -1,10 +1,16 @@
 """Keep pydicom's and Pillow's diagnostics from leaking header values into warnings and logs.
 
-pydicom reports invalid values by quoting them (``Invalid value for VR DA: '19700101'`` …), and such a value may be a
-patient's name or birth date. While ``ragmed.io`` reads a file, :func:`quiet` discards warnings and drops records
-of the ``pydicom`` and ``PIL`` loggers emitted by the reading thread. The logging part is exact per thread (a filter
-on a thread-local flag); ``warnings.catch_warnings`` is process-wide in Python < 3.14, so a warning raised by
-another thread during a read may be hidden too (never shown in place of ours).
+pydicom reports invalid values by quoting them (``Invalid value for VR IS: 'Doe^John'``, EOF warnings with the
+file's absolute path …), and such a value may be a patient's name. While a thread is inside :func:`quiet`:
+
+* records of the ``pydicom`` / ``PIL`` loggers (and their child loggers) emitted by *that thread* are dropped, by a
+  filter on a thread-local flag;
+* warnings raised by *that thread* are swallowed: the first thread to enter installs (once, under a lock) a
+  ``warnings.showwarning`` hook and an "always" filter, the last one to leave restores the previous state. Warnings
+  from other threads are passed to the previous ``showwarning`` meanwhile (shown each time rather than once).
+
+Both channels also count, per thread, pydicom's reports that it stopped reading a dataset early (end of file, an
+unreadable value): :func:`parse_stops`.
 """
 from __future__ import annotations
 
@@ -17,30 +23,26 @@ _state = threading.local()
 LOGGERS = ("pydicom", "PIL")
 
 
-class _DropWhileReading(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003
-        if not getattr(_state, "depth", 0):
-            return True
-        try:
-            text = str(record.msg).lower()
-        except Exception:  # noqa: BLE001
-            text = ""
-        if record.levelno >= logging.ERROR or _is_stop(text):
-            _state.parse_stops = getattr(_state, "parse_stops", 0) + 1
-        return False
-
-
 def _is_stop(text: str) -> bool:
     text = text.lower()
     return "end of file" in text or "bytes expected" in text
 
 
-def parse_stops() -> int:
-    """How many times pydicom reported, in this thread, that it stopped reading a dataset early (EOF or a value
-    it could not read), since the outermost :func:`quiet` began (seen in its log records and in its warnings, so
-    that a logging configuration that silences pydicom does not hide it)."""
-    caught = getattr(_state, "caught", None) or []
-    return max(getattr(_state, "parse_stops", 0), sum(1 for w in caught if _is_stop(str(w.message))))
+def _note(text: str, level: int = logging.WARNING) -> None:
+    if level >= logging.ERROR or _is_stop(text):
+        _state.parse_stops = getattr(_state, "parse_stops", 0) + 1
+
+
+class _DropWhileReading(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003
+        if not getattr(_state, "depth", 0):
+            return True
+        try:
+            text = str(record.msg)
+        except Exception:  # noqa: BLE001
+            text = ""
+        _note(text, record.levelno)
+        return False
 
 
 _FILTER = _DropWhileReading()
@@ -61,22 +63,58 @@ def _attach() -> None:
     _seen = len(names)
 
 
+_lock = threading.Lock()
+_users = 0
+_saved: warnings.catch_warnings | None = None
+_previous_show = None
+
+
+def _show(message, category, filename, lineno, file=None, line=None):
+    if getattr(_state, "depth", 0):
+        _note(str(message))
+        return  # swallowed: raised while this thread reads a file
+    prev = _previous_show or warnings._showwarning_orig  # type: ignore[attr-defined]
+    prev(message, category, filename, lineno, file, line)
+
+
+def _enter_warnings() -> None:
+    global _users, _saved, _previous_show
+    with _lock:
+        if _users == 0:
+            _saved = warnings.catch_warnings()
+            _saved.__enter__()
+            _previous_show = warnings.showwarning
+            warnings.simplefilter("always")
+            warnings.showwarning = _show
+        _users += 1
+
+
+def _exit_warnings() -> None:
+    global _users, _saved, _previous_show
+    with _lock:
+        _users -= 1
+        if _users == 0 and _saved is not None:
+            _saved.__exit__(None, None, None)
+            _saved = None
+            _previous_show = None
+
+
+def parse_stops() -> int:
+    """How many times pydicom reported, in this thread, that it stopped reading a dataset early."""
+    return getattr(_state, "parse_stops", 0)
+
+
 @contextlib.contextmanager
 def quiet():
     _attach()
-    if not getattr(_state, "depth", 0):
+    depth = getattr(_state, "depth", 0)
+    if not depth:
         _state.parse_stops = 0
-    outer = not getattr(_state, "depth", 0)
-    _state.depth = getattr(_state, "depth", 0) + 1
+        _enter_warnings()
+    _state.depth = depth + 1
     try:
-        if outer:
-            with warnings.catch_warnings(record=True) as caught:  # recorded, never shown
-                warnings.simplefilter("always")
-                _state.caught = caught
-                yield
-        else:
-            yield
+        yield
     finally:
         _state.depth -= 1
-        if outer:
-            _state.caught = None
+        if not depth:
+            _exit_warnings()

@@ -72,7 +72,7 @@ def classify_decode_error(e: BaseException) -> str:
 def read_dicom(path: Path, shown: str, *, allow_burned_in: bool = False, frame: int | str = "middle",
                max_pixels: int = DEFAULT_MAX_PIXELS, sniffed: bool = True, isolate: str = "auto") -> MedicalImage:
     import pydicom
-    import pydicom.pixels  # noqa: F401 - create its loggers before quiet() filters them
+    import pydicom.pixels  # noqa: F401 - create its loggers before quiet() puts its filter on them
 
     from ragmed.io._quiet import quiet
 
@@ -139,7 +139,8 @@ def _read(pydicom, path: Path, shown: str, *, allow_burned_in, frame, max_pixels
         raise NoPixelDataError(f"DICOM object has no pixel data ({what})", path=shown)
     if clean_code(_get(ds, "BurnedInAnnotation")) == "YES" and not allow_burned_in:
         raise BurnedInAnnotationError("flagged BurnedInAnnotation=YES; skipped", path=shown,
-                                      remedy="allow such images with allow_burned_in / --allow-burned-in")
+                                      remedy="allow such images with index.allow_burned_in: true in the "
+                                             "pipeline YAML, or load_image(..., allow_burned_in=True)")
     meta_ds = getattr(ds, "file_meta", None)
     tsyntax = _get(meta_ds, "TransferSyntaxUID") if meta_ds is not None else None
     ts_name = uid_name(tsyntax) or "unknown transfer syntax"
