@@ -86,7 +86,7 @@ def _gray_small(image, side: int = 256) -> np.ndarray:
     return g[::step, ::step]
 
 
-def check_content(image, *, min_std: float = 0.01, min_autocorr: float = 0.3) -> None:
+def check_content(image, *, min_std: float = 0.01, min_autocorr: float = 0.2) -> None:
     """Refuse what is plainly not a diagnostic image, before any routing: a blank frame, random noise (neighbouring
     pixels uncorrelated), a text document (white page, dark strokes, no mid-tones, no colour) and a natural-colour
     photograph (a large share of saturated green / blue pixels, hues that radiology greys, H&E pinks, dermoscopy
@@ -96,16 +96,16 @@ def check_content(image, *, min_std: float = 0.01, min_autocorr: float = 0.3) ->
         raise DomainError("the image is a blank frame (no intensity variation); it fits no configured domain",
                           path=image.source, remedy="send the diagnostic image itself")
     gs = _gray_small(image, 512)
-    a, b = gs[:, :-1].ravel() - gs.mean(), gs[:, 1:].ravel() - gs.mean()
-    r = float((a * b).mean() / max(a.std() * b.std(), 1e-12))
-    if r < min_autocorr:
-        raise DomainError(f"the image looks like random noise (neighbouring-pixel correlation {r:.2f}); it fits no "
-                          "configured domain", path=image.source, remedy="send the diagnostic image itself")
     f = content_features(image)
     sat_mean, white, mid = f[0], f[7], float(((gs > 0.2) & (gs < 0.8)).mean())
     if white > 0.6 and mid < 0.15 and sat_mean < 0.05:
         raise DomainError(f"the image looks like a text document ({white:.0%} white page, {mid:.0%} mid-tones); it "
                           "fits no configured domain", path=image.source, remedy="send the diagnostic image itself")
+    a, b = gs[:, :-1].ravel() - gs.mean(), gs[:, 1:].ravel() - gs.mean()
+    r = float((a * b).mean() / max(a.std() * b.std(), 1e-12))
+    if r < min_autocorr:
+        raise DomainError(f"the image looks like random noise (neighbouring-pixel correlation {r:.2f}); it fits no "
+                          "configured domain", path=image.source, remedy="send the diagnostic image itself")
     if image.is_color:
         px = np.asarray(image.pixels, dtype=np.float32)
         step = max(1, int(math.ceil(max(px.shape[:2]) / 256)))

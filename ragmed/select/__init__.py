@@ -6,8 +6,9 @@ Registered selectors (chosen by ``select.name`` in the pipeline YAML):
   log(S_i / S_{i+1}) > γ, keeping at least ``min_k`` and at most ``max_k``. The scores are, by default
   (``by: similarity``), each candidate's *calibrated similarity* (``Evidence.similarity``: the fused quantile
   position of its raw channel similarities in the index's own leave-one-out distribution, in [0, 1]; see
-  ``ragmed.pipeline.hybrid``). Reciprocal-rank-fusion scores are not used by default: they are 1/(60 + rank) sums
-  whose consecutive log-ratios are ≤ log(62/61) ≈ 0.016, so a γ of 0.1 would never fire on them.
+  ``ragmed.pipeline.hybrid``). Reciprocal-rank-fusion scores are not used by default: they are sums of
+  1/(60 + rank), so within one channel consecutive log-ratios are ≤ log(62/61) ≈ 0.016 (a γ of 0.1 never fires),
+  and across channels the big steps only say how many channels found a case, not how similar it is.
   ``by: score`` uses ``Evidence.score`` (the fused ranking score) instead.
 - ``rule`` (alias ``ltt``): RULE's calibrated k by Learn-then-Test (``ragmed.select.ltt``): the k certified on a
   calibration split so that risk (1 − accuracy) ≤ α with probability ≥ 1 − δ; the calibration JSON is named by
@@ -74,7 +75,8 @@ class GapSelector:
         scores = [round(self.key(e), 6) for e in ranked]
         used = "similarity" if self.by == "similarity" and any(e.similarity is not None for e in ranked) else "score"
         n, fired, gap = _cut(scores, gamma, self.min_k, self.max_k, self.eps)
-        reason = (f"log(S{n}/S{n + 1}) = {gap:.3f} > γ = {gamma} on {'calibrated similarity' if used == 'similarity' else 'score'}" if fired
+        what = "calibrated similarity" if used == "similarity" else "score"
+        reason = (f"log(S{n}/S{n + 1}) = {gap:.3f} > γ = {gamma} on {what}" if fired
                   else f"no gap > γ = {gamma} within the first {min(self.max_k, len(scores))} {used} scores; "
                        f"kept {n}")
         return Selection(kept=ranked[:n], rule="gap", cut_at=n if fired else None, scores=scores, reason=reason,

@@ -1,0 +1,101 @@
+"""A tiny real multi-domain corpus (images from the shared dev data, labelled by domain) and synthetic non-medical
+images, for the router / hybrid retrieval / pipeline API tests."""
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import numpy as np
+
+# domain -> (glob under shared data images/, report text per class folder)
+SOURCES = {
+    "pathology": ("lc25000-lung/lung_*/*.jpeg",
+                  {"lung_aca": "Lung adenocarcinoma: malignant glandular epithelium on H&E histopathology.",
+                   "lung_n": "Benign lung parenchyma with normal alveoli on H&E histopathology.",
+                   "lung_scc": "Squamous cell carcinoma of the lung with keratin pearls on histopathology."}),
+    "dermatology": ("ham10000-subset/images/*.jpg", None),
+    "mri": ("brain-tumor-mri/Training/*/*.jpg",
+            {"glioma": "Brain MRI: infiltrative glioma in the cerebral hemisphere.",
+             "meningioma": "Brain MRI: extra-axial meningioma with dural tail.",
+             "pituitary": "Brain MRI: pituitary adenoma in the sella turcica.",
+             "notumor": "Brain MRI: no tumour, normal brain parenchyma."}),
+    "microscopy": ("bccd/BCCD/JPEGImages/*.jpg", None),
+}
+DEFAULT_TEXT = {"dermatology": "Dermoscopy of a pigmented skin lesion; melanocytic nevus versus melanoma.",
+                "microscopy": "Peripheral blood smear: red blood cells, a neutrophil white blood cell and platelets."}
+
+
+def pick_images(data: Path, domain: str, n: int, *, offset: int = 0, seed: int = 0) -> list[Path]:
+    pattern = SOURCES[domain][0]
+    files = sorted((data / "images").glob(pattern))
+    random.Random(seed).shuffle(files)
+    return files[offset:offset + n]
+
+
+def report_for(domain: str, path: Path) -> str:
+    texts = SOURCES[domain][1]
+    if texts is None:
+        return DEFAULT_TEXT[domain]
+    return texts.get(path.parent.name, DEFAULT_TEXT.get(domain, domain))
+
+
+def write_corpus(data: Path, out: Path, n_per_domain: int = 10, *, label_column: str = "domain_label") -> Path:
+    """A CSV manifest of ``n_per_domain`` real images per domain (absolute image paths; nothing copied)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for dom in SOURCES:
+        for p in pick_images(data, dom, n_per_domain):
+            rows.append({"id": f"{dom}-{p.stem}", "image": str(p), "report": report_for(dom, p), label_column: dom})
+    manifest = out / "corpus.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return manifest
+
+
+def multidomain_config(**overrides):
+    """The shipped multi-domain pipeline, narrowed to the four domains the tiny corpus has (plus the tag-only ones)."""
+    from ragmed.config import load_pipeline
+
+    cfg = load_pipeline("multidomain")
+    for k, v in overrides.items():
+        section, _, field = k.partition("__")
+        setattr(getattr(cfg, section), field, v) if field else setattr(cfg, section, v)
+    return cfg
+
+
+def make_nonmedical(out: Path, seed: int = 0) -> dict[str, Path]:
+    """Four images that are not medical: random noise, a blank frame, a rendered text page, a landscape-like
+    synthetic photo (sky, grass, sun, a house)."""
+    from PIL import Image, ImageDraw
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files = {}
+    p = out / "noise.png"
+    Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(p)
+    files["random-noise"] = p
+    p = out / "blank.png"
+    Image.fromarray(np.full((256, 256), 128, np.uint8)).save(p)
+    files["blank-frame"] = p
+    doc = Image.new("RGB", (400, 520), "white")
+    d = ImageDraw.Draw(doc)
+    words = "the quarterly report shows revenue growth across all regions and products".split()
+    for i in range(22):
+        d.text((30, 20 + i * 22), " ".join(words[(i + j) % len(words)] for j in range(8)), fill="black")
+    p = out / "document.png"
+    doc.save(p)
+    files["text-document"] = p
+    yy, xx = np.mgrid[0:240, 0:320] / 240.0
+    img = np.stack([0.35 + 0.2 * yy, 0.6 + 0.2 * yy, 0.95 - 0.1 * yy], -1)
+    ground = yy > 0.6
+    m = int(ground.sum())
+    img[ground] = np.stack([0.2 + 0.1 * rng.random(m), 0.55 + 0.1 * rng.random(m), 0.15 + 0.05 * rng.random(m)], -1)
+    img[(xx - 1.0) ** 2 + (yy - 0.2) ** 2 < 0.01] = [1.0, 0.9, 0.3]
+    img[(xx > 0.3) & (xx < 0.6) & (yy > 0.4) & (yy < 0.75)] = [0.7, 0.2, 0.15]
+    p = out / "photo.jpg"
+    Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(p)
+    files["natural-photo"] = p
+    return files
