@@ -205,3 +205,12 @@ def test_registry_lists_every_backend():
         create_generator("vote", colour="red")
     with pytest.raises(ConfigError, match="base_url"):
         create_generator("openai", base_url="localhost:8000")
+
+
+def test_unsupported_terms_are_flagged():
+    evidence = ev(VQA_YES)
+    text, cites, flags = ground("The lesion is in the right upper lobe of the heart [1].", "Where is the lesion?",
+                                evidence, [])
+    assert cites == ["[1]"] and "unsupported-terms:heart" in flags and "unsupported" not in flags
+    _, _, flags = ground("The lesion is located in the right upper lobe [1].", "Where is the lesion?", evidence, [])
+    assert not any(f.startswith("unsupported") for f in flags)

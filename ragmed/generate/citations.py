@@ -7,6 +7,8 @@ Flags a :class:`~ragmed.types.Generation` may carry:
 - ``unknown-citation``: it cites a ref it was not given (that ref is dropped from ``citations``);
 - ``unsupported``: a sentence's cited evidence does not support it (low word overlap, or, for a yes/no answer, no
   cited evidence that says the same);
+- ``unsupported-terms:w1,w2``: content words of a cited sentence that its cited evidence (and the question) never
+  mention (an open or report answer adding "heart" to "right upper lobe [3]");
 - ``citations-attached``: the model cited nothing; ragmed attached the refs of the evidence each sentence overlaps
   most (deterministic), so the citations are ragmed's, not the model's.
 """
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import re
 
-from ragmed.generate.text import content_words, overlap, report_asserts, split_sentences, yes_no
+from ragmed.generate.text import (content_words, novel_terms, overlap, report_asserts, split_sentences,
+                                  yes_no)
 from ragmed.types import Evidence, KnowledgeEvidence
 
 REF = re.compile(r"\[(K?\d+)\]")
@@ -126,7 +129,24 @@ def ground(text: str, question: str, evidence: list[Evidence], knowledge: list[K
     flags += [f for f in cflags if f not in flags]
     if citations and not supported(text, question, evidence, knowledge, task=task, min_support=min_support):
         flags.append("unsupported")
+    if citations and task != "closed":
+        novel = unsupported_terms(text, question, evidence, knowledge)
+        if novel:
+            flags.append("unsupported-terms:" + ",".join(novel[:8]))
     return text, citations, flags
+
+
+def unsupported_terms(text: str, question: str, evidence: list[Evidence], knowledge: list[KnowledgeEvidence]) -> list[str]:
+    """Content words of cited sentences that none of the sentence's cited evidence (nor the question) contains:
+    "right upper lobe of the heart [3]" when [3] says "right upper lobe" → ["heart"]."""
+    src = _sources(evidence, knowledge)
+    out: list[str] = []
+    for sent in answer_sentences(text):
+        refs = [r for r in cited_refs(sent) if r in src]
+        if refs:
+            body = _ANY_REF.sub(" ", sent)
+            out += [w for w in novel_terms(body, [src[r] for r in refs], question) if w not in out]
+    return out
 
 
 def _attach_closed(text: str, question: str, evidence: list[Evidence]) -> tuple[str, bool]:

@@ -11,6 +11,12 @@ STOP = frozenset(
     "a an the is are was were be been being of in on at to and or with for this that these those there any what which "
     "how does do did can could image images shown show shows seen see patient it its as by from into than then there's "
     "has have had will would should may might one two visible present evidence noted here we you".split())
+# words an answer may use without evidence for them (phrasing, not content)
+GENERIC = frozenset(
+    "located location locat seen shown found appear appears appearing likely consistent suggest suggests "
+    "suggesting suggestive case cases similar report reports finding findings result results based according "
+    "given number numbered answer question also both each other mild small large new well within side area region "
+    "normal abnormal abnormality seen identified demonstrated demonstrate".split())
 YES = frozenset({"yes", "y", "true", "present", "positive", "yes it is", "yes there is"})
 NO = frozenset({"no", "n", "false", "absent", "negative", "none", "no there is not", "not seen"})
 # NegEx-style triggers (Chapman et al. 2001): a finding after a pre-trigger, or before a post-trigger, in the same
@@ -153,3 +159,18 @@ def jaccard(a: str, b: str) -> float:
     if not ca or not cb:
         return 0.0
     return len(ca & cb) / len(ca | cb)
+
+
+def novel_terms(sentence: str, sources: list[str], question: str = "") -> list[str]:
+    """Content words of ``sentence`` found neither in any source nor in the question (generic phrasing words
+    excepted): what the answer asserts without evidence."""
+    have: set[str] = content_words(question)
+    for src in sources:
+        have |= content_words(src)
+    out = []
+    for w in words(sentence):
+        if w in STOP or w in GENERIC or len(w) < 3 or w.isdigit() or w.startswith("k") and w[1:].isdigit():
+            continue
+        if stem(w) not in have and w not in out:
+            out.append(w)
+    return out

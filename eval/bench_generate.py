@@ -1,0 +1,269 @@
+"""Generator backends: cold and warm latency, CPU threads, and which closed-question strategy answers best.
+
+    nice -n 10 python eval/bench_generate.py                       # everything (~5-10 min on 2 busy cores)
+    python eval/bench_generate.py --skip-accuracy --warm-n 3       # latency only
+
+Writes eval/results/bench_generate.json (with the command line and the machine).
+
+- **cold**: a fresh Python process from start to its first answer (interpreter + imports + model load + one
+  answer), split into import / load / first-answer seconds; for ``gguf`` once with an empty model cache (the one-time
+  GGUF → safetensors conversion) and then with the cache filled, which is what every later ``ragmed ask`` pays.
+- **warm**: per-answer latency of a loaded generator over the same fixed evidence (p50 / p90 over ``--warm-n``
+  answers per task), for gguf with 1 and 2 torch threads, for the ``openai`` backend talking to ``ragmed serve openai
+  --generator gguf`` on 127.0.0.1 (the HTTP overhead on top of the same model), for ``vote`` and ``extractive``, and
+  for the FAKE tiny LLaVA (plumbing only: its numbers say nothing about a real VLM).
+- **closed-question strategy**: VQA-RAD ``train.json`` split by image (seed 0): 80 % of images form the evidence
+  pool (one case per image, its Q–A pairs), closed questions about the other 20 % are answered from the top-5 cases
+  retrieved by question→case similarity (MiniLM), by: the majority answer of the pool, the vote, the model
+  (SmolLM2, constrained yes/no or option choice), and ``auto`` (the vote when its share ≥ 0.75, else the model).
+  Accuracy with n per cell. The generator is compared on fixed evidence here; the full pipeline table (image
+  retrieval, selectors) is eval/vqa_* and ``ragmed eval``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+DATA = Path(os.environ.get("RAGMED_DATA", REPO.parent / "shared" / "data"))
+RESULTS = REPO / "eval" / "results"
+
+from ragmed.types import Evidence, KnowledgeEvidence  # noqa: E402
+
+EVIDENCE = [
+    Evidence("c1", 0.05, "[1]", "Q: Is there a pneumothorax? A: no. Q: Is the heart enlarged? A: yes. "
+                                "Q: What organ is shown? A: chest."),
+    Evidence("c2", 0.04, "[2]", "The heart size is normal. No focal consolidation, pleural effusion or pneumothorax. "
+                                "Degenerative changes of the thoracic spine."),
+    Evidence("c3", 0.03, "[3]", "Q: Where is the lesion? A: right upper lobe. Q: Is there a mass? A: yes."),
+    Evidence("c4", 0.02, "[4]", "Right upper lobe mass with spiculated margins. No pleural effusion."),
+]
+KNOWLEDGE = [KnowledgeEvidence("DOID:1673", "pneumothorax", "DOID", ref="[K1]",
+                               text="A pleural disease characterized by air in the pleural space.")]
+QUESTIONS = {"closed": ["Is there a pneumothorax?", "Is there a mass?", "Is the heart enlarged?"],
+             "open": ["Where is the lesion?", "What organ is shown?", "What abnormality is seen?"]}
+
+COLD_SNIPPET = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from ragmed.generate import create_generator
+from ragmed.types import Evidence
+t1 = time.perf_counter()
+g = create_generator(sys.argv[1], **json.loads(sys.argv[2]))
+g.warm_up()
+t2 = time.perf_counter()
+ev = [Evidence("c1", 0.05, "[1]", "Q: Is there a pneumothorax? A: no."),
+      Evidence("c2", 0.04, "[2]", "The heart size is normal. No pleural effusion or pneumothorax.")]
+out = g.generate("Is there a pneumothorax?", ev, [], task="closed")
+t3 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_answer_s": t3 - t2, "answer": out.text}))
+"""
+
+
+def pct(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    return {"p50": round(statistics.median(xs), 3), "p90": round(xs[min(len(xs) - 1, int(0.9 * len(xs)))], 3),
+            "n": len(xs)}
+
+
+def cold(name: str, params: dict, env: dict | None = None) -> dict:
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", COLD_SNIPPET, name, json.dumps(params)], capture_output=True,
+                       text=True, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
+    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"process_wall_s": round(wall, 3), **{k: round(v, 3) if isinstance(v, float) else v for k, v in rec.items()}}
+
+
+def warm(g, n: int, tasks=("closed", "open")) -> dict:
+    g.warm_up()
+    g.generate(QUESTIONS["closed"][0], EVIDENCE, KNOWLEDGE, task="closed")  # first call outside the timing
+    out = {}
+    for task in tasks:
+        times, answers = [], []
+        for i in range(n):
+            q = QUESTIONS[task][i % len(QUESTIONS[task])]
+            t = time.perf_counter()
+            a = g.generate(q, EVIDENCE, KNOWLEDGE, task=task)
+            times.append(time.perf_counter() - t)
+            if i < len(QUESTIONS[task]):
+                answers.append({"q": q, "answer": a.text, "citations": a.citations, "flags": a.flags})
+        out[task] = {**pct(times), "examples": answers}
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str]) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", "from ragmed.cli import main; main()", "serve", "openai",
+                             "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read().decode(errors="replace")[-1000:])
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+# --- closed-question strategies on VQA-RAD ---------------------------------------------------------------------------
+def closed_accuracy(limit_model: int, k: int = 5, seed: int = 0) -> dict:
+    from ragmed.corpus.vqa import read_qa
+    from ragmed.encoders import create_encoder
+    from ragmed.generate import create_generator
+    from ragmed.generate.text import normalize_answer
+
+    items = read_qa(DATA / "vqa-rad" / "train.json")
+    images = sorted({it.image for it in items})
+    random.Random(seed).shuffle(images)
+    pool_imgs = set(images[: int(0.8 * len(images))])
+    pool = [it for it in items if it.image in pool_imgs]
+    evalq = [it for it in items if it.image not in pool_imgs and it.answer_type == "closed"]
+    by_img: dict[str, list] = {}
+    for it in pool:
+        by_img.setdefault(it.image, []).append(it)
+    cases = [(img, " ".join(f"Q: {q.question} A: {q.answer}." for q in qs)) for img, qs in by_img.items()]
+    enc = create_encoder("minilm")
+    cv = enc.encode_texts([t for _, t in cases])
+    qv = enc.encode_texts([it.question for it in evalq])
+    sims = qv @ cv.T
+    majority = Counter(normalize_answer(it.answer) for it in pool if it.answer_type == "closed").most_common(1)[0][0]
+
+    def evidence_for(i: int) -> list[Evidence]:
+        top = sims[i].argsort()[::-1][:k]
+        return [Evidence(cases[j][0], float(sims[i, j]), f"[{r}]", cases[j][1]) for r, j in enumerate(top, start=1)]
+
+    def first_answer(text: str) -> str:
+        import re
+
+        return normalize_answer(re.sub(r"\[K?\d+\].*$", "", text.split(".")[0]))
+
+    rows = {"majority": [], "vote": [], "vote-covered": [], "model": [], "auto": [], "vote-on-model-subset": []}
+    vote = create_generator("vote")
+    model = create_generator("gguf", closed="model")
+    auto = create_generator("gguf", closed="auto")
+    n_model = min(limit_model, len(evalq))
+    rng = random.Random(seed)
+    model_idx = set(rng.sample(range(len(evalq)), n_model))
+    t_model = []
+    for i, it in enumerate(evalq):
+        gold = normalize_answer(it.answer)
+        ev = evidence_for(i)
+        rows["majority"].append(majority == gold)
+        v = vote.generate(it.question, ev, [], task="closed")
+        v_ok = (not v.insufficient) and first_answer(v.text) == gold
+        rows["vote"].append(v_ok)  # abstention counts as wrong
+        if not v.insufficient:
+            rows["vote-covered"].append(v_ok)
+        if i in model_idx:
+            rows["vote-on-model-subset"].append(v_ok)
+            t = time.perf_counter()
+            m = model.generate(it.question, ev, [], task="closed")
+            t_model.append(time.perf_counter() - t)
+            rows["model"].append(first_answer(m.text) == gold)
+            a = auto.generate(it.question, ev, [], task="closed")
+            rows["auto"].append(first_answer(a.text) == gold)
+    return {
+        "split": {"seed": seed, "pool_images": len(pool_imgs), "eval_images": len(images) - len(pool_imgs),
+                  "eval_closed_questions": len(evalq), "k": k, "retrieval": "question→case text, MiniLM cosine"},
+        "majority_answer": majority,
+        "accuracy": {name: {"acc": round(sum(v) / len(v), 4) if v else None, "n": len(v)} for name, v in rows.items()},
+        "notes": {"vote": "abstentions (no retrieved case answers a similar question) count as wrong",
+                  "vote-covered": "vote accuracy on the questions where it did not abstain",
+                  "model/auto/vote-on-model-subset": f"the same random subset of {n_model} questions (seed {seed})",
+                  "model_latency_s": pct(t_model) if t_model else None},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--warm-n", type=int, default=6)
+    ap.add_argument("--cold-n", type=int, default=2, help="cold runs with the model cache filled")
+    ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--accuracy-model-limit", type=int, default=120)
+    ap.add_argument("--out", default=str(RESULTS / "bench_generate.json"))
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    res: dict = {"command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}}
+    import torch
+    import transformers
+
+    res["machine"].update(torch=torch.__version__, transformers=transformers.__version__)
+    from ragmed.generate import create_generator
+
+    create_generator("gguf").warm_up()  # fill the user's model cache (untimed) so that "cached" means cached
+    # cold
+    with tempfile.TemporaryDirectory() as empty:
+        res["cold"] = {"gguf (empty model cache: one-time conversion)": cold("gguf", {}, {"RAGMED_CACHE": empty})}
+    for i in range(args.cold_n):
+        res["cold"][f"gguf (cached) #{i + 1}"] = cold("gguf", {})
+    res["cold"]["vote"] = cold("vote", {})
+    print(json.dumps(res["cold"], indent=1), flush=True)
+    # warm
+    res["warm"] = {}
+    for threads in (1, 2):
+        res["warm"][f"gguf threads={threads}"] = warm(create_generator("gguf", threads=threads), args.warm_n)
+        print(threads, {t: {k: v for k, v in r.items() if k != "examples"} for t, r in res["warm"][f"gguf threads={threads}"].items()}, flush=True)
+    res["warm"]["gguf closed=vote"] = warm(create_generator("gguf", closed="vote"), args.warm_n, tasks=("closed",))
+    res["warm"]["vote"] = warm(create_generator("vote"), args.warm_n, tasks=("closed",))
+    res["warm"]["extractive"] = warm(create_generator("extractive"), args.warm_n)
+    proc, url = start_server(["--generator", "gguf"])
+    try:
+        res["cold"]["openai client → local gguf server (server already up)"] = cold(
+            "openai", {"base_url": url + "/v1", "images": False})
+        res["warm"]["openai → ragmed serve openai --generator gguf (127.0.0.1)"] = warm(
+            create_generator("openai", base_url=url + "/v1", images=False), args.warm_n)
+        res["warm"]["openai stream=true → same server"] = warm(
+            create_generator("openai", base_url=url + "/v1", images=False, stream=True), args.warm_n, tasks=("open",))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    with tempfile.TemporaryDirectory() as d:
+        from ragmed.generate.testing import write_tiny_llava
+
+        write_tiny_llava(Path(d) / "fake-tiny-llava")
+        res["warm"]["transformers FAKE tiny LLaVA (plumbing only)"] = warm(
+            create_generator("transformers", path=str(Path(d) / "fake-tiny-llava")), args.warm_n)
+    print(json.dumps({k: {t: {kk: vv for kk, vv in r.items() if kk != "examples"} for t, r in v.items()}
+                      for k, v in res["warm"].items()}, indent=1), flush=True)
+    if not args.skip_accuracy and (DATA / "vqa-rad" / "train.json").exists():
+        res["closed_strategy"] = closed_accuracy(args.accuracy_model_limit)
+        print(json.dumps(res["closed_strategy"], indent=1), flush=True)
+    res["machine"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    main()
