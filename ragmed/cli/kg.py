@@ -162,3 +162,19 @@ def link(text, file_, kg_dir, as_json, fuzzy):
             cui = f" CUI {c.cui}" if c.cui else ""
             click.echo(f"  [{c.span[0]}:{c.span[1]}] {c.text!r} -> {c.id} {c.name} ({c.source}{cui}) "
                        f"score {c.score:.2f} {c.method}{flags}")
+
+
+@kg.command("embed")
+@click.argument("directory", type=click.Path(file_okay=False), required=False)
+def embed(directory):
+    """Precompute the fuzzy linker's concept-name embeddings (MiniLM) into the graph directory."""
+    import time
+
+    from ragmed.knowledge import default_graph_path, load_graph
+    from ragmed.knowledge.embed import FILE, FuzzyLinker
+
+    t0 = time.perf_counter()
+    g = load_graph(directory or default_graph_path())
+    target = g.path / FILE
+    fz = FuzzyLinker(g, build_to=target)
+    click.echo(f"{target}: {len(fz.targets)} concept names embedded in {time.perf_counter() - t0:.1f} s")

@@ -1,8 +1,9 @@
 """Embedding fallback for paraphrases (``kg.link(text, fuzzy=True)``), precision first.
 
-Targets: the preferred names of linkable concepts, except the long classification titles of ICD-10-CM and the
-OMIM / Orphanet disease names (which exact matching covers), embedded once with the MiniLM text encoder
-(``ragmed.encoders.create_encoder("minilm")``) and cached as float16 under ``$RAGMED_CACHE/knowledge/<graph id>/``.
+Targets: the preferred names (up to 4 words, one concept per distinct name) of linkable concepts, except the
+classification titles of ICD-10-CM and the OMIM / Orphanet disease names (which exact matching covers), embedded
+once with the MiniLM text encoder (``ragmed.encoders.create_encoder("minilm")``) and stored as float16 in the graph
+directory (``ragmed kg embed DIR``) or, on first use, under ``$RAGMED_CACHE/knowledge/<graph id>/``.
 Candidates in the text: runs of 2–5 content words inside a clause that exact matching left uncovered (single words
 are too ambiguous to embed). A candidate links to its nearest concept when the cosine similarity is at least
 ``threshold`` (default 0.88) and beats the runner-up concept by ``margin``; its score is the similarity.
@@ -10,6 +11,7 @@ are too ambiguous to embed). A candidate links to its nearest concept when the c
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -22,19 +24,22 @@ DEFAULT_THRESHOLD = 0.88
 DEFAULT_MARGIN = 0.02
 MIN_WORDS, MAX_WORDS = 2, 5
 EXCLUDED_SOURCES = {"ICD10CM"}
+MAX_TARGET_WORDS = 4
+FILE = "fuzzy-minilm.npy"
 _BREAK = {"and", "or", "with", "without", "in", "on", "at", "to", "is", "are", "was", "were", "be", "been", "the",
           "a", "an", "this", "that", "there", "these", "those", "for", "from", "by", "as", "which", "than", "since",
           "compared", "seen", "noted", "identified", "demonstrated", "present", "xxxx"}
 
 
 class FuzzyLinker:
-    def __init__(self, kg, encoder=None):
+    def __init__(self, kg, encoder=None, build_to: Path | None = None):
         self.kg = kg
         self._encoder = encoder
         from ragmed.knowledge.text import normalise
 
         cand = [i for i in kg.linkable_indices()
-                if kg.source_of(i) not in EXCLUDED_SOURCES and not kg.ids[i].startswith(("OMIM:", "ORPHA:"))]
+                if kg.source_of(i) not in EXCLUDED_SOURCES and not kg.ids[i].startswith(("OMIM:", "ORPHA:"))
+                and len(normalise(kg.names[i]).split()) <= MAX_TARGET_WORDS]
         seen: set[str] = set()
         self.targets = []  # one target per distinct name: the concept the exact linker would prefer
         for i in sorted(cand, key=kg._rank_key):
@@ -42,7 +47,7 @@ class FuzzyLinker:
             if key not in seen:
                 seen.add(key)
                 self.targets.append(i)
-        self.matrix = self._load_or_build()
+        self.matrix = self._load_or_build(build_to)
 
     @property
     def encoder(self):
@@ -52,15 +57,19 @@ class FuzzyLinker:
             self._encoder = create_encoder("minilm")
         return self._encoder
 
-    def _load_or_build(self) -> np.ndarray:
+    def cache_path(self) -> Path:
         from ragmed.paths import cache_dir
 
         safe = self.kg.id.replace("/", "_").replace("@", "-")
-        path = cache_dir("knowledge", safe) / "fuzzy-minilm.npy"
-        if path.exists():
-            m = np.load(path, allow_pickle=False)
-            if m.shape[0] == len(self.targets):
-                return m.astype(np.float32)
+        return cache_dir("knowledge", safe) / FILE
+
+    def _load_or_build(self, path: Path | None = None) -> np.ndarray:
+        for p in ([] if path else [self.kg.path / FILE, self.cache_path()]):
+            if p.exists():
+                m = np.load(p, allow_pickle=False)
+                if m.shape[0] == len(self.targets):
+                    return m.astype(np.float32)
+        path = path or self.cache_path()
         names = [self.kg.names[i] for i in self.targets]
         log.info("embedding %d concept names for the fuzzy linker (once; cached at %s)", len(names), path)
         m = np.asarray(self.encoder.encode_texts(names), dtype=np.float32) if names else np.zeros((0, 384), np.float32)
