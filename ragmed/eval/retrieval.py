@@ -178,6 +178,8 @@ class RetrievalEval:
                                   "report-image": ("text", "image"), "question-image": ("text", "image"),
                                   "question-report": ("text", "text")}[self.task]
         self._check_channel(pipeline, store, query_kind, index_kind)
+        # a query that is not an indexed case belongs to the index's only domain, if it has one (no router)
+        single_domain = store.domains[0] if len(store.domains) == 1 else None
         per_item, skipped = [], []
         groups: dict[str, list] = {"by_question_type": [], "by_organ": [], "by_domain": []}
         from tqdm import tqdm
@@ -208,7 +210,8 @@ class RetrievalEval:
             per_item.append(m)
             groups["by_question_type"].append(q.question_type)
             groups["by_organ"].append(q.organ)
-            groups["by_domain"].append(cases[q.case_id].domain if q.case_id in cases else q.columns.get("domain"))
+            groups["by_domain"].append(cases[q.case_id].domain if q.case_id in cases
+                                       else q.columns.get("domain") or single_domain)
             if predictions is not None:
                 kmax = max(self.ks)
                 predictions.append({"id": q.id, "prediction": ranked[:kmax], "gold": sorted(relevant)[:100],
