@@ -5,7 +5,9 @@ compressed (JPEG baseline / extended / lossless, JPEG-LS, JPEG 2000, RLE, deflat
 and a few objects without pixel data. Each mutated file gets 1-3 mutations: bit flips (anywhere / inside the pixel
 data, where the codec headers are), random byte runs, truncation, inserted / deleted / spliced chunks, corrupted tags,
 corrupted lengths (0, odd, huge, undefined), random VRs, huge or zero Rows / Columns / NumberOfFrames / Samples per
-Pixel / Bits Allocated, and a swapped transfer syntax UID.
+Pixel / Bits Allocated, a swapped transfer syntax UID, and lies inside the compressed stream itself (JPEG 2000 SIZ
+image / tile size and component count, JPEG and JPEG-LS SOF lines / samples per line / precision, RLE segment
+count and offsets) that only the decoder sees.
 
 Every file is loaded by ``load_image`` in a harness child process; the parent waits with a per-file timeout. Outcomes:
 
@@ -324,8 +326,50 @@ def m_ts_swap(d: bytearray, rng, others) -> str:
     return m_bitflip(d, rng, others)
 
 
+def m_codec_header(d: bytearray, rng, others) -> str:
+    """Image size / segment fields inside the compressed stream itself: JPEG 2000 SIZ, JPEG and JPEG-LS SOF, RLE
+    header (the DICOM header still declares the true size, so only the decoder sees the lie)."""
+    data = bytes(d)
+    off = _pixel_offset(data)
+    if off is None:
+        return m_bitflip(d, rng, others)
+    sizes = [0, 1, 0xFFFF, 0x7FFF, int(rng.integers(2, 1 << 16))]
+    i = data.find(b"\xff\x4f\xff\x51", off)  # J2K SOC + SIZ: Lsiz Rsiz Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz ... Csiz
+    if i != -1 and i + 42 <= len(d):
+        big = [0, 1, 0xFFFFFFFF, 0x7FFFFFFF, 60000, int(rng.integers(2, 1 << 20))]
+        field = int(rng.integers(0, 7))
+        if field < 6:
+            at = i + 8 + 4 * [0, 1, 4, 5, 2, 3][field]
+            d[at:at + 4] = big[int(rng.integers(0, len(big)))].to_bytes(4, "big")
+        else:
+            d[i + 40:i + 42] = int(rng.choice([0, 4, 255, 16384])).to_bytes(2, "big")  # Csiz: components
+        return "codec_j2k_siz"
+    for marker in (b"\xff\xf7", b"\xff\xc0", b"\xff\xc1", b"\xff\xc2", b"\xff\xc3"):  # JPEG-LS / JPEG SOF
+        i = data.find(marker, off)
+        if i != -1 and i + 10 <= len(d):
+            what = int(rng.integers(0, 3))
+            if what == 0:
+                d[i + 5:i + 7] = sizes[int(rng.integers(0, len(sizes)))].to_bytes(2, "big")  # lines
+            elif what == 1:
+                d[i + 7:i + 9] = sizes[int(rng.integers(0, len(sizes)))].to_bytes(2, "big")  # samples per line
+            else:
+                d[i + 4] = int(rng.choice([0, 1, 2, 15, 16, 17, 255]))  # precision
+            return "codec_jpeg_sof"
+    if data.find(b"\xfe\xff\x00\xe0", off) != -1:  # encapsulated: assume RLE, corrupt the first fragment's header
+        items = [j for j in range(off, min(len(data), off + 4096)) if data[j:j + 4] == b"\xfe\xff\x00\xe0"]
+        if len(items) >= 2 and items[1] + 8 + 64 <= len(d):
+            h = items[1] + 8
+            if rng.random() < 0.5:
+                d[h:h + 4] = int(rng.choice([0, 1, 3, 15, 16, 255, 0xFFFFFFFF])).to_bytes(4, "little")
+            else:
+                k = int(rng.integers(1, 16))
+                d[h + 4 * k:h + 4 * k + 4] = int(rng.choice([0, 63, 64, 0xFFFFFFFF, len(d) * 4])).to_bytes(4, "little")
+            return "codec_rle_header"
+    return m_bitflip_pixel(d, rng, others)
+
+
 MUTATORS = [m_bitflip, m_bitflip_pixel, m_bitflip_pixel, m_random_bytes, m_truncate, m_insert_delete, m_splice,
-            m_tag, m_length, m_length, m_vr, m_huge_dims, m_huge_dims, m_ts_swap]
+            m_tag, m_length, m_length, m_vr, m_huge_dims, m_huge_dims, m_ts_swap, m_codec_header, m_codec_header]
 
 
 def mutate(data: bytes, rng: np.random.Generator, others: list[bytes]) -> tuple[bytes, str]:
@@ -424,6 +468,7 @@ def run_fuzz(n: int, seed: int = 0, seeds: list[Path] | None = None, timeout: fl
     untyped: collections.Counter = collections.Counter()
     by_mutation: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     contained = collections.Counter()
+    contained_cases: list[dict] = []
     failures: list[dict] = []
     seconds: list[float] = []
     t0 = time.perf_counter()
@@ -443,10 +488,15 @@ def run_fuzz(n: int, seed: int = 0, seeds: list[Path] | None = None, timeout: fl
                 errors[rec["error"]] += 1
                 if not text.startswith(rel + ": "):
                     outcome = "unnamed_error"
-                if "decoder crashed" in text:
-                    contained["decoder_crash"] += 1
-                elif "did not finish within" in text:
-                    contained["decoder_timeout"] += 1
+                kind = ("decoder_crash" if "decoder crashed" in text else "decoder_timeout"
+                        if "did not finish within" in text else "decoder_out_of_memory"
+                        if "ran out of memory" in text else None)
+                if kind:
+                    contained[kind] += 1
+                    contained_cases.append({"case": i, "seed_file": seeds[k].name, "mutation": how, "kind": kind})
+                    if keep is not None:
+                        keep.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(path, keep / rel)
             elif outcome == "untyped":
                 untyped[rec["error"]] += 1
             leaked = [v for v in phi[k] if v in text]
@@ -479,6 +529,7 @@ def run_fuzz(n: int, seed: int = 0, seeds: list[Path] | None = None, timeout: fl
         "typed_errors": dict(errors.most_common()),
         "untyped_exceptions": dict(untyped.most_common()),
         "contained_by_isolation": dict(contained),
+        "contained_cases": contained_cases[:200],
         "by_mutation": {k: dict(v) for k, v in sorted(by_mutation.items())},
         "failures": failures[:200],
         "per_file_seconds": {"mean": round(float(s.mean()), 4), "p50": round(float(np.percentile(s, 50)), 4),

@@ -494,6 +494,25 @@ def test_rust_decoder_panic_is_a_typed_error_in_and_out_of_process(tmp_path):
             load_image(p, root=tmp_path, isolate=mode)
 
 
+@pytest.mark.parametrize("name,marker,offset,value", [
+    ("MR_small_jp2klossless.dcm", b"\xff\x4f\xff\x51", 8, (60000).to_bytes(4, "big")),  # SIZ Xsiz
+    ("MR_small_jp2klossless.dcm", b"\xff\x4f\xff\x51", 12, (60000).to_bytes(4, "big")),  # SIZ Ysiz
+    ("MR_small_jpeg_ls_lossless.dcm", b"\xff\xf7", 5, (65535).to_bytes(2, "big")),  # JPEG-LS SOF lines
+    ("MR_small_jpeg_ls_lossless.dcm", b"\xff\xf7", 5, (0).to_bytes(2, "big")),  # lines "defined later"
+    ("JPEG-lossy.dcm", b"\xff\xc1", 7, (9999).to_bytes(2, "big")),  # JPEG SOF samples per line
+])
+def test_codestream_that_lies_about_its_size_is_refused_before_decoding(tmp_path, name, marker, offset, value):
+    data = bytearray(Path(pydicom_file(name)).read_bytes())
+    i = data.find(marker, data.find(b"\xe0\x7f\x10\x00"))
+    assert i > 0
+    data[i + offset:i + offset + len(value)] = value
+    p = tmp_path / "lie.dcm"
+    p.write_bytes(bytes(data))
+    for mode in ("auto", "never"):
+        with pytest.raises(DecodeError, match="stream declares"):
+            load_image(p, root=tmp_path, isolate=mode)
+
+
 def test_isolate_option(tmp_path):
     p = pydicom_file("JPEG2000.dcm")
     assert np.array_equal(load_image(p, isolate="always").pixels, load_image(p, isolate="never").pixels)

@@ -174,6 +174,8 @@ def _read(pydicom, path: Path, shown: str, *, allow_burned_in, frame, max_pixels
             raise DecodeError(f"pixel data holds {n_bytes} bytes, the image pixel module declares {need} "
                               f"({rows}x{cols}x{spp}, {frames} frame(s), {bits_alloc} bits)", path=shown)
     index = choose_frame(ds, frame, frames, shown)
+    if compressed:
+        _check_codestream(ds, tsyntax, index, frames, rows, cols, shown, ts_name)
     use_worker = (isolate == "always" or (isolate == "auto" and compressed))
     from ragmed.io import _isolate
 
@@ -207,6 +209,99 @@ def _read(pydicom, path: Path, shown: str, *, allow_burned_in, frame, max_pixels
         modality=clean_code(_get(ds, "Modality")), body_part=clean_code(_get(ds, "BodyPartExamined")),
         view=clean_code(_get(ds, "ViewPosition")), spacing=_spacing(ds), meta=meta,
     )
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+MAX_J2K_TILES = 1 << 16
+
+
+def _check_codestream(ds, tsyntax, index: int, frames: int, rows: int, cols: int, shown: str, ts_name: str) -> None:
+    """Compare the image size that a JPEG / JPEG-LS (SOF) or JPEG 2000 / HTJ2K (SIZ) codestream declares with the
+    DICOM header before any decoder sees it. A corrupt stream can declare a far larger image than the DICOM header
+    (the decoder then allocates and works for that size: seconds to minutes, gigabytes); such a frame is refused.
+    Streams this parser does not recognise are left to the decoder."""
+    uid = str(tsyntax or "")
+    if not uid.startswith("1.2.840.10008.1.2.4."):
+        return
+    try:
+        from pydicom.encaps import get_frame
+
+        data = _pixel_value(ds)
+        if data is None:
+            return
+        head = bytes(get_frame(data, index, number_of_frames=frames)[:65536]) if frames > 1 else \
+            _first_fragment(data)
+    except Exception:  # noqa: BLE001 - frame boundaries unreadable: the decoder reports it
+        return
+    found = _codestream_size(head)
+    if found is None:
+        return
+    height, width, precision, tiles = found
+    if width != cols or height != rows:  # (a height of 0, "defined by a later DNL marker", is refused too)
+        raise DecodeError(f"the '{ts_name}' stream declares a {height}x{width} image, the DICOM header "
+                          f"{rows}x{cols}", path=shown, remedy="the file is probably corrupt")
+    if not 1 <= precision <= 38:
+        raise DecodeError(f"the '{ts_name}' stream declares {precision}-bit samples", path=shown)
+    if tiles > MAX_J2K_TILES:
+        raise DecodeError(f"the '{ts_name}' stream declares {tiles} tiles", path=shown)
+
+
+def _pixel_value(ds):
+    try:
+        return ds["PixelData"].value if "PixelData" in ds else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _first_fragment(data: bytes) -> bytes:
+    """Bytes of the first fragment after the Basic Offset Table item (little endian items)."""
+    import struct
+
+    if len(data) < 8 or data[:4] != b"\xfe\xff\x00\xe0":
+        raise ValueError("no item")
+    (bot,) = struct.unpack_from("<I", data, 4)
+    i = 8 + bot
+    if i + 8 > len(data) or data[i:i + 4] != b"\xfe\xff\x00\xe0":
+        raise ValueError("no fragment")
+    (n,) = struct.unpack_from("<I", data, i + 4)
+    return bytes(data[i + 8:i + 8 + min(n, 65536)])
+
+
+def _codestream_size(b: bytes) -> tuple[int, int, int, int] | None:
+    """(height, width, precision, tiles) from a JPEG / JPEG-LS SOF or a JPEG 2000 SIZ marker segment, else None."""
+    import struct
+
+    i = b.find(b"\xff\x4f\xff\x51", 0, 4096)  # J2K: SOC then SIZ
+    if i != -1 and i + 4 + 38 + 3 <= len(b):
+        _, _, xs, ys, xo, yo, xt, yt, xto, yto, csiz = struct.unpack_from(">HHIIIIIIIIH", b, i + 4)
+        if csiz == 0 or xs <= xo or ys <= yo or xt == 0 or yt == 0:
+            return (0, -1, 0, 0)  # inconsistent: reported as a size mismatch
+        ssiz = b[i + 4 + 38] if i + 4 + 39 <= len(b) else 0
+        tiles = (-(-(xs - xto) // xt)) * (-(-(ys - yto) // yt)) if xs > xto and ys > yto else 1
+        return (ys - yo, xs - xo, (ssiz & 0x7F) + 1, tiles)
+    if not b.startswith(b"\xff\xd8"):
+        return None
+    i = 2
+    while i + 4 <= len(b):
+        if b[i] != 0xFF:
+            return None
+        marker = b[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):
+            i += 2
+            continue
+        (length,) = struct.unpack_from(">H", b, i + 2)
+        if marker in _JPEG_SOF:
+            if i + 9 > len(b):
+                return None
+            precision, height, width = struct.unpack_from(">BHH", b, i + 4)
+            return (height, width, precision, 1)
+        if marker == 0xDA or length < 2:  # start of scan before any SOF
+            return None
+        i += 2 + length
+    return None
 
 
 def _has_pixel_tag_bytes(path: Path) -> bool:
