@@ -176,7 +176,7 @@ def test_obo_doid_sample(doid_kg):
 def test_persistence_round_trip(doid_kg, tmp_path):
     G, kg = doid_kg
     files = sorted(p.name for p in kg.path.iterdir())
-    assert files == ["concepts.json.gz", "edges.npz", "lexicon.json.gz", "manifest.json"]
+    assert files == ["concepts.json.gz", "details.sqlite", "edges.npz", "lexicon.json.gz", "manifest.json"]
     with np.load(kg.path / "edges.npz", allow_pickle=False) as z:  # no object arrays
         assert z["src"].dtype == np.int32 and z["rel"].dtype == np.uint8
     assert len(kg) == G.number_of_nodes() and kg.number_of_edges == G.number_of_edges()

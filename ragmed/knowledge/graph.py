@@ -67,11 +67,8 @@ class KnowledgeGraph:
         self.names: list[str] = cols["names"]
         self._source_names: list[str] = cols["sources"]
         self._source: list[int] = cols["source"]
-        self.synonyms: list[list[str]] = cols["synonyms"]
-        self.definitions: list[str] = cols["definitions"]
         self._type_names: list[str] = cols["type_names"]
         self._types: list[list[int]] = cols["types"]
-        self.xrefs: list[dict[str, list[str]]] = cols["xrefs"]
         self.cuis: list[str | None] = cols["cuis"]
         self.index: dict[str, int] = dict(zip(self.ids, range(len(self.ids))))
         self.relations: list[str] = manifest["relations"]
@@ -81,6 +78,8 @@ class KnowledgeGraph:
         self._lex: dict[str, list[int]] = dict(zip(lexicon["keys"], lexicon["postings"]))
         self._maxlen: dict[str, int] = lexicon["maxlen"]
         self._prio = {s: i for i, s in enumerate(SOURCE_PRIORITY)}
+        self._db = None
+        self._db_lock = threading.Lock()
         self._nx = None
         self._fuzzy = None
         self._lock = threading.Lock()
@@ -109,12 +108,41 @@ class KnowledgeGraph:
     def types_of(self, i: int) -> list[str]:
         return [self._type_names[t] for t in self._types[i]]
 
+    def details(self, i: int) -> tuple[list[str], str, dict[str, list[str]]]:
+        """(synonyms, definition, xrefs) of node index i, read from ``details.sqlite``."""
+        import json
+        import sqlite3
+
+        with self._db_lock:
+            try:
+                row = self._conn().execute("SELECT synonyms, definition, xrefs FROM details WHERE i = ?",
+                                           (i,)).fetchone()
+            except sqlite3.DatabaseError as e:
+                from ragmed.errors import KnowledgeError
+
+                raise KnowledgeError(f"corrupt details.sqlite: {e}", path=str(self.path),
+                                     remedy="rebuild it with ragmed kg build") from e
+        if row is None:
+            return [], "", {}
+        return json.loads(row[0]), row[1], json.loads(row[2])
+
+    def _conn(self):
+        import sqlite3
+
+        if self._db is None:
+            uri = (self.path / "details.sqlite").resolve().as_uri() + "?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        return self._db
+
+    def synonyms_of(self, i: int) -> list[str]:
+        return self.details(i)[0]
+
     def concept(self, cid: str) -> dict[str, Any]:
         """The node record (common schema) of a concept id; KeyError when absent."""
         i = self.index[cid]
-        return {"id": cid, "name": self.names[i], "source": self.source_of(i), "synonyms": list(self.synonyms[i]),
-                "definition": self.definitions[i], "types": self.types_of(i), "xrefs": self.xrefs[i],
-                "cui": self.cuis[i]}
+        syn, definition, xrefs = self.details(i)
+        return {"id": cid, "name": self.names[i], "source": self.source_of(i), "synonyms": syn,
+                "definition": definition, "types": self.types_of(i), "xrefs": xrefs, "cui": self.cuis[i]}
 
     def neighbours(self, cid: str, rel: str | Iterable[str] | None = None, direction: str = "out") -> list[tuple[str, str]]:
         """(relation, concept id) pairs: ``out`` edges (e.g. ``is_a`` → parents) or ``in`` edges (children)."""
@@ -161,8 +189,15 @@ class KnowledgeGraph:
         if self._nx is None:
             import networkx as nx
 
+            import json
+
             G = nx.MultiDiGraph(id=self.id, sources=self.manifest.get("sources", []))
-            G.add_nodes_from((cid, self.concept(cid)) for cid in self.ids)
+            with self._db_lock:
+                rows = self._conn().execute("SELECT i, synonyms, definition, xrefs FROM details ORDER BY i").fetchall()
+            G.add_nodes_from((self.ids[i], {
+                "id": self.ids[i], "name": self.names[i], "source": self.source_of(i), "synonyms": json.loads(syn),
+                "definition": d, "types": self.types_of(i), "xrefs": json.loads(x), "cui": self.cuis[i]})
+                for i, syn, d, x in rows)
             ptr, other, rels = self._out
             for i in range(len(self.ids)):
                 for j in range(ptr[i], ptr[i + 1]):

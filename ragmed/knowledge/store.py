@@ -4,8 +4,11 @@ A knowledge directory holds:
 
 ``manifest.json``       format version, graph id, sources with versions and licences, counts, relation names,
                         link types, the build command, sha256 of every file
-``concepts.json.gz``    the nodes, column-wise: ``ids``, ``names``, ``source`` (index into ``sources``),
-                        ``synonyms``, ``definitions``, ``types`` (indices into ``type_names``), ``xrefs``, ``cuis``
+``concepts.json.gz``    what linking needs of every node, column-wise: ``ids``, ``names``, ``source`` (index into
+                        ``sources``), ``types`` (indices into ``type_names``), ``cuis``
+``details.sqlite``      the rest, read per concept when asked for (evidence, lookup): table
+                        ``details(i INTEGER PRIMARY KEY, synonyms TEXT, definition TEXT, xrefs TEXT)``, JSON in the
+                        text columns; opened read-only
 ``edges.npz``           ``src``, ``dst`` (int32 node indices) and ``rel`` (uint8 index into the manifest's
                         ``relations``), read with ``allow_pickle=False``
 ``lexicon.json.gz``     the linker's dictionary, precomputed: normalised surface form → postings
@@ -33,7 +36,7 @@ from ragmed.knowledge.schema import DEFAULT_LINK_TYPES
 from ragmed.knowledge.text import normalise
 
 FORMAT_VERSION = 1
-FILES = ("concepts.json.gz", "edges.npz", "lexicon.json.gz")
+FILES = ("concepts.json.gz", "details.sqlite", "edges.npz", "lexicon.json.gz")
 
 # Single-token surface forms never linked: English function words and generic clinical qualifiers / heads that
 # name no finding on their own. Generic, written for ragmed (not derived from any evaluation set).
@@ -191,7 +194,9 @@ def save_graph(G, out: str | Path, *, name: str | None = None, link_types: Itera
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    _dump_gz({"ids": ids, "sources": sources, "type_names": type_names, **cols}, tmp / "concepts.json.gz")
+    core = {k: cols[k] for k in ("names", "source", "types", "cuis")}
+    _dump_gz({"ids": ids, "sources": sources, "type_names": type_names, **core}, tmp / "concepts.json.gz")
+    _write_details(tmp / "details.sqlite", cols)
     np.savez_compressed(tmp / "edges.npz", src=np.asarray(src, dtype=np.int32), dst=np.asarray(dst, dtype=np.int32),
                         rel=np.asarray(rel, dtype=np.uint8))
     _dump_gz(lexicon, tmp / "lexicon.json.gz")
@@ -223,6 +228,20 @@ def save_graph(G, out: str | Path, *, name: str | None = None, link_types: Itera
     if old.exists():
         shutil.rmtree(old)
     return out
+
+
+def _write_details(path: Path, cols: dict) -> None:
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    try:
+        con.execute("CREATE TABLE details (i INTEGER PRIMARY KEY, synonyms TEXT, definition TEXT, xrefs TEXT)")
+        con.executemany("INSERT INTO details VALUES (?, ?, ?, ?)", (
+            (i, json.dumps(syn, ensure_ascii=False), d, json.dumps(x, ensure_ascii=False))
+            for i, (syn, d, x) in enumerate(zip(cols["synonyms"], cols["definitions"], cols["xrefs"]))))
+        con.commit()
+    finally:
+        con.close()
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -258,7 +277,7 @@ def read_columns(path: Path) -> tuple[dict, dict, dict]:
         raise KnowledgeError(f"corrupt knowledge directory: {e}", path=str(path),
                              remedy="rebuild it with ragmed kg build") from e
     n = len(cols["ids"])
-    if any(len(cols[k]) != n for k in ("names", "source", "synonyms", "definitions", "types", "xrefs", "cuis")):
+    if any(len(cols[k]) != n for k in ("names", "source", "types", "cuis")):
         raise KnowledgeError("corrupt concepts.json.gz: columns differ in length", path=str(path))
     if len(edges["src"]) and (edges["src"].max() >= n or edges["dst"].max() >= n):
         raise KnowledgeError("corrupt edges.npz: node index out of range", path=str(path))
