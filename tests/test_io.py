@@ -513,6 +513,22 @@ def test_codestream_that_lies_about_its_size_is_refused_before_decoding(tmp_path
             load_image(p, root=tmp_path, isolate=mode)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+def test_forked_child_does_not_share_the_parents_decoder_worker():
+    p = pydicom_file("JPEG2000.dcm")
+    ref = load_image(p).pixels  # the parent now holds an idle worker
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            code = 0 if np.array_equal(load_image(p).pixels, ref) else 3
+        except BaseException:  # noqa: BLE001
+            code = 4
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert np.array_equal(load_image(p).pixels, ref)  # the parent's worker still answers the parent
+
+
 def test_isolate_option(tmp_path):
     p = pydicom_file("JPEG2000.dcm")
     assert np.array_equal(load_image(p, isolate="always").pixels, load_image(p, isolate="never").pixels)

@@ -81,6 +81,7 @@ class _Worker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True,
             env=env,
         )
+        self.owner = os.getpid()  # a forked child must not talk to its parent's worker
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -173,6 +174,9 @@ def _acquire() -> _Worker:
     with _lock:
         while _idle:
             w = _idle.pop()
+            if w.owner != os.getpid():  # inherited through fork(): the parent's, leave it alone
+                _idle.clear()
+                break
             if w.alive():
                 return w
             w.kill()
@@ -187,7 +191,7 @@ def _release(w: _Worker) -> None:
 def shutdown() -> None:
     """Stop every idle worker (also registered with ``atexit``)."""
     with _lock:
-        workers = list(_idle)
+        workers = [w for w in _idle if w.owner == os.getpid()]
         _idle.clear()
     for w in workers:
         w.kill()

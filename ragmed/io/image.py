@@ -15,8 +15,10 @@ class MedicalImage:
     ``pixels`` is float32 in [0, 1]: shape (H, W) for grayscale, (H, W, 3) for colour.
     ``source`` is the path as the caller should show it (relative to the corpus root when one is given).
     ``content_hash`` is the SHA-256 of the file's bytes (for a series: of the chosen slice's file).
-    ``meta`` holds only values that survive PS3.15 de-identification (e.g. transfer syntax, photometric
-    interpretation, frame choice); never names, identifiers, dates or free-text descriptions.
+    ``meta`` holds only values that survive PS3.15 de-identification, never names, identifiers, dates or free-text
+    descriptions. DICOM: ``frames``, ``frame`` (the 0-based frame decoded), ``transfer_syntax`` and ``sop_class``
+    (dictionary names of well-known UIDs), ``photometric``, ``laterality``; a series adds ``series`` (the directory),
+    ``series_files``, ``series_positions``, ``series_skipped_files``. PNG / JPEG: ``bit_depth``.
     """
 
     pixels: np.ndarray
