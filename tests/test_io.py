@@ -375,6 +375,34 @@ def test_ybr_full_native_is_converted_to_rgb(tmp_path):
     assert img.is_color and np.abs(img.pixels[0, 0] - np.array([1.0, 0.0, 0.0])).max() < 0.02
 
 
+def test_ybr_partial_is_converted_to_rgb(tmp_path):
+    # pure red in YBR_PARTIAL (BT.601 studio range): Y=82, Cb=90, Cr=240
+    ybr = np.zeros((4, 4, 3), np.uint8)
+    ybr[...] = (82, 90, 240)
+    img = load_image(write_dicom(tmp_path / "ybrp.dcm", ybr, photometric="YBR_PARTIAL_422"))
+    assert np.abs(img.pixels[0, 0] - np.array([1.0, 0.0, 0.0])).max() < 0.02
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEG2000Lossless", "JPEG2000"])
+def test_compressed_by_pydicom_round_trip(tmp_path, syntax):
+    """Files compressed here with pydicom's encoders (pylibjpeg-rle, pylibjpeg-openjpeg) decode like the original."""
+    import pydicom.uid
+
+    a = (np.arange(64 * 64).reshape(64, 64) * 7 % 4096).astype(np.uint16)
+    native = write_dicom(tmp_path / "native.dcm", a, bits_stored=12)
+    ds = pydicom.dcmread(native)
+    uid = getattr(pydicom.uid, syntax)
+    ds.compress(uid, **({"j2k_cr": [10]} if syntax == "JPEG2000" else {}))
+    p = tmp_path / f"{syntax}.dcm"
+    ds.save_as(p)
+    img, ref = load_image(p), load_image(native)
+    assert img.meta["transfer_syntax"] == uid.name
+    if syntax == "JPEG2000":  # lossy
+        assert np.abs(img.pixels - ref.pixels).mean() < 0.02
+    else:
+        assert np.array_equal(img.pixels, ref.pixels)
+
+
 def test_series_directory_of_written_slices(tmp_path):
     d = tmp_path / "series"
     d.mkdir()

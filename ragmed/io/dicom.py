@@ -17,8 +17,9 @@ What a DICOM file becomes:
   ``NumberOfFrames // 2``. ``"first"`` or a 0-based index pick explicitly.
 * **Display.** Grayscale: modality LUT / rescale (``apply_modality_lut``), then VOI LUT or the first window centre /
   width (``apply_voi_lut``), mapped linearly from the transform's full output range to [0, 1]; without VOI data the
-  0.5–99.5 percentile range. MONOCHROME1 is inverted. Colour: pydicom converts YBR_FULL / YBR_FULL_422 /
-  YBR_PARTIAL_* to RGB, the JPEG 2000 decoders undo YBR_ICT / YBR_RCT; RGB is scaled by ``2**BitsStored - 1``;
+  0.5–99.5 percentile range. MONOCHROME1 is inverted. Colour: pydicom converts YBR_FULL / YBR_FULL_422 to RGB,
+  the JPEG 2000 decoders undo YBR_ICT / YBR_RCT, ragmed converts YBR_PARTIAL_422 / _420 (BT.601 studio range);
+  RGB is scaled by ``2**BitsStored - 1``;
   PALETTE COLOR goes through its lookup table (``apply_color_lut``).
 * **Errors** name the file by the path the caller gave relative to the corpus root and a reason from ragmed's own
   vocabulary (exception *types*, transfer-syntax *names*); pydicom's exception texts are never passed on, since they
@@ -466,13 +467,16 @@ def _to_display(ds, arr: np.ndarray, pi: str, spp: int) -> np.ndarray:
     from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     if arr.ndim == 3:
-        # pixel_array(as_rgb=True) has already turned YBR_FULL / YBR_FULL_422 / YBR_PARTIAL_* into RGB, and the
-        # JPEG 2000 decoders undo YBR_ICT / YBR_RCT, so a 3-sample array is RGB here.
+        # pixel_array(as_rgb=True) has already turned YBR_FULL / YBR_FULL_422 into RGB, and the JPEG 2000
+        # decoders undo YBR_ICT / YBR_RCT; YBR_PARTIAL_* is converted below.
         if arr.dtype.kind == "f":
             return minmax_normalise(arr, 0, 100)
         bits = _int_or(ds, "BitsStored", arr.dtype.itemsize * 8)
         bits = bits if 0 < bits <= arr.dtype.itemsize * 8 else arr.dtype.itemsize * 8
-        return np.clip(arr.astype(np.float32) / float((1 << bits) - 1), 0, 1).astype(np.float32)
+        rgb = arr.astype(np.float32) / float((1 << bits) - 1)
+        if pi in ("YBR_PARTIAL_422", "YBR_PARTIAL_420"):
+            rgb = _ybr_partial_to_rgb(rgb)
+        return np.clip(rgb, 0, 1).astype(np.float32)
     if pi == "PALETTE COLOR":
         rgb = apply_color_lut(arr, ds)
         desc = _get(ds, "RedPaletteColorLookupTableDescriptor")
@@ -490,6 +494,18 @@ def _to_display(ds, arr: np.ndarray, pi: str, spp: int) -> np.ndarray:
     if pi == "MONOCHROME1":
         out = 1.0 - out
     return out.astype(np.float32)
+
+
+def _ybr_partial_to_rgb(ybr: np.ndarray) -> np.ndarray:
+    """YBR_PARTIAL (ITU-R BT.601 studio range: Y 16-235, Cb / Cr 16-240 of 255) in [0, 1] to RGB in [0, 1]
+    (PS3.3 C.7.6.3.1.2); pydicom converts only the YBR_FULL variants."""
+    y = ybr[..., 0] * 255.0 - 16.0
+    cb = ybr[..., 1] * 255.0 - 128.0
+    cr = ybr[..., 2] * 255.0 - 128.0
+    r = 1.164383 * y + 1.596027 * cr
+    g = 1.164383 * y - 0.391762 * cb - 0.812968 * cr
+    b = 1.164383 * y + 2.017232 * cb
+    return np.stack([r, g, b], axis=-1) / 255.0
 
 
 def _int_or(ds, keyword: str, default: int) -> int:
