@@ -121,20 +121,30 @@ def deidentify(ds: "Dataset", *, allow_burned_in: bool = False, uid_key: str | N
                 remedy="pass allow_burned_in=True only after checking the pixels")
         out = copy.deepcopy(ds)
         rules = _rules(uid_key if uid_key is not None else _PROCESS_KEY)
-        base = functools.partial(initialize_actions, PROFILE_TABLE)
+        table = initialize_actions(PROFILE_TABLE)
+        # Repeating-group rules (4-tuples: group/element masks) are applied by the library with Dataset.walk, which
+        # already descends into sequences: the top level takes them, nested items only the single-tag rules.
+        single = {k: v for k, v in table.items() if len(k) == 2}
+        single_rules = {k: v for k, v in rules.items() if len(k) == 2}
 
-        def clean(d: Dataset) -> None:
+        def clean(d: Dataset, top: bool) -> None:
+            if top:
+                base, extra = table, rules
+            else:  # only the rules for tags this item holds (an enhanced MR has thousands of small items)
+                present = {int(t) for t in d.keys()}
+                base = {k: v for k, v in single.items() if (k[0] << 16 | k[1]) in present}
+                extra = {k: v for k, v in single_rules.items() if (k[0] << 16 | k[1]) in present}
             try:
-                anonymize_dataset(d, extra_anonymization_rules=rules, delete_private_tags=True,
-                                  base_rules_gen=base)
-            except NotImplementedError as e:  # a VR the library cannot give a dummy value: remove instead
-                raise ImageError(f"cannot de-identify: {type(e).__name__}") from e
+                anonymize_dataset(d, extra_anonymization_rules=extra, delete_private_tags=True,
+                                  base_rules_gen=lambda: dict(base))
+            except NotImplementedError as e:  # a VR the library cannot give a dummy value
+                raise ImageError(f"cannot de-identify: {type(e).__name__}") from None
             for elem in list(d):
                 if elem.VR == "SQ" and elem.value:
                     for item in elem.value:
-                        clean(item)
+                        clean(item, False)
 
-        clean(out)
+        clean(out, True)
         out.PatientIdentityRemoved = "YES"
         out.DeidentificationMethod = f"{PROFILE_NAME} (ragmed, dicom-anonymizer {PROFILE_TABLE})"
         code = Dataset()
