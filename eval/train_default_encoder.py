@@ -164,6 +164,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ssl-weight", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--head-grid", type=int, default=2)
+    ap.add_argument("--aug-strength", type=float, default=1.0)
+    ap.add_argument("--stats-bins", type=int, default=0)
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
 
@@ -178,12 +180,12 @@ def main(argv=None) -> int:
     print(f"prepared {len(data)} images, {len(data.texts)} texts in {time.perf_counter() - t0:.1f}s: "
           f"{json.dumps(data.summary())}", file=sys.stderr)
     cfg = TrainConfig(epochs=a.epochs, epoch_size=a.epoch_size, batch_size=a.batch_size, lr=a.lr,
-                      ssl_weight=a.ssl_weight, seed=a.seed)
+                      ssl_weight=a.ssl_weight, seed=a.seed, aug_strength=a.aug_strength)
     trained_on = ("VQA-RAD (CC0)" + (" minus its evaluation half (vqa_rad_split seed 0)" if exclude else "")
                   + ", PneumoniaMNIST train+val (CC BY 4.0), BreastMNIST train+val (CC BY 4.0), BCCD (MIT), "
                     "POCUS lung ultrasound CC BY rows")
     cmd = "python eval/train_default_encoder.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:]))
-    train_tower(data, a.out, create_encoder("minilm"), config=cfg, tower=TowerConfig(head_grid=a.head_grid), preprocess=pre,
+    train_tower(data, a.out, create_encoder("minilm"), config=cfg, tower=TowerConfig(head_grid=a.head_grid, stats_bins=a.stats_bins, mean=pre.mean, std=pre.std), preprocess=pre,
                 progress=not a.quiet, info={"trained_on": trained_on, "command": cmd.strip()})
     print(f"wrote {a.out} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return 0

@@ -85,6 +85,9 @@ class TowerConfig:
     stem_stride: int = 4  # a patchify stem (kernel = stride): cheap at full resolution
     body_convs: int = 1  # 3×3 convolutions in each stage's residual branch
     head_grid: int = 0  # >0: also average-pool the last map to grid×grid and flatten (keeps coarse layout)
+    stats_bins: int = 0  # >0: a global-statistics branch: luma histogram (bins) + 8×8 thumbnail of the input
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # the input normalisation (stats branch)
+    std: list[float] = field(default_factory=lambda: [0.25, 0.0625, 0.0625])
     embed_dim: int = 384
     space: str = "all-MiniLM-L6-v2"
 
@@ -133,6 +136,8 @@ def build_tower(cfg: TowerConfig):
                 cin = w
             self.features = nn.Sequential(*layers)
             n = cin * (2 + cfg.head_grid * cfg.head_grid)
+            if cfg.stats_bins:
+                n += cfg.stats_bins + 3 * 8 * 8
             self.head = nn.Sequential(nn.LayerNorm(n), nn.Linear(n, cfg.embed_dim))
 
         def forward(self, x):
@@ -140,6 +145,19 @@ def build_tower(cfg: TowerConfig):
             parts = [f.mean(dim=(2, 3)), f.amax(dim=(2, 3))]
             if cfg.head_grid:
                 parts.append(nn.functional.adaptive_avg_pool2d(f, cfg.head_grid).flatten(1))
+            if cfg.stats_bins:
+                parts += self.stats(x)
             return self.head(torch.cat(parts, dim=1))
+
+        def stats(self, x):
+            """Per-image global statistics of the input (no gradient needed): sqrt of the luma histogram and an
+            8×8 thumbnail of the three planes."""
+            b, k = x.shape[0], cfg.stats_bins
+            y = (x[:, 0] * cfg.std[0] + cfg.mean[0]).clamp(0, 1).flatten(1)
+            idx = (y * (k - 1e-3)).long()
+            hist = torch.zeros(b, k, dtype=x.dtype, device=x.device).scatter_add_(1, idx, torch.ones_like(y))
+            hist = (hist / y.shape[1]).sqrt()
+            thumb = nn.functional.adaptive_avg_pool2d(x, 8).flatten(1)
+            return [hist, thumb]
 
     return Tower()

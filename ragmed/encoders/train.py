@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     ssl_weight: float = 0.0  # weight of the image–image (two views) InfoNCE term
     ssl_temperature: float = 0.1
+    aug_strength: float = 1.0  # scales every augmentation range (see augment)
     init_temperature: float = 0.07
     checkpoint_every: int = 50  # steps
     threads: int | None = None
@@ -122,8 +123,9 @@ def build_trainset(samples: Iterable[Sample], size: int, *, workers: int = 2) ->
 
 
 # --- augmentation -----------------------------------------------------------------------------------------------
-def augment(x, gen):
-    """``x``: (B, 3, S, S) float in [0, 1] (luma, chroma with 0.5 neutral). Geometric + luma jitter; no flips."""
+def augment(x, gen, strength: float = 1.0):
+    """``x``: (B, 3, S, S) float in [0, 1] (luma, chroma with 0.5 neutral). Geometric + luma jitter; no flips.
+    ``strength`` scales every range (1: zoom 0.7–1, ±10°, gamma e^±0.25, contrast ±20 %, brightness ±0.08)."""
     import torch
     import torch.nn.functional as F
 
@@ -132,9 +134,10 @@ def augment(x, gen):
     def u(lo, hi):
         return lo + (hi - lo) * torch.rand(b, generator=gen)
 
-    scale = u(0.7, 1.0)
-    aspect = torch.exp(u(-0.1, 0.1))
-    ang = u(-10, 10) * math.pi / 180
+    k = float(strength)
+    scale = u(1 - 0.3 * k, 1.0)
+    aspect = torch.exp(u(-0.1 * k, 0.1 * k))
+    ang = u(-10 * k, 10 * k) * math.pi / 180
     sx, sy = scale * aspect.sqrt(), scale / aspect.sqrt()
     tx, ty = u(-1, 1) * (1 - sx).clamp(min=0), u(-1, 1) * (1 - sy).clamp(min=0)
     cos, sin = torch.cos(ang), torch.sin(ang)
@@ -143,10 +146,10 @@ def augment(x, gen):
     pad = torch.tensor([0.0, 0.5, 0.5]).view(1, 3, 1, 1)
     x = F.grid_sample(x - pad, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + pad
     y = x[:, :1].clamp(0, 1)
-    gamma = torch.exp(u(-0.25, 0.25)).view(b, 1, 1, 1)
-    contrast = u(0.8, 1.2).view(b, 1, 1, 1)
-    bright = u(-0.08, 0.08).view(b, 1, 1, 1)
-    noise = u(0, 0.02).view(b, 1, 1, 1) * torch.randn(y.shape, generator=gen)
+    gamma = torch.exp(u(-0.25 * k, 0.25 * k)).view(b, 1, 1, 1)
+    contrast = u(1 - 0.2 * k, 1 + 0.2 * k).view(b, 1, 1, 1)
+    bright = u(-0.08 * k, 0.08 * k).view(b, 1, 1, 1)
+    noise = u(0, 0.02 * k).view(b, 1, 1, 1) * torch.randn(y.shape, generator=gen)
     y = (y.pow(gamma) * contrast + bright + noise).clamp(0, 1)
     return torch.cat([y, x[:, 1:]], dim=1)
 
@@ -308,21 +311,21 @@ def train_tower(data: TrainSet, out: str | Path, text_encoder, *, config: TrainC
             g["lr"] = lr_at(step)
         scale = logit_scale.exp().clamp(max=100)
         if cfg.ssl_weight > 0:
-            z = torch.nn.functional.normalize(model(normalise(augment(torch.cat([x, x]), gen), preprocess)), dim=1)
+            z = torch.nn.functional.normalize(model(normalise(augment(torch.cat([x, x]), gen, cfg.aug_strength), preprocess)), dim=1)
             z1, z2 = z[: len(idx)], z[len(idx):]
             loss = (multi_positive_infonce(z1, t, pos, scale) + multi_positive_infonce(z2, t, pos, scale)) / 2
             same = idx_t[:, None] == idx_t[None, :]
             loss = loss + cfg.ssl_weight * multi_positive_infonce(z1, z2, same, 1 / cfg.ssl_temperature)
         else:
-            z = torch.nn.functional.normalize(model(normalise(augment(x, gen), preprocess)), dim=1)
+            z = torch.nn.functional.normalize(model(normalise(augment(x, gen, cfg.aug_strength), preprocess)), dim=1)
             loss = multi_positive_infonce(z, t, pos, scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
-        run_loss += float(loss)
+        run_loss += float(loss.detach())
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", epoch=epoch + 1)
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", epoch=epoch + 1)
         end_of_epoch = step % steps_per_epoch == 0
         if end_of_epoch:
             history.append({"epoch": epoch + 1, "loss": run_loss / steps_per_epoch,
