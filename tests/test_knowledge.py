@@ -320,3 +320,33 @@ def test_knowledge_evidence_ranks_and_renders(doid_kg):
     assert knowledge_evidence(kg, "Is there pneumonia?", [], max_concepts=0) == []
     assert knowledge_evidence(kg, "", ["nothing to see"], max_concepts=5) == []
     assert len(knowledge_evidence(kg, "pneumonia", ["pneumonia, COPD, tuberculosis, asthma"], max_concepts=2)) == 2
+
+
+# --- paraphrase (embedding) fallback ------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_fuzzy_linking_with_the_real_text_encoder(tmp_path, text_encoder):
+    """A tiny graph, the real MiniLM encoder: a spelling variant that exact matching misses links by embedding,
+    negation still applies, and unrelated phrases stay unlinked (precision first)."""
+    import networkx as nx
+
+    from ragmed.knowledge import load_graph, save_graph
+    from ragmed.knowledge.embed import FILE, FuzzyLinker
+    from ragmed.knowledge.schema import concept
+
+    G = nx.MultiDiGraph()
+    for cid, name, ty in [("X:1", "Intracranial hemorrhage", "Disease or Syndrome"), ("X:2", "Pleural effusion", "Finding"),
+                          ("X:3", "Pneumothorax", "Finding"), ("X:4", "Rib fracture", "Injury or Poisoning")]:
+        G.add_node(cid, **concept(cid, name, "X", types=[ty]))
+    save_graph(G, tmp_path / "tiny")
+    kg = load_graph(tmp_path / "tiny")
+    kg._fuzzy = FuzzyLinker(kg, encoder=text_encoder, build_to=kg.path / FILE)  # the session's encoder
+    assert kg.link("Large intracranial haemorrhage.") == []  # British spelling: no exact match
+    ms = kg.link("Large intracranial haemorrhage.", fuzzy=True)
+    assert [(m.id, m.method) for m in ms] == [("X:1", "embedding")]
+    assert ms[0].score >= 0.88 and ms[0].text == "intracranial haemorrhage" and not ms[0].negated  # "Large" trimmed
+    assert [m.id for m in kg.link("Old fracture of a rib.", fuzzy=True)] == ["X:4"]
+    assert kg.link("No intracranial haemorrhage.", fuzzy=True)[0].negated
+    assert kg.link("Bony structures are intact and the mediastinum is normal.", fuzzy=True) == []
+    # the vectors were written beside the graph, with the digest of the names they embed
+    assert (kg.path / FILE).exists() and json.loads((kg.path / FILE).with_suffix(".json").read_text())["targets"] == 4

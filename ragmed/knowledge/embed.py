@@ -4,8 +4,8 @@ Targets: the preferred names (up to 4 words, one concept per distinct name) of l
 classification titles of ICD-10-CM and the OMIM / Orphanet disease names (which exact matching covers), embedded
 once with the MiniLM text encoder (``ragmed.encoders.create_encoder("minilm")``) and stored as float16 in the graph
 directory (``ragmed kg embed DIR``) or, on first use, under ``$RAGMED_CACHE/knowledge/<graph id>/``.
-Candidates in the text: runs of 2–5 content words inside a clause that exact matching left uncovered (single words
-are too ambiguous to embed). A candidate links to its nearest concept when the cosine similarity is at least
+Candidates in the text: runs of 2–5 content words inside a clause that exact matching left uncovered, with
+generic modifiers ("large", "mild" …) trimmed from their ends (single words are too ambiguous to embed). A candidate links to its nearest concept when the cosine similarity is at least
 ``threshold`` (default 0.88) and beats the runner-up concept by ``margin``; its score is the similarity.
 """
 from __future__ import annotations
@@ -26,8 +26,9 @@ MIN_WORDS, MAX_WORDS = 2, 5
 EXCLUDED_SOURCES = {"ICD10CM"}
 MAX_TARGET_WORDS = 4
 FILE = "fuzzy-minilm.npy"
-_BREAK = {"and", "or", "with", "without", "in", "on", "at", "to", "is", "are", "was", "were", "be", "been", "the",
-          "a", "an", "this", "that", "there", "these", "those", "for", "from", "by", "as", "which", "than", "since",
+_SOFT = {"of", "the", "a", "an"}  # allowed inside a candidate ("fracture of a rib"), trimmed at its ends
+_BREAK = {"and", "or", "with", "without", "in", "on", "at", "to", "is", "are", "was", "were", "be", "been",
+          "this", "that", "there", "these", "those", "for", "from", "by", "as", "which", "than", "since",
           "compared", "seen", "noted", "identified", "demonstrated", "present", "xxxx"}
 
 
@@ -64,48 +65,58 @@ class FuzzyLinker:
         return cache_dir("knowledge", safe) / FILE
 
     def _load_or_build(self, path: Path | None = None) -> np.ndarray:
-        for p in ([] if path else [self.kg.path / FILE, self.cache_path()]):
-            if p.exists():
-                m = np.load(p, allow_pickle=False)
-                if m.shape[0] == len(self.targets):
-                    return m.astype(np.float32)
-        path = path or self.cache_path()
+        import hashlib
+        import json
+
         names = [self.kg.names[i] for i in self.targets]
+        digest = hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()
+        for p in ([] if path else [self.kg.path / FILE, self.cache_path()]):
+            meta = p.with_suffix(".json")
+            if p.exists() and meta.exists():
+                try:
+                    ok = json.loads(meta.read_text()).get("names_sha256") == digest
+                except ValueError:
+                    ok = False
+                if ok:
+                    return np.load(p, allow_pickle=False).astype(np.float32)
+        path = path or self.cache_path()
         log.info("embedding %d concept names for the fuzzy linker (once; cached at %s)", len(names), path)
         m = np.asarray(self.encoder.encode_texts(names), dtype=np.float32) if names else np.zeros((0, 384), np.float32)
         tmp = path.with_suffix(".tmp.npy")
         np.save(tmp, m.astype(np.float16), allow_pickle=False)
         tmp.replace(path)
+        path.with_suffix(".json").write_text(json.dumps({"names_sha256": digest, "targets": len(names),
+                                                         "encoder": getattr(self.encoder, "id", "minilm")}))
         return m
 
     def candidates(self, toks, sid, covered: list[bool]) -> list[tuple[int, int]]:
+        """Runs of adjacent words (one space apart, same clause) that exact matching left uncovered and that hold no
+        trigger or break word; generic words and articles trimmed from both ends; 2-5 content words."""
         norms = [t.norm for t in toks]
         n = len(toks)
-        trig = [False] * n
+        blocked = [covered[i] or norms[i] in _BREAK or norms[i].isdigit() for i in range(n)]
         for table in (_PRE, _POST, _PSEUDO, _TERM, _UPRE, _UPOST):
             for i in range(n):
-                k = _match_at(norms, i, table)
-                for j in range(i, i + k):
-                    trig[j] = True
-        runs, cur = [], []
+                for j in range(i, i + _match_at(norms, i, table)):
+                    blocked[j] = True
+        runs: list[list[int]] = []
         for i in range(n):
-            ok = (not covered[i] and not trig[i] and norms[i] not in _BREAK and not norms[i].isdigit()
-                  and (not cur or sid[i] == sid[cur[-1]]) and (not cur or toks[i].start - toks[cur[-1]].end <= 1))
-            if ok:
-                cur.append(i)
+            if blocked[i]:
+                continue
+            if runs and runs[-1][-1] == i - 1 and sid[i] == sid[i - 1] and toks[i].start - toks[i - 1].end <= 1:
+                runs[-1].append(i)
             else:
-                if cur:
-                    runs.append(cur)
-                cur = [i] if (not covered[i] and not trig[i] and norms[i] not in _BREAK) else []
-        if cur:
-            runs.append(cur)
+                runs.append([i])
+        weak = GENERIC_WORDS | _SOFT
         out = []
         for r in runs:
-            content = [i for i in r if norms[i] not in GENERIC_WORDS]
-            if len(content) < MIN_WORDS:
-                continue
-            r = r[-MAX_WORDS:]
-            out.append((r[0], r[-1] + 1))
+            while r and norms[r[0]] in weak:
+                r = r[1:]
+            while r and norms[r[-1]] in weak:
+                r = r[:-1]
+            content = [i for i in r if norms[i] not in weak]
+            if MIN_WORDS <= len(content) <= MAX_WORDS:
+                out.append((r[0], r[-1] + 1))
         return out
 
     def extend(self, text, toks, sid, neg, unc, found, *, threshold: float | None = None, margin: float = DEFAULT_MARGIN):

@@ -247,8 +247,9 @@ class KnowledgeGraph:
             else:
                 i += 1
         spans = [(a, b) for a, b, _, _ in found]
-        neg = negated_tokens(text, toks, spans) if negation and found else [False] * n
-        unc = uncertain_tokens(text, toks, spans) if negation and found else [False] * n
+        check = negation and (found or fuzzy)
+        neg = negated_tokens(text, toks, spans) if check else [False] * n
+        unc = uncertain_tokens(text, toks, spans) if check else [False] * n
         out: list[LinkedConcept] = []
         for a, b, post, key in found:
             ci, flags, others = self._choose(post)

@@ -147,7 +147,7 @@ def save_graph(G, out: str | Path, *, name: str | None = None, link_types: Itera
 
     out = Path(out)
     t0 = time.perf_counter()
-    ids = list(G.nodes)
+    ids = sorted(G.nodes)  # sorted, so that the same content always gives the same files and graph id
     index = {n: i for i, n in enumerate(ids)}
     sources: list[str] = []
     type_names: list[str] = []
@@ -176,7 +176,7 @@ def save_graph(G, out: str | Path, *, name: str | None = None, link_types: Itera
     rel_names: list[str] = []
     rel_ix: dict[str, int] = {}
     src, dst, rel = [], [], []
-    for u, v, d in G.edges(data=True):
+    for u, v, d in sorted(G.edges(data=True), key=lambda e: (index[e[0]], index[e[1]], e[2].get("rel", ""))):
         r = d.get("rel", "related_to")
         if r not in rel_ix:
             if len(rel_names) >= 255:
