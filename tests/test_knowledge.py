@@ -135,6 +135,25 @@ def test_rrf_bad_cui_and_encoding(rrf_dir):
     assert rep["skipped"] == 2 and "not UTF-8" in rep["skipped_lines"][1]
 
 
+def test_rrf_streams_with_bounded_memory(rrf_dir):
+    """60k rows of a vocabulary that is filtered out: read row by row, never held (peak far below the file size)."""
+    import tracemalloc
+
+    from ragmed.knowledge.umls import load_umls
+
+    rows = [f"C{1000000 + i:07d}|ENG|P|L{i}|PF|S{i}|Y|A{i}||||OTHERSAB|PT|X{i}|filler concept name number {i} "
+            f"with some padding text to make the row longer|0|N|256|" for i in range(60_000)]
+    _append(rrf_dir / "MRCONSO.RRF", rows)
+    size = (rrf_dir / "MRCONSO.RRF").stat().st_size
+    tracemalloc.start()
+    G = load_umls(rrf_dir, sabs=["MSH"])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert set(G.nodes) == {"C0000005", "C0000039"}
+    assert G.graph["report"]["MRCONSO.RRF"]["rows"] == 60_003 and G.graph["report"]["MRCONSO.RRF"]["kept"] == 3
+    assert size > 7_000_000 and peak < 2_000_000, (size, peak)
+
+
 def test_rrf_missing_release_is_a_clear_error(tmp_path):
     from ragmed.knowledge.umls import load_umls
 

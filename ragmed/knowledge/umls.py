@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -158,7 +159,7 @@ def load_umls(path: str | Path, *, languages: Iterable[str] | None = ("ENG",), s
         for fields in t:
             if not check_cui(t, fields, "CUI", t.line):
                 continue
-            types.setdefault(fields[ic], []).append(fields[isty])
+            types.setdefault(fields[ic], []).append(sys.intern(fields[isty]))  # ~130 distinct names
             if sty_set is not None and (fields[it] in sty_set or fields[isty] in sty_set):
                 types[fields[ic]].append("\0keep")
         finish(t, len(types))
