@@ -25,7 +25,9 @@ def test_build_info_ask_json(tmp_path):
     a = json.loads(r.output)
     assert a["schema"] == 1 and "not a diagnosis" in a["intended_use"]
     assert a["evidence"] and all(e["ref"] == f"[{i + 1}]" for i, e in enumerate(a["evidence"]))
-    assert a["citations"] and set(a["citations"]) <= {e["ref"] for e in a["evidence"]}
+    given = {e["ref"] for e in a["evidence"]} | {k["ref"] for k in a["knowledge"]}
+    assert a["citations"] and set(a["citations"]) <= given
+    assert any(c in {e["ref"] for e in a["evidence"]} for c in a["citations"])
     assert a["evidence"][0]["case_id"] == "case1"  # the image itself is indexed: its case ranks first
     assert a["selection"]["rule"] == "gap"
 
