@@ -199,9 +199,9 @@ class KnowledgeGraph:
                 "definition": d, "types": self.types_of(i), "xrefs": json.loads(x), "cui": self.cuis[i]})
                 for i, syn, d, x in rows)
             ptr, other, rels = self._out
-            for i in range(len(self.ids)):
-                for j in range(ptr[i], ptr[i + 1]):
-                    G.add_edge(self.ids[i], self.ids[other[j]], rel=self.relations[rels[j]])
+            src = np.repeat(np.arange(len(self.ids)), np.diff(ptr)).tolist()
+            ids, names = self.ids, self.relations
+            G.add_edges_from((ids[u], ids[v], {"rel": names[r]}) for u, v, r in zip(src, other.tolist(), rels.tolist()))
             self._nx = G
         return self._nx
 
