@@ -214,3 +214,14 @@ def test_unsupported_terms_are_flagged():
     assert cites == ["[1]"] and "unsupported-terms:heart" in flags and "unsupported" not in flags
     _, _, flags = ground("The lesion is located in the right upper lobe [1].", "Where is the lesion?", evidence, [])
     assert not any(f.startswith("unsupported") for f in flags)
+
+
+def test_generator_modules_import_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, ragmed.generate, ragmed.generate.chat, ragmed.generate.vote, ragmed.generate.gguf, "
+            "ragmed.generate.hf, ragmed.generate.openai_backend, ragmed.serve.openai_server, ragmed.cli.serve; "
+            "print([m for m in ('torch', 'transformers', 'openai', 'fastapi') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
