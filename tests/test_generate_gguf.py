@@ -28,7 +28,7 @@ KNOWLEDGE = [KnowledgeEvidence("DOID:1673", "pneumothorax", "DOID", ref="[K1]",
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory):
     cache = tmp_path_factory.mktemp("smollm2-cache")
-    g = create_generator("gguf", cache=str(cache))
+    g = create_generator("gguf", cache=str(cache), closed="model")  # the model answers closed questions too
     g.warm_up()  # converts once into `cache`
     return g, cache
 
@@ -52,13 +52,18 @@ def test_default_model_is_found_and_cached_without_gguf_markers(smol):
 
 
 def test_real_model_answers_closed_and_open_questions_with_citations(smol):
-    g, _ = smol
+    g, cache = smol
     closed = g.generate("Is there a pneumothorax?", EVIDENCE, KNOWLEDGE, task="closed")
     again = g.generate("Is there a pneumothorax?", EVIDENCE, KNOWLEDGE, task="closed")
     assert closed.text == again.text  # greedy: deterministic
     assert closed.model == "gguf:SmolLM2-135M-Instruct.Q4_1"
     assert closed.text.split()[0].strip(".,").lower() in ("yes", "no")
     assert closed.citations and set(closed.citations) <= {"[1]", "[2]", "[3]", "[K1]"}
+    # by default a closed question goes to the vote first (measured better for this model), the model as fallback
+    default = create_generator("gguf", cache=str(cache))
+    assert default.closed == "vote"
+    voted = default.generate("Is there a pneumothorax?", EVIDENCE, KNOWLEDGE, task="closed")
+    assert voted.text.startswith("No [1][2].") and voted.model.startswith("vote")
     opened = g.generate("Where is the lesion?", EVIDENCE, KNOWLEDGE, task="open")
     assert "right upper lobe" in opened.text.lower() and "[3]" in opened.citations
     assert "unsupported" not in opened.flags

