@@ -212,6 +212,32 @@ def closed_accuracy(limit_model: int, k: int = 5, seed: int = 0) -> dict:
     }
 
 
+def ask_cold(index: str, image: str, pipeline: str, questions: list[str], repeat: int = 2) -> list[dict]:
+    """``ragmed ask`` as a fresh process per question (what a user runs), wall and CPU seconds."""
+    import resource
+
+    rows = []
+    for q in questions:
+        for r in range(repeat):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            p = subprocess.run([sys.executable, "-c", "from ragmed.cli import main; main()", "ask", image, q,
+                                "--index", index, "--pipeline", pipeline, "--json"], capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if p.returncode != 0:
+                rows.append({"question": q, "error": (p.stderr.strip().splitlines() or ["?"])[-1]})
+                continue
+            a = json.loads(p.stdout)
+            rows.append({"question": q, "run": r + 1, "process_wall_s": round(wall, 3),
+                         "process_cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 3),
+                         "answer": a["answer"], "citations": a["citations"], "flags": a["flags"],
+                         "generator": a["models"].get("generator"),
+                         "timings": {k: v for k, v in a["timings"].items() if k in ("generate", "total")}})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--warm-n", type=int, default=6)
@@ -222,6 +248,9 @@ def main() -> None:
                     help="torch threads to compare for gguf, e.g. 1,2")
     ap.add_argument("--accuracy-model-limit", type=int, default=120)
     ap.add_argument("--out", default=str(RESULTS / "bench_generate.json"))
+    ap.add_argument("--ask-index", help="also time cold `ragmed ask` processes on this index …")
+    ap.add_argument("--ask-image", help="… with this image …")
+    ap.add_argument("--ask-pipeline", help="… and this pipeline YAML (its generator: gguf)")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -236,6 +265,9 @@ def main() -> None:
 
     if not args.skip_latency:
         latency(res, args)
+    if args.ask_index:
+        res["ask_cold"] = ask_cold(args.ask_index, args.ask_image, args.ask_pipeline,
+                                   ["Is there a pleural effusion?", "What abnormality is seen in the lungs?"])
     if not args.skip_accuracy and (DATA / "vqa-rad" / "train.json").exists():
         res["closed_strategy"] = closed_accuracy(args.accuracy_model_limit)
         print(json.dumps(res["closed_strategy"], indent=1), flush=True)
