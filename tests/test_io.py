@@ -743,6 +743,7 @@ def test_concurrent_loads_match_sequential_and_restore_warning_state(tmp_path):
 
 def test_logging_of_other_libraries_still_works_after_reads(caplog):
     caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="pydicom")  # the CLI quiets pydicom; tests run in one process
     load_image(pydicom_file("CT_small.dcm"))
     logging.getLogger("pydicom").warning("outside a read")
     assert "outside a read" in caplog.text
