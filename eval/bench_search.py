@@ -553,7 +553,8 @@ def run_worker_process(system: str, size: str, args) -> dict:
 
 def cmd_run(args) -> None:
     sizes = args.sizes.split(",")
-    systems = args.systems.split(",")
+    priority = ["hnsw", "ragmed", "llama-faiss", "flat", "ivfpq", "llama-simple"]  # headline first
+    systems = sorted(args.systems.split(","), key=lambda x: priority.index(x) if x in priority else 99)
     results = []
     for size in sizes:
         for system in systems:
@@ -565,6 +566,7 @@ def cmd_run(args) -> None:
             results.append(run_worker_process(system, size, args))
             print(json.dumps({k: v for k, v in results[-1].items() if k not in ("ef_sweep", "nprobe_sweep")},
                              default=float), file=sys.stderr, flush=True)
+            write_result(args.out + ".partial", {"results": results, "complete": False})  # survives an interruption
     if args.peers_from:  # e.g. the SimpleVectorStore measured at 100k by an earlier run, for the 1M ratios
         prev = json.loads(Path(args.peers_from).read_text())["results"]
         results += [dict(r, from_file=args.peers_from) for r in prev
@@ -574,6 +576,8 @@ def cmd_run(args) -> None:
     ratios = compute_ratios(results, args)
     for line in ratios.get("lines", []):
         print(line)
+    partial = Path(__file__).resolve().parent / "results" / f"{args.out}.partial.json"
+    partial.unlink(missing_ok=True)
     write_result(args.out, {"results": results, "table": rows, "ratios": ratios,
                             "targets": {"recall@10": 0.95, "p50_ms_1M": 1.0, "throughput_vs_llama_simple": 100}})
     if args.plot:
