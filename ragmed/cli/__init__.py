@@ -64,7 +64,10 @@ def main(ctx, verbose: bool):
     """ragmed: answer questions about medical images with retrieved, cited evidence."""
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)  # also caps libraries that set DEBUG themselves
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        handlers=[handler])
     _quiet_libraries(verbose)
 
 

@@ -31,6 +31,7 @@ class Case:
     sections: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     split: str | None = None
+    row: int = 0  # 1-based row (line) in the manifest, for reports; 0 when not from a file
 
     @property
     def text(self) -> str:
@@ -218,6 +219,6 @@ def build_corpus(rows: list[tuple[int, dict]], *, root: Path, source: str, fmt: 
             continue
         meta = {k: v for k, v in row.items() if k not in CORE and k != "images" and v is not None}
         split = (row.get("split") or "").strip() or None
-        cases.append(Case(id=cid, images=paths, report=report, sections=sections, metadata=meta, split=split))
+        cases.append(Case(id=cid, images=paths, report=report, sections=sections, metadata=meta, split=split, row=i))
         seen.add(cid)
     return Corpus(source=source, root=root, cases=cases, skipped=skipped, format=fmt)

@@ -108,5 +108,5 @@ def read_vqa(p: Path, images: Path, *, format: str | None = None, language: str 
             organ = next((q.organ for q in qas if q.organ), "")
             if organ:
                 meta["image_organ"] = organ
-        cases.append(Case(id=cid, images=[str(path)], report=text, sections={"findings": text}, metadata=meta))
+        cases.append(Case(id=cid, images=[str(path)], report=text, sections={"findings": text}, metadata=meta, row=n))
     return Corpus(source=str(p), root=images, cases=cases, skipped=skipped, format=fmt)

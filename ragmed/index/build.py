@@ -157,7 +157,7 @@ def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=N
         if c.id in done:
             continue
         if c.id in existing:
-            pre_skipped.append(SkippedRow(0, c.id, None, "case id already in the index"))
+            pre_skipped.append(SkippedRow(c.row, c.id, None, "case id already in the index"))
             continue
         todo.append(c)
     if not done or base_dir:
@@ -204,7 +204,7 @@ def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=N
     n_cases = con.execute("SELECT COUNT(*) FROM cases").fetchone()[0]
     n_images = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
     skipped = [dict(zip(("row", "case_id", "path", "reason"), r))
-               for r in con.execute("SELECT row, case_id, path, reason FROM skipped ORDER BY rowid")]
+               for r in con.execute("SELECT row, case_id, path, reason FROM skipped ORDER BY row, rowid")]
     con.execute("DROP TABLE done")
     con.commit()
     con.close()
@@ -243,10 +243,10 @@ def _commit_batch(con, vec_root, part_no, decoded, router, image_encoder, text_e
     skips = []
     for case, images, errors in decoded:
         if errors:
-            skips.append(SkippedRow(0, case.id, None, errors[0] + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")))
+            skips.append(SkippedRow(case.row, case.id, None, errors[0] + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")))
             continue
         if image_encoder is None and not case.text:
-            skips.append(SkippedRow(0, case.id, None, "no text and no image encoder configured"))
+            skips.append(SkippedRow(case.row, case.id, None, "no text and no image encoder configured"))
             continue
         domain = router(case, images) if router is not None else "all"
         rows_ok.append((case, images, domain))
