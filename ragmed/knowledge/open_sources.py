@@ -83,7 +83,10 @@ def icd10cm_graph():
         parent = icd.get_parent(code)
         if parent:
             G.add_edge(nid, f"ICD10CM:{parent}", rel="is_a")
+    data_dir = Path(icd.__file__).parent / "data"
+    release = sorted(p.stem.replace("code-list-", "") for p in data_dir.glob("code-list-*.txt"))
     G.graph["sources"] = [{"name": "ICD10CM", "package": "simple-icd-10-cm", "version": _version("simple-icd-10-cm"),
+                           "data_version": release[-1] if release else None,
                            "licence": "ICD-10-CM: US public domain (CDC/NCHS); simple-icd-10-cm: MIT"}]
     return G
 
