@@ -170,7 +170,7 @@ def fit_mixture(X: np.ndarray, k: int = 1024, rank: int = 16, seed: int = 0) -> 
     import faiss
 
     X = np.ascontiguousarray(X, dtype=np.float32)
-    km = faiss.Kmeans(X.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False)
+    km = faiss.Kmeans(X.shape[1], k, niter=10, seed=seed, spherical=True, verbose=False)
     km.train(X)
     _, assign = km.index.search(X, 1)
     assign = assign[:, 0]
