@@ -6,8 +6,8 @@ only negated 0.25 (the evidence that a finding is absent is still relevant to a 
 multiplied by the mention's score (hedged mentions count half). Ties go to concepts linked to other selected
 concepts (is-a, phenotype or xref neighbours), then to concepts with a definition. The neighbourhood rendered for each
 concept: its definition, is-a parents (up to 3), and up to 5 related concepts: mentioned ones first (a disease's
-phenotypes, a phenotype's diseases), diseases that have this finding *and* another finding of the texts (ranked by
-how many they share), cross-references to other vocabularies.
+phenotypes, a phenotype's diseases), diseases that have this finding *and* at least two other findings of the texts
+(ranked by how many they share), cross-references to other vocabularies.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ragmed.types import KnowledgeEvidence
 
 W_QUESTION, W_REPORT, W_NEGATED = 2.0, 1.0, 0.25
 MAX_PARENTS, MAX_RELATED, MAX_TEXT = 3, 5, 600
+MIN_SHARED = 2  # a disease is shown beside a finding when it also has >= 2 other findings of the texts
 
 
 def knowledge_evidence(kg, question: str, reports: list[str], max_concepts: int = 5) -> list[KnowledgeEvidence]:
@@ -72,9 +73,9 @@ def _relations(kg, cid: str, linked: set[str]) -> list[dict[str, str]]:
         if r == "is_a":
             continue
         if r == "has_phenotype":
-            # a disease having this finding is relevant only when it also has another finding of the texts
+            # a disease having this finding is relevant when mentioned, or when it has MIN_SHARED other findings
             shared = sum(1 for _, ph in kg.neighbours(o, "has_phenotype") if ph in linked and ph != cid)
-            if not shared:
+            if o not in linked and shared < MIN_SHARED:
                 continue
             other.append((r, o, "in", -shared))
             continue
