@@ -112,3 +112,16 @@ def test_build_umls_from_cli_with_bad_rows(tmp_path):
     r = CliRunner().invoke(main, ["kg", "link", "--kg", str(out), "--json", "1,2-Dipalmitoylphosphatidylcholine"])
     c = _objects(r.output)[0]["concepts"]
     assert [x["cui"] for x in c] == ["C0000039"] and c[0]["source"] == "UMLS"
+
+
+def test_importing_knowledge_stays_light():
+    """``import ragmed.knowledge`` (and loading + linking a graph) pulls neither torch nor faiss."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ragmed.knowledge; assert 'numpy' not in sys.modules and 'networkx' not in sys.modules; "
+            "from ragmed.knowledge import load_graph, default_graph_path; p = default_graph_path(); "
+            "kg = load_graph(p) if (p / 'manifest.json').exists() else None; kg and kg.link('no pneumothorax'); "
+            "assert 'torch' not in sys.modules and 'faiss' not in sys.modules, 'heavy import'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
