@@ -40,7 +40,8 @@ def render_answer(a: Answer, width: int = 100) -> str:
         out.append("Knowledge")
         for k in a.knowledge:
             cui = f", CUI {k.cui}" if k.cui else ""
-            out.append(f"  {k.ref} {k.name} ({k.concept_id}, {k.source}{cui})")
+            absent = " (absent in the reports)" if k.negated else ""
+            out.append(f"  {k.ref} {k.name} ({k.concept_id}, {k.source}{cui}){absent}")
             if k.text:
                 out.extend(textwrap.wrap(k.text[:300], width, initial_indent="      ", subsequent_indent="      "))
     out.append("")
