@@ -12,7 +12,8 @@ questions and recall / token F1 on open questions of
                     fire rate and mean k, and ``fixed-mean-k``: fixed k at the gap rule's (rounded) mean k;
   (d) ``rule``      RULE's Learn-then-Test k, calibrated on a slice of the index part (--cal-fraction of the index
                     images, each calibration question retrieving with its own case excluded), α = --alpha,
-                    δ = --delta, Bonferroni over k ∈ --ks;
+                    δ = --delta, Bonferroni over k ∈ --ks (--slow-ks for slow backends); the stored per-k risks
+                    are re-tested at α = 0.4 / 0.5 / 0.6 too (``ltt_at_other_alpha``);
 
 against the majority-answer baseline (the most frequent closed / open answer of the index part). n per cell is
 reported; slow backends (gguf, transformers) run on the first --limit-slow questions of each type (seeded order).
@@ -50,7 +51,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-k", type=int, default=5)
     ap.add_argument("--gamma", type=float, default=0.1)
     ap.add_argument("--ks", default="1,2,3,5,8,10")
-    ap.add_argument("--alpha", type=float, default=0.4)
+    ap.add_argument("--slow-ks", default="1,3,5,10", help="candidate k for slow backends' calibration")
+    ap.add_argument("--alpha", type=float, default=0.55)
     ap.add_argument("--delta", type=float, default=0.1)
     ap.add_argument("--cal-fraction", type=float, default=0.2)
     ap.add_argument("--out", default=str(REPO / "eval/results/vqa_selection.json"))
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     from ragmed.pipeline import Pipeline
     from ragmed.pipeline.build import build_from_config
     from ragmed.select import FixedK, GapSelector
-    from ragmed.select.ltt import LTTSelector, calibrate_k, save_calibration
+    from ragmed.select.ltt import LTTSelector, calibrate_k, retest, save_calibration
 
     t_start = time.time()
     data = Path(a.data)
@@ -135,23 +137,34 @@ def main(argv=None) -> int:
         calq = cal_qa[:limit] if limit else cal_qa
         tg = time.time()
 
+        memo: dict[tuple, tuple] = {}  # generation is deterministic: the same question and evidence, same answer
+
         def run(q, r, selector):
             task = q.answer_type
             if selector is None:
                 g = gen.generate(q.question, [], [], image=r.image, domain=r.domain, task=task)
                 return item_metrics(short_answer(g.text if not g.insufficient else ""), q.answer, q.answer_type), 0
-            ans = pipe.answer(r, q.question, task=task, selector=selector, generator=gen)
-            return item_metrics(short_answer(ans), q.answer, q.answer_type), len(ans.evidence)
+            kept = tuple(e.case_id for e in selector.select(list(r.candidates)).kept)
+            key = (q.qid, id(r), kept)
+            if key not in memo:
+                ans = pipe.answer(r, q.question, task=task, selector=selector, generator=gen)
+                memo[key] = (short_answer(ans), len(ans.evidence))
+            short, n_kept = memo[key]
+            return item_metrics(short, q.answer, q.answer_type), n_kept
 
         # (d) calibration of k on the calibration slice
+        gks = [int(k) for k in a.slow_ks.split(",")] if name in SLOW and a.slow_ks else ks
         correct = []
         for q in calq:
-            correct.append([run(q, retr_cal[q.qid], FixedK(k))[0]["closed_accuracy"] for k in ks])
-        cal = calibrate_k(correct, ks, alpha=a.alpha, delta=a.delta, method="bonferroni",
+            correct.append([run(q, retr_cal[q.qid], FixedK(k))[0]["closed_accuracy"] for k in gks])
+        cal = calibrate_k(correct, gks, alpha=a.alpha, delta=a.delta, method="bonferroni",
                           meta={"generator": name, "split": f"VQA-RAD train.json seed {a.seed}: closed questions of "
                                 f"{len(cal_images)} index-part images, own case excluded"})
         save_calibration(cal, index_dir / "select" / f"ltt-{name}.json")
         calibrations[name] = cal
+        cal["ltt_at_other_alpha"] = {str(al): {"k": rt["k"], "certified": rt["certified"],
+                                               "accepted": [c["k"] for c in rt["candidates"] if c["accepted"]]}
+                                     for al in (0.4, 0.5, 0.6) for rt in [retest(cal, alpha=al)]}
         ltt = LTTSelector(calibration=f"ltt-{name}", search_dirs=[index_dir])
         cells: dict[str, dict] = {}
         per: dict[str, list] = {s: [] for s in ("none", "fixed-k", "gap", "gap-on-rrf-score", "rule")}

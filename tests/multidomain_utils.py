@@ -99,3 +99,22 @@ def make_nonmedical(out: Path, seed: int = 0) -> dict[str, Path]:
     Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(p)
     files["natural-photo"] = p
     return files
+
+
+try:  # a session-wide tiny index shared by the hybrid and API tests (import the fixture into the test module)
+    import pytest
+
+    @pytest.fixture(scope="session")
+    def shared_md_index(tmp_path_factory, text_encoder):
+        """A real multi-domain index (8 real images per domain) built with pipelines/multidomain.yaml."""
+        from ragmed.corpus import read_corpus
+        from ragmed.pipeline.build import build_from_config
+        from tests.conftest import data_path
+
+        tmp = tmp_path_factory.mktemp("md-shared")
+        manifest = write_corpus(data_path(), tmp, 8)
+        build_from_config(read_corpus(manifest), tmp / "index", multidomain_config(), progress=False,
+                          text_encoder=text_encoder)
+        return tmp / "index"
+except ImportError:  # pragma: no cover - pytest is a dev dependency
+    pass

@@ -9,19 +9,12 @@ import pytest
 from ragmed.errors import ConfigError
 from ragmed.index.store import Hit
 from tests.conftest import data_path
-from tests.multidomain_utils import multidomain_config, pick_images, write_corpus
+from tests.multidomain_utils import multidomain_config, pick_images, shared_md_index  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
-def hy_index(tmp_path_factory, text_encoder):
-    from ragmed.corpus import read_corpus
-    from ragmed.pipeline.build import build_from_config
-
-    tmp = tmp_path_factory.mktemp("hy")
-    manifest = write_corpus(data_path(), tmp, 8)
-    cfg = multidomain_config()
-    build_from_config(read_corpus(manifest), tmp / "index", cfg, progress=False, text_encoder=text_encoder)
-    return tmp / "index", cfg
+def hy_index(shared_md_index):
+    return shared_md_index, multidomain_config()
 
 
 def test_bm25_built_with_the_index_and_searchable(hy_index):

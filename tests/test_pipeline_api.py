@@ -9,20 +9,12 @@ import pytest
 
 from ragmed.errors import DomainError, RagmedError
 from tests.conftest import data_path
-from tests.multidomain_utils import make_nonmedical, pick_images, write_corpus
+from tests.multidomain_utils import make_nonmedical, pick_images, shared_md_index  # noqa: F401 (fixture)
 
 
 @pytest.fixture(scope="module")
-def api_index(tmp_path_factory, text_encoder):
-    from ragmed.config import load_pipeline
-    from ragmed.corpus import read_corpus
-    from ragmed.pipeline.build import build_from_config
-
-    tmp = tmp_path_factory.mktemp("api")
-    manifest = write_corpus(data_path(), tmp, 8)
-    build_from_config(read_corpus(manifest), tmp / "index", load_pipeline("multidomain"), progress=False,
-                      text_encoder=text_encoder)
-    return tmp / "index"
+def api_index(shared_md_index):
+    return shared_md_index
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +59,7 @@ def test_ask_is_thread_safe(api_index):
     data = data_path()
     jobs = [(p, q) for dom, q in (("mri", "Is there a tumour?"), ("pathology", "Is this adenocarcinoma?"),
                                   ("dermatology", "Is this a nevus?"), ("microscopy", "Are platelets seen?"))
-            for p in pick_images(data, dom, 2, offset=70)]
+            for p in pick_images(data, dom, 1, offset=70)]
     expected = [ragmed.Pipeline.from_yaml("multidomain", index=api_index).ask(p, q) for p, q in jobs]
     results: dict[int, object] = {}
     errors = []
@@ -75,7 +67,7 @@ def test_ask_is_thread_safe(api_index):
 
     def worker(w):
         barrier.wait()
-        for i in range(w, len(jobs) * 2, 4):
+        for i in range(w, len(jobs) * 3, 4):
             try:
                 results[i] = fresh.ask(*jobs[i % len(jobs)])
             except Exception as e:  # noqa: BLE001 - reported below
@@ -87,7 +79,7 @@ def test_ask_is_thread_safe(api_index):
     for t in threads:
         t.join()
     assert not errors
-    assert len(results) == len(jobs) * 2
+    assert len(results) == len(jobs) * 3
     for i, a in results.items():
         e = expected[i % len(jobs)]
         assert (a.text, a.domain, [x.case_id for x in a.evidence]) == (e.text, e.domain, [x.case_id for x in e.evidence])
@@ -133,3 +125,18 @@ def test_rule_selector_from_the_index_select_dir(api_index):
     cfg.select.name, cfg.select.params = "rule", {"calibration": "demo"}
     a = ragmed.Pipeline(cfg, index=api_index).ask(None, "keratin pearls squamous")
     assert a.selection.rule == "rule-ltt" and a.selection.params["k"] == 3 and len(a.evidence) == 3
+
+
+def test_multidomain_yaml_round_trips_and_builds_its_router():
+    import yaml
+
+    from ragmed.config import PipelineConfig, load_pipeline
+    from ragmed.domains import build_router
+
+    cfg = load_pipeline("multidomain")
+    again = PipelineConfig.from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again.to_dict() == cfg.to_dict()
+    names = [d.name for d in cfg.domains]
+    assert {"chest-xray", "ct", "mri", "ultrasound", "pathology", "dermatology", "fundus", "microscopy"} <= set(names)
+    assert "bm25" in cfg.retrieval.channels and cfg.select.params["by"] == "similarity"
+    assert build_router(cfg).order == ("tags", "zero-shot", "classifier")

@@ -3,7 +3,8 @@
 ``build_router(cfg, ...) -> DomainRouter``; ``router.route(image) -> Route(domain, confidence, reason)`` (a Route
 unpacks as that triple). The domains come from the pipeline YAML (``domains:``); each has its own sub-index.
 
-Evidence is tried in the order ``router.params.order`` (default: tags, zero-shot, classifier):
+Evidence is tried in the order ``router.params.order`` (default, for ``router.name`` ``auto`` or ``tags``: tags,
+zero-shot, classifier; ``router.name: zero-shot`` or ``classifier``: tags then that step only):
 
 1. **DICOM tags**: ``Modality`` matched against each domain's ``modalities``, ``BodyPartExamined`` against its
    ``body_parts`` (``view`` is reported). A DICOM modality that no domain lists (other than the generic ``OT``/``SC``)
@@ -158,7 +159,7 @@ class RouterClassifier:
         return d.mean(axis=2).min(axis=1)
 
     @classmethod
-    def fit(cls, feats: np.ndarray, labels: list[str], encoder_id: str, *, C: float = 1.0, ood_factor: float = 8.0,
+    def fit(cls, feats: np.ndarray, labels: list[str], encoder_id: str, *, C: float = 1.0, ood_factor: float = 3.0,
             seed: int = 0) -> "RouterClassifier":
         from sklearn.linear_model import LogisticRegression
 
@@ -315,9 +316,11 @@ class DomainRouter:
                      clf.classes[top], scores)
 
     # --- public -------------------------------------------------------------------------------------------------
-    def route(self, image, *, vector: np.ndarray | None = None) -> Route:
-        """Route one image. Raises :class:`DomainError` for an image that fits no domain."""
-        check_content(image)
+    def route(self, image, *, vector: np.ndarray | None = None, check: bool = True) -> Route:
+        """Route one image. Raises :class:`DomainError` for an image that fits no domain. ``check=False`` skips the
+        content checks (blank / noise / document / photo; for measuring the learned steps alone)."""
+        if check:
+            check_content(image)
         for step in self.order:
             r = {"tags": self.by_tags, "zero-shot": self.by_zero_shot, "classifier": self.by_classifier}[step](
                 image, **({} if step == "tags" else {"vec": vector}))
@@ -361,6 +364,11 @@ def build_router(cfg, *, image_encoder=None, text_encoder=None, version_dir: str
     classifier = RouterClassifier.load(version_dir) if version_dir is not None else None
     kw = {k: params.pop(k) for k in ("order", "unknown_modality", "temperature", "negatives", "ood_margin")
           if k in params}
+    name = cfg.router.name
+    if name not in ("auto", "tags", "zero-shot", "classifier"):
+        raise ConfigError(f"router.name must be auto, tags, zero-shot or classifier, not {name!r}")
+    if "order" not in kw and name in ("zero-shot", "classifier"):
+        kw["order"] = ("tags", name)  # DICOM tags always first; then only the named image step
     if params:
         raise ConfigError(f"router.params: unknown key(s) {sorted(params)}; known: order, unknown_modality, "
                           "temperature, negatives, ood_margin, fit_max_per_domain")
