@@ -126,3 +126,11 @@ def test_closed_question_uses_the_constrained_choice(tiny_models):
     # the answer cites exactly the evidence that says the same, or is flagged uncited
     expected = {"No": ["[1]", "[2]"], "Yes": []}[out.text.split()[0].rstrip(".")]
     assert out.citations == expected and (expected or "uncited" in out.flags)
+
+
+def test_warm_up_async_loads_once(tiny_models):
+    g = create_generator("transformers", path=str(tiny_models["lm"]), max_new_tokens=3)
+    th = g.warm_up_async()
+    out = g.generate("Is there a pneumothorax?", EVIDENCE, [], task="open")  # waits on the loader's lock
+    th.join()
+    assert g._ready and g.model is not None and out.text

@@ -262,6 +262,13 @@ class ChatGenerator:
                     self._load()
                     self._ready = True
 
+    def warm_up_async(self) -> threading.Thread:
+        """Start loading the model in a background thread (e.g. while retrieval runs); ``generate`` waits for it
+        through the same lock. Returns the thread."""
+        th = threading.Thread(target=self.warm_up, name=f"warm-up {self.id}", daemon=True)
+        th.start()
+        return th
+
     def messages_for(self, question: str, evidence: list[Evidence], knowledge: list[KnowledgeEvidence], *,
                      image=None, domain: str | None = None, task: str = "open") -> list[dict[str, Any]]:
         prompt = load_prompt(task, domain, self.prompts_dir)
