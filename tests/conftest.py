@@ -24,10 +24,15 @@ def shared_data() -> Path:
     return data_path()
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory) -> Path:
+    """One ragmed cache per test run (in tmp): a converted model is converted once per run, not once per test."""
+    return tmp_path_factory.mktemp("ragmed-cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory, monkeypatch):
-    home = tmp_path_factory.mktemp("ragmed-home")
-    monkeypatch.setenv("RAGMED_CACHE", str(home / "cache"))
+def _isolated_env(_session_cache, monkeypatch):
+    monkeypatch.setenv("RAGMED_CACHE", str(_session_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     yield
