@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(REPO.parent / "shared/data"))
     ap.add_argument("--work", default="/tmp/ragmed-router-eval")
     ap.add_argument("--image-encoder", default="classic")
-    ap.add_argument("--order", default="tags,zero-shot,classifier")
+    ap.add_argument("--order", default="tags,classifier,zero-shot")
     ap.add_argument("--fit-per-domain", type=int, default=60)
     ap.add_argument("--eval-per-source", type=int, default=40)
     ap.add_argument("--n-nonmedical", type=int, default=5)

@@ -139,4 +139,4 @@ def test_multidomain_yaml_round_trips_and_builds_its_router():
     names = [d.name for d in cfg.domains]
     assert {"chest-xray", "ct", "mri", "ultrasound", "pathology", "dermatology", "fundus", "microscopy"} <= set(names)
     assert "bm25" in cfg.retrieval.channels and cfg.select.params["by"] == "similarity"
-    assert build_router(cfg).order == ("tags", "zero-shot", "classifier")
+    assert build_router(cfg).order == ("tags", "classifier", "zero-shot")
