@@ -136,9 +136,13 @@ def main(argv=None) -> int:
     infos = {}
     for name, d in encoders.items():
         cfg = json.loads((d / "config.json").read_text())
+        tr = cfg.get("training", {})
+        tc = tr.get("config", {})
         infos[name] = {"id": cfg["id"], "trained_on": cfg.get("trained_on"), "command": cfg.get("command"),
-                       "train_seconds": cfg.get("training", {}).get("seconds"),
-                       "ssl_weight": cfg.get("training", {}).get("config", {}).get("ssl_weight")}
+                       "train_seconds": tr.get("seconds"), "steps": tr.get("steps"),
+                       "batch_size": tc.get("batch_size"), "ssl_weight": tc.get("ssl_weight"),
+                       "aug_strength": tc.get("aug_strength", 1.0), "tower": cfg.get("tower"),
+                       "final_loss": (tr.get("history") or [{}])[-1].get("loss")}
     size = json.loads((encoders["holdout"] / "preprocess.json").read_text())["size"]
     results: dict = {"precision_at_5": {}, "question_to_image_recall_at_10": {}}
     rng = np.random.default_rng(0)

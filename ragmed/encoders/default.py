@@ -187,12 +187,16 @@ def save_model_dir(model, out: str | Path, *, tower: TowerConfig, preprocess: Pr
     tmp.mkdir()
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "arch": tower.arch})
+    os.chmod(tmp / "model.safetensors", 0o644)
     digest = file_sha256(tmp / "model.safetensors")[:12]
     config = {"name": DEFAULT_NAME, "id": f"{id_prefix}@{digest}", "space": tower.space, "dim": tower.embed_dim,
               "tower": tower.to_dict(), "ragmed_version": __version__, **(info or {})}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     (tmp / "preprocess.json").write_text(json.dumps(preprocess.to_dict(), indent=2))
     if out.exists():
+        for extra in out.iterdir():  # keep what else lives there (a README), replace only the model files
+            if extra.is_file() and extra.name not in FILES and not (tmp / extra.name).exists():
+                shutil.copy2(extra, tmp / extra.name)
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         os.replace(out, old)
         os.replace(tmp, out)

@@ -329,7 +329,7 @@ def train_tower(data: TrainSet, out: str | Path, text_encoder, *, config: TrainC
         end_of_epoch = step % steps_per_epoch == 0
         if end_of_epoch:
             history.append({"epoch": epoch + 1, "loss": run_loss / steps_per_epoch,
-                            "temperature": float(1 / logit_scale.exp())})
+                            "temperature": float(1 / logit_scale.detach().exp())})
             run_loss = 0.0
         if end_of_epoch or step % cfg.checkpoint_every == 0 or step == total:
             _save_checkpoint(ckdir, model, opt, logit_scale, {"run_key": run_key, "step": step, "total": total,
