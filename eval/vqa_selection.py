@@ -123,6 +123,7 @@ def main(argv=None) -> int:
     ks = [int(k) for k in a.ks.split(",")]
     gap = GapSelector(gamma=a.gamma, min_k=1, max_k=a.max_k)
     gap_score = GapSelector(gamma=a.gamma, min_k=1, max_k=a.max_k, by="score")
+    gap_name = "gap-on-rrf-score" if a.fusion == "rrf" else "gap-on-fused-score"  # by="score": Evidence.score
     results, calibrations, errors = {}, {}, {}
     for name in names:
         try:
@@ -167,18 +168,18 @@ def main(argv=None) -> int:
                                      for al in (0.4, 0.5, 0.6) for rt in [retest(cal, alpha=al)]}
         ltt = LTTSelector(calibration=f"ltt-{name}", search_dirs=[index_dir])
         cells: dict[str, dict] = {}
-        per: dict[str, list] = {s: [] for s in ("none", "fixed-k", "gap", "gap-on-rrf-score", "rule")}
+        per: dict[str, list] = {s: [] for s in ("none", "fixed-k", "gap", gap_name, "rule")}
         kept: dict[str, list] = {s: [] for s in per}
-        fired = {"gap": 0, "gap-on-rrf-score": 0}
+        fired = {"gap": 0, gap_name: 0}
         for q in evq:
             r = retr_eval[q.qid]
-            for s, sel in (("none", None), ("fixed-k", FixedK(a.k)), ("gap", gap), ("gap-on-rrf-score", gap_score),
+            for s, sel in (("none", None), ("fixed-k", FixedK(a.k)), ("gap", gap), (gap_name, gap_score),
                            ("rule", ltt)):
                 m, n_kept = run(q, r, sel)
                 per[s].append(m)
                 kept[s].append(n_kept)
             fired["gap"] += gap.select(list(r.candidates)).cut_at is not None
-            fired["gap-on-rrf-score"] += gap_score.select(list(r.candidates)).cut_at is not None
+            fired[gap_name] += gap_score.select(list(r.candidates)).cut_at is not None
         mean_gap_k = sum(kept["gap"]) / max(1, len(kept["gap"]))
         k_same = max(1, round(mean_gap_k))
         per["fixed-mean-k"], kept["fixed-mean-k"] = [], []
