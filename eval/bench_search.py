@@ -633,8 +633,9 @@ def plot(results, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SIZES), figsize=(5 * len(SIZES), 4), squeeze=False)
-    for ax, size in zip(axes[0], SIZES):
+    sizes = [s for s in SIZES if any(r.get("size") == s and "t1" in r for r in results)]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
         rs = [r for r in results if r.get("size") == size and "t1" in r]
         for r in rs:
             ax.scatter(r["t1"]["p50_ms"], r["recall@10"], label=r["system"])
