@@ -57,6 +57,7 @@ class BuildReport:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    post_build: dict[str, Any] = field(default_factory=dict)  # BM25 / calibration / router written after the swap
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()

@@ -319,6 +319,10 @@ class Pipeline:
             task: str | None = None, domains: list[str] | None = None) -> Answer:
         """Route, retrieve, select, add knowledge, generate: one cited :class:`Answer`. Thread-safe."""
         t0 = time.perf_counter()
+        task = task or guess_task(question)
+        gen = self.generator
+        if task != "closed" and hasattr(gen, "warm_up_async") and not getattr(gen, "_ready", True):
+            gen.warm_up_async()  # a model generator loads its weights while retrieval runs (cold start)
         r = self.retrieve(image, question, k=k, exclude_hashes=exclude_hashes, domains=domains)
         a = self.answer(r, question, task=task)
         a.timings["total"] = time.perf_counter() - t0

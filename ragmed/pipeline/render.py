@@ -13,9 +13,11 @@ def render_answer(a: Answer, width: int = 100) -> str:
         desc = ", ".join(f"{k} {v}" for k, v in (("modality", im.get("modality")), ("body part", im.get("body_part")),
                                                  ("view", im.get("view"))) if v)
         out.append(f"Image     {im.get('source')}" + (f" ({desc})" if desc else ""))
-    if a.domain:
+    route = (im or {}).get("route") or {}
+    if a.domain or route:
         conf = f" (confidence {a.domain_confidence:.2f})" if a.domain_confidence is not None else ""
-        out.append(f"Domain    {a.domain}{conf}")
+        how = f"; {route.get('method')}: {route.get('reason')}" if route.get("reason") else ""
+        out.append(f"Domain    {a.domain or 'all domains searched'}{conf}{how}")
     out.append(f"Question  {a.question}")
     out.append("")
     out.append("Answer" + ("  [INSUFFICIENT EVIDENCE]" if a.insufficient_evidence else ""))
