@@ -234,3 +234,21 @@ def test_no_phi_in_index_or_logs(tmp_path, caplog, text_encoder):
         assert v not in text
         for part in v.split("^"):
             assert part not in text
+
+
+def test_fit_image_encoder_at_build_travels_with_the_index(tmp_path, text_encoder):
+    from ragmed.pipeline import Pipeline
+
+    cfg = PipelineConfig.from_dict({"encoders": {"text": {"name": "minilm"}, "image": {"name": "ragmed-default"}},
+                                    "index": {"fit_image_encoder": True, "fit_epochs": 1}})
+    corpus = read_corpus(png_corpus(tmp_path / "c", 8))
+    build_index(corpus, tmp_path / "idx", cfg, text_encoder=text_encoder, progress=False)
+    store = open_index(tmp_path / "idx")
+    rec = store.encoders["image"]
+    assert rec["id"].startswith("ragmed-default-fit-") and rec["model_dir"] == "image_encoder"
+    assert (store.version_dir / "image_encoder").is_dir()
+    p = Pipeline(cfg, index=tmp_path / "idx")
+    p._text_encoder = text_encoder
+    assert p.image_encoder.id == rec["id"]  # the fitted tower is loaded, so the encoder check passes
+    a = p.ask(tmp_path / "c" / "img3.png", "Is there a pneumothorax?")
+    assert a.evidence and a.evidence[0].case_id == "case3"

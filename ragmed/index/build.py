@@ -121,9 +121,14 @@ def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=N
 
         image_encoder = fit_to_corpus(image_encoder, corpus, text_encoder, epochs=icfg.fit_epochs,
                                       work_dir=out / ".fit", progress=progress)
+        fitted_dir = Path(image_encoder.path)
+    else:
+        fitted_dir = None
     enc_ids = {"text": {"id": text_encoder.id, "dim": int(text_encoder.dim), "space": text_encoder.space}}
     if image_encoder is not None:
         enc_ids["image"] = {"id": image_encoder.id, "dim": int(image_encoder.dim), "space": image_encoder.space}
+        if fitted_dir is not None:  # the fitted tower travels inside the index version (swapped in atomically)
+            enc_ids["image"]["model_dir"] = "image_encoder"
     key = _key(corpus, cfg.to_dict(), enc_ids, base_dir.name if base_dir else None)
 
     staging = out / ".staging"
@@ -200,6 +205,8 @@ def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=N
                 raise KeyboardInterrupt("stopped by stop_after_batches (test hook)")
     bar.close()
     tf = time.perf_counter()
+    if fitted_dir is not None:
+        shutil.copytree(fitted_dir, staging / "image_encoder", dirs_exist_ok=True)
     manifest = _finalize(con, staging, cfg, enc_ids, corpus, text_encoder, image_encoder)
     timings["finalize"] = time.perf_counter() - tf
     n_cases = con.execute("SELECT COUNT(*) FROM cases").fetchone()[0]

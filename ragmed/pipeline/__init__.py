@@ -100,7 +100,11 @@ class Pipeline:
                     from ragmed.encoders import create_encoder
 
                     spec = self.config.encoders.image
-                    self._image_encoder = create_encoder(spec.name, role="image", **spec.params)
+                    params = dict(spec.params)
+                    rec = self.store.encoders.get("image") or {}
+                    if rec.get("model_dir"):  # a tower fitted to this index's corpus at build time
+                        params["path"] = str(self.store.version_dir / rec["model_dir"])
+                    self._image_encoder = create_encoder(spec.name, role="image", **params)
         return self._image_encoder
 
     @property
