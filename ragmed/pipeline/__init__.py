@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ragmed.config import PipelineConfig, load_pipeline
-from ragmed.errors import ConfigError, RagmedError
+from ragmed.errors import ConfigError, IndexStoreError, RagmedError
 from ragmed.types import Answer, Evidence, KnowledgeEvidence, Selection
 
 DEFAULT_INDEX = Path("indexes/default")
@@ -101,7 +101,10 @@ class Pipeline:
 
                     spec = self.config.encoders.image
                     params = dict(spec.params)
-                    rec = self.store.encoders.get("image") or {}
+                    try:
+                        rec = self.store.encoders.get("image") or {}
+                    except IndexStoreError:  # no index yet (building one): the configured encoder
+                        rec = {}
                     if rec.get("model_dir"):  # a tower fitted to this index's corpus at build time
                         params["path"] = str(self.store.version_dir / rec["model_dir"])
                     self._image_encoder = create_encoder(spec.name, role="image", **params)
