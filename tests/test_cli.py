@@ -29,7 +29,7 @@ def test_build_info_ask_json(tmp_path):
     assert a["citations"] and set(a["citations"]) <= given
     assert any(c in {e["ref"] for e in a["evidence"]} for c in a["citations"])
     assert a["evidence"][0]["case_id"] == "case1"  # the image itself is indexed: its case ranks first
-    assert a["selection"]["rule"] == "gap"
+    assert a["selection"]["rule"] == "fixed" and len(a["evidence"]) == 5  # the default pipeline keeps the top 5
 
 
 def test_errors_are_one_line(tmp_path):
