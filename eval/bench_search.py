@@ -267,9 +267,13 @@ def time_interleaved(fns: dict, queries: np.ndarray, n: int) -> dict:
             f(q[None, :])
     samples: dict = {name: [] for name in fns}
     names = list(fns)
-    for j, q in enumerate(queries[:n]):
-        order = names[j % len(names):] + names[:j % len(names)]  # rotate who goes first
-        for name in order:
+    n = min(n, len(queries))
+    shift = max(1, n // len(names))
+    for j in range(n):
+        # at step j function f answers query (j + f*shift) mod n: all see every query, never the same query twice in
+        # a row (a repeated query would find the HNSW graph in cache and look faster than it is)
+        for f, name in enumerate(names[j % len(names):] + names[:j % len(names)]):
+            q = queries[(j + names.index(name) * shift) % n]
             t = time.perf_counter()
             fns[name](q[None, :])
             samples[name].append(time.perf_counter() - t)
