@@ -49,9 +49,16 @@ def tiny(tmp_path_factory):
                  "answer": "yes", "answer_type": "CLOSED", "question_type": "MODALITY"})
     data = root / "qa.json"
     data.write_text(json.dumps(rows))
+    # its own pipeline, so the test does not follow changes of the default one: real MiniLM, the classic image
+    # descriptor (its own space: image-image only), the extractive answerer, no knowledge graph
+    pipeline = root / "eval-test.yaml"
+    pipeline.write_text("name: eval-test\nencoders:\n  text: {name: minilm}\n  image: {name: classic}\n"
+                        "retrieval:\n  top_k: 10\n  channels: [image-image, question-report]\n"
+                        "select:\n  name: fixed\n  params: {k: 5}\ngenerator:\n  name: extractive\n"
+                        "knowledge:\n  path: null\n")
     index = root / "index"
     r = CliRunner().invoke(main, ["index", "build", "--corpus", str(data), "--format", "vqa-rad", "--images",
-                                  str(images), "--out", str(index), "-q"])
+                                  str(images), "--pipeline", str(pipeline), "--out", str(index), "-q"])
     assert r.exit_code == 0, r.output
     return {"root": root, "images": images, "data": data, "index": index, "rows": rows}
 
