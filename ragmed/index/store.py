@@ -76,6 +76,7 @@ class IndexStore:
                                   path=str(self.path), remedy="upgrade ragmed")
         self._use_gpu = use_gpu
         self._faiss: dict[tuple[str, str], Any] = {}
+        self._idmaps: dict[tuple[str, str], tuple] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
         self._db_path = self.version_dir / "meta.sqlite"
@@ -189,18 +190,35 @@ class IndexStore:
             out.append(list(best.values())[:k])
         return out
 
+    def _id_map(self, domain: str, kind: str) -> tuple[np.ndarray, list[str], list[str] | None]:
+        """Vector id → case id (and image source), loaded once per sub-index: searching needs no SQLite."""
+        key = (domain, kind)
+        m = self._idmaps.get(key)
+        if m is None:
+            with self._lock:
+                m = self._idmaps.get(key)
+                if m is None:
+                    if kind == "image":
+                        rows = self.db.execute("SELECT vec_id, case_id, source FROM images WHERE domain=? "
+                                               "ORDER BY vec_id", (domain,)).fetchall()
+                        m = (np.fromiter((r[0] for r in rows), np.int64, len(rows)), [r[1] for r in rows],
+                             [r[2] for r in rows])
+                    else:
+                        rows = self.db.execute("SELECT rowid, case_id FROM cases WHERE domain=? ORDER BY rowid",
+                                               (domain,)).fetchall()
+                        m = (np.fromiter((r[0] for r in rows), np.int64, len(rows)), [r[1] for r in rows], None)
+                    self._idmaps[key] = m
+        return m
+
     def _hits(self, domain: str, kind: str, scores, ids, channel: str) -> list[Hit]:
-        valid = [(float(s), int(i)) for s, i in zip(scores, ids) if i >= 0]
-        if not valid:
+        vec_ids, case_ids, sources = self._id_map(domain, kind)
+        if not len(vec_ids):
             return []
-        idlist = [i for _, i in valid]
-        q = ",".join("?" * len(idlist))
-        if kind == "image":
-            rows = {r[0]: (r[1], r[2]) for r in self.db.execute(
-                f"SELECT vec_id, case_id, source FROM images WHERE vec_id IN ({q})", idlist)}
-            return [Hit(rows[i][0], s, channel, domain, rows[i][1], i) for s, i in valid if i in rows]
-        rows = {r[0]: r[1] for r in self.db.execute(f"SELECT rowid, case_id FROM cases WHERE rowid IN ({q})", idlist)}
-        return [Hit(rows[i], s, channel, domain, None, i) for s, i in valid if i in rows]
+        pos = np.searchsorted(vec_ids, ids)
+        pos[pos >= len(vec_ids)] = 0
+        ok = (ids >= 0) & (vec_ids[pos] == ids)
+        return [Hit(case_ids[j], float(s), channel, domain, sources[j] if sources is not None else None, int(i))
+                for s, i, j, good in zip(scores.tolist(), ids.tolist(), pos.tolist(), ok.tolist()) if good]
 
     def vectors(self, domain: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """All stored (ids, vectors) of one domain and kind, from the raw parts (for calibration and eval)."""
