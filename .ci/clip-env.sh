@@ -11,10 +11,23 @@ if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import open_clip, torchvi
   echo "$VENV ready"
   exit 0
 fi
+# Run pip quietly; show its output (minus this machine's "Location … is ignored" notes) only on failure.
+pipq() {
+  local log
+  log=$(mktemp)
+  if ! "$@" >"$log" 2>&1; then
+    grep -v "Location '" "$log" >&2 || true
+    rm -f "$log"
+    echo "clip-env.sh: failed: $*" >&2
+    return 1
+  fi
+  rm -f "$log"
+}
+echo "creating $VENV (torch 2.14.1 + torchvision 0.29.1 + open_clip_torch)"
 "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install -q --upgrade pip
+pipq "$VENV/bin/pip" install -q --upgrade pip
 # torch first, pinned with torchvision; open_clip_torch then resolves against them (no torch replacement).
-"$VENV/bin/pip" install -q "torch==2.14.1" "torchvision==0.29.1" open_clip_torch
+pipq "$VENV/bin/pip" install -q "torch==2.14.1" "torchvision==0.29.1" open_clip_torch
 # ragmed's own runtime dependencies (from pyproject.toml) plus pytest, then ragmed itself without deps.
 DEPS=$("$VENV/bin/python" - <<'PYEOF'
 import tomllib
@@ -23,6 +36,6 @@ print(" ".join(d for d in deps if not d.lower().startswith("torch")))
 PYEOF
 )
 # shellcheck disable=SC2086
-"$VENV/bin/pip" install -q $DEPS pytest
-"$VENV/bin/pip" install -q -e . --no-deps
+pipq "$VENV/bin/pip" install -q $DEPS pytest
+pipq "$VENV/bin/pip" install -q -e . --no-deps
 "$VENV/bin/python" -c "import open_clip, torchvision, torch, ragmed; print('$VENV ready: torch', torch.__version__, 'open_clip', open_clip.__version__)"
