@@ -11,18 +11,7 @@ if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import open_clip, torchvi
   echo "$VENV ready"
   exit 0
 fi
-# Run pip quietly; show its output (minus this machine's "Location … is ignored" notes) only on failure.
-pipq() {
-  local log
-  log=$(mktemp)
-  if ! "$@" >"$log" 2>&1; then
-    grep -v "Location '" "$log" >&2 || true
-    rm -f "$log"
-    echo "clip-env.sh: failed: $*" >&2
-    return 1
-  fi
-  rm -f "$log"
-}
+source scripts/pipq.sh
 echo "creating $VENV (torch 2.14.1 + torchvision 0.29.1 + open_clip_torch)"
 "$PY" -m venv "$VENV"
 pipq "$VENV/bin/pip" install -q --upgrade pip

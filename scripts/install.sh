@@ -8,18 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
-# Run pip quietly; show its output (minus this machine's harmless "Location … is ignored" notes) only on failure.
-pipq() {
-  local log
-  log=$(mktemp)
-  if ! "$@" >"$log" 2>&1; then
-    grep -v "Location '" "$log" >&2 || true
-    rm -f "$log"
-    echo "install.sh: failed: $*" >&2
-    return 1
-  fi
-  rm -f "$log"
-}
+source scripts/pipq.sh
 
 if [ ! -x .venv/bin/python ]; then
   echo "creating .venv/"
