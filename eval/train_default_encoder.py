@@ -162,6 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--ssl-weight", type=float, default=3.0)
+    ap.add_argument("--ssl-temperature", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--head-grid", type=int, default=2)
     ap.add_argument("--aug-strength", type=float, default=0.35)
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
     print(f"prepared {len(data)} images, {len(data.texts)} texts in {time.perf_counter() - t0:.1f}s: "
           f"{json.dumps(data.summary())}", file=sys.stderr)
     cfg = TrainConfig(epochs=a.epochs, epoch_size=a.epoch_size, batch_size=a.batch_size, lr=a.lr,
-                      ssl_weight=a.ssl_weight, seed=a.seed, aug_strength=a.aug_strength)
+                      ssl_weight=a.ssl_weight, ssl_temperature=a.ssl_temperature, seed=a.seed, aug_strength=a.aug_strength)
     trained_on = ("VQA-RAD (CC0)" + (" minus its evaluation half (vqa_rad_split seed 0)" if exclude else "")
                   + ", PneumoniaMNIST train+val (CC BY 4.0), BreastMNIST train+val (CC BY 4.0), BCCD (MIT), "
                     "POCUS lung ultrasound CC BY rows")
