@@ -10,7 +10,6 @@ batch *i+1* runs in a thread pool (PIL releases the GIL) while batch *i* is in t
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Iterable, Sequence
@@ -23,6 +22,7 @@ import numpy as np
 from ragmed.encoders.base import BaseImageEncoder, l2_normalise
 from ragmed.encoders.tower import PreprocessConfig, TowerConfig, letterbox_uint8, to_tensor_batch
 from ragmed.errors import EncoderError, ModelNotFoundError
+from ragmed.io.image import content_hash
 
 if TYPE_CHECKING:
     from ragmed.io import MedicalImage
@@ -34,14 +34,6 @@ FILES = ("config.json", "model.safetensors", "preprocess.json")
 
 def shipped_path() -> Path:
     return WEIGHTS_DIR / DEFAULT_NAME
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_model_dir(path: str | Path) -> Path:
@@ -74,7 +66,7 @@ class RagmedImageEncoder(BaseImageEncoder):
         self.tower_config = TowerConfig.from_dict(self.config.get("tower", {}))
         self.dim = int(self.tower_config.embed_dim)
         self.space = self.config.get("space") or self.tower_config.space
-        self.id = self.config.get("id") or f"{DEFAULT_NAME}@{file_sha256(self.path / 'model.safetensors')[:12]}"
+        self.id = self.config.get("id") or f"{DEFAULT_NAME}@{content_hash(self.path / 'model.safetensors')[:12]}"
         self.batch_size = int(batch_size)
         self.threads = threads
         self.preprocess_workers = max(1, int(preprocess_workers))
@@ -188,7 +180,7 @@ def save_model_dir(model, out: str | Path, *, tower: TowerConfig, preprocess: Pr
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "arch": tower.arch})
     os.chmod(tmp / "model.safetensors", 0o644)
-    digest = file_sha256(tmp / "model.safetensors")[:12]
+    digest = content_hash(tmp / "model.safetensors")[:12]
     config = {"name": DEFAULT_NAME, "id": f"{id_prefix}@{digest}", "space": tower.space, "dim": tower.embed_dim,
               "tower": tower.to_dict(), "ragmed_version": __version__, **(info or {})}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))

@@ -32,6 +32,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ragmed.errors import KnowledgeError
+from ragmed.io.image import content_hash
 from ragmed.knowledge.schema import DEFAULT_LINK_TYPES
 from ragmed.knowledge.text import normalise
 
@@ -113,14 +114,6 @@ def build_lexicon(names: list[str], synonyms: list[list[str]], linkable: Iterabl
         if maxlen.get(toks[0], 0) < len(toks):
             maxlen[toks[0]] = len(toks)
     return {"keys": list(lex), "postings": list(lex.values()), "maxlen": maxlen}
-
-
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _dump_gz(obj: Any, path: Path) -> None:
@@ -206,7 +199,8 @@ def save_graph(G, out: str | Path, *, name: str | None = None, link_types: Itera
     counts_by_rel = {r: int(c) for r, c in zip(rel_names, np.bincount(np.asarray(rel, dtype=np.int64),
                                                                        minlength=len(rel_names)))} if rel else {}
     name = name or out.name
-    digest = hashlib.sha256("".join(_sha256(tmp / f) for f in FILES).encode()).hexdigest()
+    file_hashes = {f: content_hash(tmp / f) for f in FILES}
+    digest = hashlib.sha256("".join(file_hashes[f] for f in FILES).encode()).hexdigest()
     manifest = {
         "format": "ragmed-knowledge", "format_version": FORMAT_VERSION, "name": name,
         "id": f"{name}@{digest[:12]}", "ragmed_version": __version__,
@@ -217,7 +211,7 @@ def save_graph(G, out: str | Path, *, name: str | None = None, link_types: Itera
                    "with_cui": sum(1 for c in cols["cuis"] if c)},
         "xref_stats": G.graph.get("xref_stats", {}), "load_report": G.graph.get("report", {}),
         "relations": rel_names, "link_types": sorted(link_types),
-        "files": {f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in FILES},
+        "files": {f: {"sha256": file_hashes[f], "bytes": (tmp / f).stat().st_size} for f in FILES},
         "build_seconds": round(time.perf_counter() - t0, 3),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
