@@ -16,7 +16,7 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,7 +238,7 @@ def _drop_uncommitted_parts(con, vec_root: Path) -> None:
         except (IndexError, ValueError):
             p.unlink()
             continue
-        if number not in committed and not p.name.startswith("base"):
+        if number not in committed:
             p.unlink()
     for p in vec_root.glob("*/.*.tmp.npz"):
         p.unlink()
@@ -377,8 +377,3 @@ def _fsync_dir(d: Path) -> None:
             os.close(fd)
     except OSError:
         pass
-
-
-def iter_batches(items: list, n: int) -> Iterator[list]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
