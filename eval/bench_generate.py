@@ -27,7 +27,6 @@ import json
 import os
 import random
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -115,29 +114,10 @@ def warm(g, n: int, tasks=("closed", "open")) -> dict:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_server(args: list[str]):
+    from ragmed.serve.process import start_openai_server
 
-
-def start_server(args: list[str]) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", "from ragmed.cli import main; main()", "serve", "openai",
-                             "--port", str(port), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stderr.read().decode(errors="replace")[-1000:])
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    return start_openai_server(args, timeout=300)
 
 
 # --- closed-question strategies on VQA-RAD ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from ragmed.eval.bench import CACHE_DIR, machine, peak_rss_mb, percentiles, table, write_result  # noqa: E402
+from ragmed.eval.bench import CACHE_DIR, peak_rss_mb, percentiles, table, write_result  # noqa: E402
 
 DATA = Path(os.environ.get("RAGMED_DATA", REPO.parent / "shared" / "data"))
 D = 384

@@ -167,6 +167,8 @@ def main(argv=None) -> int:
     ap.add_argument("--head-grid", type=int, default=2)
     ap.add_argument("--aug-strength", type=float, default=0.35)
     ap.add_argument("--stats-bins", type=int, default=0)
+    ap.add_argument("--ssl-aug-strength", type=float, default=0.0,
+                    help=">0: a strongly augmented second view for the image–image term only")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
 
@@ -181,7 +183,8 @@ def main(argv=None) -> int:
     print(f"prepared {len(data)} images, {len(data.texts)} texts in {time.perf_counter() - t0:.1f}s: "
           f"{json.dumps(data.summary())}", file=sys.stderr)
     cfg = TrainConfig(epochs=a.epochs, epoch_size=a.epoch_size, batch_size=a.batch_size, lr=a.lr,
-                      ssl_weight=a.ssl_weight, ssl_temperature=a.ssl_temperature, seed=a.seed, aug_strength=a.aug_strength)
+                      ssl_weight=a.ssl_weight, ssl_temperature=a.ssl_temperature, seed=a.seed, aug_strength=a.aug_strength,
+                      ssl_aug_strength=a.ssl_aug_strength)
     trained_on = ("VQA-RAD (CC0)" + (" minus its evaluation half (vqa_rad_split seed 0)" if exclude else "")
                   + ", PneumoniaMNIST train+val (CC BY 4.0), BreastMNIST train+val (CC BY 4.0), BCCD (MIT), "
                     "POCUS lung ultrasound CC BY rows")

@@ -90,8 +90,15 @@ class IndexConfig(_Model):
     auto_flat_below: int = Field(50_000, ge=0)  # "auto": exact search below this many vectors, HNSW above
     decode_workers: int = Field(2, ge=0, le=64)
     allow_burned_in: bool = False
-    fit_image_encoder: bool = False  # fine-tune the default image tower on the corpus before embedding (issue B)
-    fit_epochs: int = Field(3, ge=1)
+    # fine-tune the default image tower on the corpus before embedding: true, false, or "auto" (when the corpus has
+    # at least fit_auto_min_images images)
+    fit_image_encoder: bool | Literal["auto"] = False
+    fit_auto_min_images: int = Field(1000, ge=1)
+    fit_max_images: int = Field(4096, ge=2)  # a larger corpus is fitted on a random sample (bounded memory)
+    fit_epochs: int = Field(10, ge=1)  # passes over the corpus's images, bounded by the two below
+    fit_min_steps: int = Field(200, ge=1)  # batches of 64
+    fit_max_steps: int = Field(2000, ge=1)
+    fit_ssl_weight: float = Field(3.0, ge=0)  # image–image term (every image, report or not); 0: image–report only
 
 
 class DomainSpec(_Model):

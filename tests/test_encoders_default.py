@@ -157,7 +157,8 @@ def test_fit_to_corpus(tmp_path, shipped, text_encoder):
 
     corpus = read_corpus(_toy_corpus(tmp_path))
     before = _retrieval_accuracy(shipped, text_encoder, corpus)
-    fitted = fit_to_corpus(shipped, corpus, text_encoder, epochs=4, work_dir=tmp_path / ".fit", progress=False)
+    fitted = fit_to_corpus(shipped, corpus, text_encoder, epochs=4, min_steps=12, work_dir=tmp_path / ".fit",
+                           progress=False)
     assert fitted.id != shipped.id and corpus.checksum() in fitted.id
     assert fitted.space == shipped.space and fitted.dim == 384
     assert _retrieval_accuracy(fitted, text_encoder, corpus) >= max(0.9, before)
@@ -167,5 +168,29 @@ def test_fit_to_corpus(tmp_path, shipped, text_encoder):
 
     im = [load_image(corpus.cases[0].images[0])]
     np.testing.assert_allclose(reloaded.encode_images(im), fitted.encode_images(im), atol=1e-6)
-    again = fit_to_corpus(shipped, corpus, text_encoder, epochs=4, work_dir=tmp_path / ".fit", progress=False)
+    again = fit_to_corpus(shipped, corpus, text_encoder, epochs=4, min_steps=12, work_dir=tmp_path / ".fit",
+                          progress=False)
     assert again.id == fitted.id  # reused, not retrained
+
+
+def test_fit_to_corpus_uses_images_without_reports(tmp_path, shipped, text_encoder):
+    """Cases without report text still adapt the tower (image–image term); without that term they cannot."""
+    from ragmed.corpus import read_corpus
+    from ragmed.encoders import fit_to_corpus
+    from ragmed.errors import EncoderError
+
+    corpus = read_corpus(_toy_corpus(tmp_path))
+    for c in corpus.cases[::2]:
+        c.report, c.sections = "", {}
+    n_textless = sum(len(c.images) for c in corpus.cases if not c.text)
+    assert n_textless > 0
+    fitted = fit_to_corpus(shipped, corpus, text_encoder, epochs=1, min_steps=3, work_dir=tmp_path / ".fit",
+                           progress=False)
+    cfg = json.loads((Path(fitted.path) / "config.json").read_text())
+    assert cfg["fit_images_without_text"] == n_textless
+    assert cfg["training"]["steps"] >= 3
+    for c in corpus.cases:
+        c.report, c.sections = "", {}
+    with pytest.raises(EncoderError, match="with report text"):
+        fit_to_corpus(shipped, corpus, text_encoder, ssl_weight=0, min_steps=3, work_dir=tmp_path / ".fit0",
+                      progress=False)

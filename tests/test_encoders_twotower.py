@@ -3,7 +3,6 @@ small randomly initialised models the tests write with ``save_pretrained`` (the 
 Towers are shrunk; the image processors are the published ones (MedSigLIP: 448×448, bilinear, mean = std = 0.5)."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -236,11 +236,38 @@ def test_no_phi_in_index_or_logs(tmp_path, caplog, text_encoder):
             assert part not in text
 
 
+@pytest.mark.parametrize("min_images,fits", [(6, True), (100, False)])
+def test_fit_image_encoder_auto_fits_only_corpora_large_enough(tmp_path, text_encoder, min_images, fits):
+    cfg = PipelineConfig.from_dict({"encoders": {"text": {"name": "minilm"}, "image": {"name": "ragmed-default"}},
+                                    "index": {"fit_image_encoder": "auto", "fit_auto_min_images": min_images,
+                                              "fit_epochs": 1, "fit_min_steps": 3}})
+    corpus = read_corpus(png_corpus(tmp_path / "c", 8))
+    build_index(corpus, tmp_path / "idx", cfg, text_encoder=text_encoder, progress=False)
+    rec = open_index(tmp_path / "idx").encoders["image"]
+    assert rec["id"].startswith("ragmed-default-fit-") is fits
+    assert ("model_dir" in rec) is fits
+
+
+def test_adding_to_a_fitted_index_reuses_its_fitted_tower(tmp_path, text_encoder):
+    cfg = PipelineConfig.from_dict({"encoders": {"text": {"name": "minilm"}, "image": {"name": "ragmed-default"}},
+                                    "index": {"fit_image_encoder": True, "fit_epochs": 1, "fit_min_steps": 3}})
+    build_index(read_corpus(png_corpus(tmp_path / "a", 6)), tmp_path / "idx", cfg, text_encoder=text_encoder,
+                progress=False)
+    first = open_index(tmp_path / "idx").encoders["image"]
+    rep = build_index(read_corpus(png_corpus(tmp_path / "b", 4, start=6)), tmp_path / "idx", cfg,
+                      text_encoder=text_encoder, add=True, progress=False)
+    store = open_index(tmp_path / "idx")
+    assert store.encoders["image"]["id"] == first["id"]  # not refitted, so the old vectors stay comparable
+    assert (store.version_dir / "image_encoder" / "model.safetensors").exists()
+    assert store.count() == 10 and rep.n_cases == 10
+
+
 def test_fit_image_encoder_at_build_travels_with_the_index(tmp_path, text_encoder):
     from ragmed.pipeline import Pipeline
 
     cfg = PipelineConfig.from_dict({"encoders": {"text": {"name": "minilm"}, "image": {"name": "ragmed-default"}},
-                                    "index": {"fit_image_encoder": True, "fit_epochs": 1}})
+                                    "index": {"fit_image_encoder": True, "fit_epochs": 1,
+                                              "fit_min_steps": 5}})
     corpus = read_corpus(png_corpus(tmp_path / "c", 8))
     build_index(corpus, tmp_path / "idx", cfg, text_encoder=text_encoder, progress=False)
     store = open_index(tmp_path / "idx")

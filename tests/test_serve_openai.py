@@ -4,16 +4,11 @@ gibberish answers, real formats), so that images travel as data URLs to a model 
 behind the same server is tested in test_generate_gguf.py."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pytest
 
 from ragmed.errors import GeneratorError
+from ragmed.serve.process import free_port, start_openai_server, stop_server  # noqa: F401 (used by other tests)
 from ragmed.generate import create_generator
 from ragmed.types import Evidence
 
@@ -25,37 +20,9 @@ EVIDENCE = [Evidence("c1", 0.05, "[1]", "Q: Is there a pneumothorax? A: no."),
             Evidence("c2", 0.04, "[2]", "The heart size is normal. No pneumothorax.")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(args: list[str], env: dict | None = None, timeout: float = 120.0):
     """``ragmed serve openai ARGS`` as a child process; returns (process, base_url) once /health answers."""
-    port = free_port()
-    cmd = [sys.executable, "-c", "from ragmed.cli import main; main()", "serve", "openai", "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read().decode(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("server did not come up in time")
-
-
-def stop_server(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return start_openai_server(args, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -39,11 +39,12 @@ def _ragmed_default(path: str | None = None, **kw):
     return RagmedImageEncoder(path, **kw)
 
 
-def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 3, work_dir=None, progress: bool = True, **kw):
-    """Fine-tune a ragmed-default image encoder on a corpus's image–report pairs (see :mod:`ragmed.encoders.train`)."""
+def fit_to_corpus(encoder, corpus, text_encoder, **kw):
+    """Fine-tune a ragmed-default image encoder on a corpus: its image–report pairs and, self-supervised, every
+    image (see :func:`ragmed.encoders.train.fit_to_corpus` for the parameters)."""
     from ragmed.encoders.train import fit_to_corpus as _fit
 
-    return _fit(encoder, corpus, text_encoder, epochs=epochs, work_dir=work_dir, progress=progress, **kw)
+    return _fit(encoder, corpus, text_encoder, **kw)
 
 
 def _two_tower(name: str):

@@ -38,8 +38,6 @@ class PreprocessConfig:
 
 def letterbox_uint8(pixels: np.ndarray, size: int) -> np.ndarray:
     """``pixels`` float [0, 1] (H, W) or (H, W, 3) → (size, size, 3) uint8 Y'CbCr, letterboxed."""
-    from PIL import Image
-
     a = np.clip(np.rint(np.asarray(pixels, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
     return letterbox_array_uint8(a, size)
 

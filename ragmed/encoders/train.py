@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,6 +47,10 @@ class TrainConfig:
     ssl_weight: float = 0.0  # weight of the image–image (two views) InfoNCE term
     ssl_temperature: float = 0.1
     aug_strength: float = 1.0  # scales every augmentation range (see augment)
+    # >0: the second view of the image–image term is augmented this strongly (a SimCLR-style strong view) and only
+    # the first, mildly augmented view (aug_strength) is aligned to the text; 0: both views at aug_strength, both
+    # aligned to the text.
+    ssl_aug_strength: float = 0.0
     init_temperature: float = 0.07
     checkpoint_every: int = 50  # steps
     threads: int | None = None
@@ -102,11 +106,13 @@ class Sample:
     weight: float = 1.0
 
 
-def build_trainset(samples: Iterable[Sample], size: int, *, workers: int = 2) -> TrainSet:
-    """Letterbox every image to ``size`` (threads) and collect its texts into a shared vocabulary."""
+def build_trainset(samples: Iterable[Sample], size: int, *, workers: int = 2, textless: bool = False) -> TrainSet:
+    """Letterbox every image to ``size`` (threads) and collect its texts into a shared vocabulary.
+
+    Samples without text are dropped, unless ``textless`` (they then train the image–image term only)."""
     from ragmed.encoders.tower import letterbox_array_uint8
 
-    samples = [s for s in samples if s.texts]
+    samples = [s for s in samples if s.texts or textless]
 
     def prep(s: Sample) -> np.ndarray:
         px = s.pixels() if callable(s.pixels) else s.pixels
@@ -125,7 +131,10 @@ def build_trainset(samples: Iterable[Sample], size: int, *, workers: int = 2) ->
 # --- augmentation -----------------------------------------------------------------------------------------------
 def augment(x, gen, strength: float = 1.0):
     """``x``: (B, 3, S, S) float in [0, 1] (luma, chroma with 0.5 neutral). Geometric + luma jitter; no flips.
-    ``strength`` scales every range (1: zoom 0.7–1, ±10°, gamma e^±0.25, contrast ±20 %, brightness ±0.08)."""
+    ``strength`` scales every range (1: zoom 0.7–1, ±10°, gamma e^±0.25, contrast ±20 %, brightness ±0.08).
+    Above 1 (strong views for the image–image term) it also blurs (up to a 3×3 box filter, mixed in by up to
+    ``strength - 1``) and scales the chroma planes by up to ±15 % × strength (stain / colour variation); the zoom
+    never goes below 0.2."""
     import torch
     import torch.nn.functional as F
 
@@ -135,7 +144,7 @@ def augment(x, gen, strength: float = 1.0):
         return lo + (hi - lo) * torch.rand(b, generator=gen)
 
     k = float(strength)
-    scale = u(1 - 0.3 * k, 1.0)
+    scale = u(max(0.2, 1 - 0.3 * k), 1.0)
     aspect = torch.exp(u(-0.1 * k, 0.1 * k))
     ang = u(-10 * k, 10 * k) * math.pi / 180
     sx, sy = scale * aspect.sqrt(), scale / aspect.sqrt()
@@ -151,7 +160,13 @@ def augment(x, gen, strength: float = 1.0):
     bright = u(-0.08 * k, 0.08 * k).view(b, 1, 1, 1)
     noise = u(0, 0.02 * k).view(b, 1, 1, 1) * torch.randn(y.shape, generator=gen)
     y = (y.pow(gamma) * contrast + bright + noise).clamp(0, 1)
-    return torch.cat([y, x[:, 1:]], dim=1)
+    c = x[:, 1:]
+    if k > 1:
+        mix = u(0, min(1.0, k - 1)).view(b, 1, 1, 1)
+        y = y + mix * (F.avg_pool2d(y, 3, 1, 1, count_include_pad=False) - y)
+        sat = u(1 - 0.15 * k, 1 + 0.15 * k).clamp(min=0).view(b, 1, 1, 1)
+        c = ((c - 0.5) * sat + 0.5).clamp(0, 1)
+    return torch.cat([y, c], dim=1)
 
 
 def normalise(x, pre: PreprocessConfig):
@@ -248,7 +263,11 @@ def train_tower(data: TrainSet, out: str | Path, text_encoder, *, config: TrainC
     ckdir = out.parent / f".{out.name}.checkpoint"
 
     t_text = time.perf_counter()
-    text_vecs = torch.from_numpy(np.asarray(text_encoder.encode_texts(data.texts), dtype=np.float32))
+    if any(not ids for ids in data.text_ids) and cfg.ssl_weight <= 0:
+        raise EncoderError("images without text can only train the image–image term: set ssl_weight > 0",
+                           path=str(out))
+    text_vecs = (torch.from_numpy(np.asarray(text_encoder.encode_texts(data.texts), dtype=np.float32)) if data.texts
+                 else torch.zeros((1, tower.embed_dim)))
     t_text = time.perf_counter() - t_text
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -302,23 +321,40 @@ def train_tower(data: TrainSet, out: str | Path, text_encoder, *, config: TrainC
         gen.manual_seed(cfg.seed * 100003 + step)  # augmentation randomness depends only on (seed, step)
         idx = order[k * cfg.batch_size:(k + 1) * cfg.batch_size]
         tids = np.array([data.text_ids[i][int(text_pick[k * cfg.batch_size + j] * len(data.text_ids[i]))]
-                         for j, i in enumerate(idx)])
+                         if data.text_ids[i] else -1 for j, i in enumerate(idx)])
         x = torch.from_numpy(data.arrays[idx]).permute(0, 3, 1, 2).float().div_(255.0)
         tid_t, idx_t = torch.from_numpy(tids), torch.from_numpy(idx)
         pos = (tid_t[:, None] == tid_t[None, :]) | (idx_t[:, None] == idx_t[None, :])
-        t = text_vecs[tid_t]
+        has_text = tid_t >= 0  # text-less images (self-supervised only) take no part in the image–text term
+        t = text_vecs[tid_t.clamp(min=0)]
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         scale = logit_scale.exp().clamp(max=100)
-        if cfg.ssl_weight > 0:
+        m = has_text if not bool(has_text.all()) else None
+
+        def text_loss(zz):
+            if m is None:
+                return multi_positive_infonce(zz, t, pos, scale)
+            if int(m.sum()) < 2:
+                return zz.sum() * 0.0
+            return multi_positive_infonce(zz[m], t[m], pos[m][:, m], scale)
+
+        if cfg.ssl_weight > 0 and cfg.ssl_aug_strength > 0:
+            views = torch.cat([augment(x, gen, cfg.aug_strength), augment(x, gen, cfg.ssl_aug_strength)])
+            z = torch.nn.functional.normalize(model(normalise(views, preprocess)), dim=1)
+            z1, z2 = z[: len(idx)], z[len(idx):]
+            loss = text_loss(z1)
+            same = idx_t[:, None] == idx_t[None, :]
+            loss = loss + cfg.ssl_weight * multi_positive_infonce(z1, z2, same, 1 / cfg.ssl_temperature)
+        elif cfg.ssl_weight > 0:
             z = torch.nn.functional.normalize(model(normalise(augment(torch.cat([x, x]), gen, cfg.aug_strength), preprocess)), dim=1)
             z1, z2 = z[: len(idx)], z[len(idx):]
-            loss = (multi_positive_infonce(z1, t, pos, scale) + multi_positive_infonce(z2, t, pos, scale)) / 2
+            loss = (text_loss(z1) + text_loss(z2)) / 2
             same = idx_t[:, None] == idx_t[None, :]
             loss = loss + cfg.ssl_weight * multi_positive_infonce(z1, z2, same, 1 / cfg.ssl_temperature)
         else:
             z = torch.nn.functional.normalize(model(normalise(augment(x, gen, cfg.aug_strength), preprocess)), dim=1)
-            loss = multi_positive_infonce(z, t, pos, scale)
+            loss = text_loss(z)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -354,10 +390,11 @@ def train_tower(data: TrainSet, out: str | Path, text_encoder, *, config: TrainC
 
 
 # --- corpora ----------------------------------------------------------------------------------------------------
-def samples_from_corpus(corpus, *, text_fields: Sequence[str] = (), skipped: list | None = None) -> list[Sample]:
+def samples_from_corpus(corpus, *, text_fields: Sequence[str] = (), skipped: list | None = None,
+                        textless: bool = False) -> list[Sample]:
     """One sample per (case, image) with the case's text (report, else findings + impression), plus any metadata
     fields named in ``text_fields`` rendered as ``"field: value"``. Undecodable images are skipped (and listed in
-    ``skipped`` when given)."""
+    ``skipped`` when given). Images of cases without text are left out unless ``textless``."""
     from ragmed.errors import RagmedError
     from ragmed.io import load_image
 
@@ -365,7 +402,7 @@ def samples_from_corpus(corpus, *, text_fields: Sequence[str] = (), skipped: lis
     for case in corpus.cases:
         texts = [case.text] if case.text else []
         texts += [f"{f.replace('_', ' ')}: {case.metadata[f]}" for f in text_fields if case.metadata.get(f)]
-        if not texts:
+        if not texts and not textless:
             continue
         for p in case.images:
             def load(p=p):
@@ -379,7 +416,7 @@ def samples_from_corpus(corpus, *, text_fields: Sequence[str] = (), skipped: lis
     return out
 
 
-def build_trainset_lazy(samples: list[Sample], size: int, workers: int = 2) -> TrainSet:
+def build_trainset_lazy(samples: list[Sample], size: int, workers: int = 2, textless: bool = False) -> TrainSet:
     """Like :func:`build_trainset` but drops samples whose loader returns ``None`` (undecodable files)."""
     def prep(s: Sample):
         px = s.pixels() if callable(s.pixels) else s.pixels
@@ -387,16 +424,25 @@ def build_trainset_lazy(samples: list[Sample], size: int, workers: int = 2) -> T
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         loaded = [s for s in pool.map(prep, samples) if s is not None]
-    return build_trainset(loaded, size, workers=workers)
+    return build_trainset(loaded, size, workers=workers, textless=textless)
 
 
-def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 3, work_dir: str | Path | None = None,
-                  progress: bool = True, *, lr: float = 5e-4, seed: int = 0):
-    """Fine-tune a ragmed-default image encoder on ``corpus``'s image–report pairs and return the fitted encoder.
+def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 10, work_dir: str | Path | None = None,
+                  progress: bool = True, *, lr: float = 5e-4, seed: int = 0, ssl_weight: float = 3.0,
+                  ssl_aug_strength: float = 2.0, batch_size: int = 64, min_steps: int = 200,
+                  max_steps: int = 2000, max_images: int | None = 4096):
+    """Fine-tune a ragmed-default image encoder on ``corpus`` and return the fitted encoder.
+
+    Two signals, both from the corpus itself: each image–report pair (InfoNCE into the frozen text space, as in
+    training) and, with ``ssl_weight`` > 0, every image, report or not, against a strongly augmented view of itself
+    (image–image InfoNCE), which adapts the tower to the corpus's modality with no labels at all. ``epochs`` passes
+    over the corpus's images, bounded to ``min_steps``–``max_steps`` batches (a few minutes on a CPU either way).
+    A corpus of more than ``max_images`` images is fitted on a random sample of that many (seeded), so memory
+    stays bounded however large the corpus.
 
     The result is saved in ``work_dir/model`` (a normal model directory: ``create_encoder("ragmed-default",
     path=work_dir/"model")`` loads it) and its id is ``ragmed-default-fit-<corpus checksum>@<weights hash>``, so an
-    index records which fitted encoder built it. A second call with the same encoder, corpus and epochs reuses the
+    index records which fitted encoder built it. A second call with the same encoder, corpus and settings reuses the
     saved model; an interrupted fit resumes from its checkpoint.
     """
     import tempfile
@@ -413,7 +459,10 @@ def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 3, work_dir: str 
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="ragmed-fit-"))
     work.mkdir(parents=True, exist_ok=True)
     target = work / "model"
-    fit_rec = {"base": encoder.id, "corpus": corpus.checksum(), "epochs": int(epochs), "lr": lr, "seed": seed}
+    fit_rec = {"base": encoder.id, "corpus": corpus.checksum(), "epochs": int(epochs), "lr": lr, "seed": seed,
+               "ssl_weight": float(ssl_weight), "ssl_aug_strength": float(ssl_aug_strength),
+               "batch_size": int(batch_size), "min_steps": int(min_steps), "max_steps": int(max_steps),
+               "max_images": max_images}
     if (target / "config.json").exists():
         try:
             if json.loads((target / "config.json").read_text()).get("fit") == fit_rec:
@@ -421,15 +470,25 @@ def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 3, work_dir: str 
         except (OSError, json.JSONDecodeError):
             pass
     skipped: list = []
-    samples = samples_from_corpus(corpus, skipped=skipped)
-    data = build_trainset_lazy(samples, encoder.preprocess_config.size)
+    ssl = ssl_weight > 0
+    samples = samples_from_corpus(corpus, skipped=skipped, textless=ssl)
+    if max_images is not None and len(samples) > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(len(samples), size=int(max_images), replace=False))
+        samples = [samples[i] for i in keep]
+    data = build_trainset_lazy(samples, encoder.preprocess_config.size, textless=ssl)
     if len(data) < 2:
-        raise EncoderError("cannot fit the image encoder: fewer than two decodable images with report text",
-                           path=str(corpus.source))
-    bs = int(min(128, max(2, len(data))))
-    cfg = TrainConfig(epochs=int(epochs), batch_size=bs, lr=lr, seed=seed, warmup_frac=0.1,
-                      epoch_size=max(len(data), bs), checkpoint_every=25, threads=encoder.threads)
+        raise EncoderError("cannot fit the image encoder: fewer than two decodable images"
+                           + ("" if ssl else " with report text"), path=str(corpus.source))
+    bs = int(min(batch_size, max(2, len(data))))
+    epochs = max(1, int(epochs))
+    steps = min(max(epochs * len(data) // bs, int(min_steps), 1), max(1, int(max_steps)))
+    per_epoch = -(-steps // epochs)  # batches per epoch; total = epochs × per_epoch ≈ steps
+    cfg = TrainConfig(epochs=epochs, batch_size=bs, lr=lr, seed=seed, warmup_frac=0.1,
+                      epoch_size=per_epoch * bs, checkpoint_every=25, threads=encoder.threads,
+                      ssl_weight=float(ssl_weight), ssl_aug_strength=float(ssl_aug_strength) if ssl else 0.0,
+                      aug_strength=0.35)
     train_tower(data, target, text_encoder, config=cfg, init=encoder.path, progress=progress,
-                info={"fit": fit_rec, "fit_skipped_images": len(skipped)},
+                info={"fit": fit_rec, "fit_skipped_images": len(skipped),
+                      "fit_images_without_text": sum(1 for t in data.text_ids if not t)},
                 id_prefix=f"ragmed-default-fit-{corpus.checksum()}")
     return RagmedImageEncoder(target, batch_size=encoder.batch_size, threads=encoder.threads)

@@ -84,6 +84,14 @@ def _progress(total: int, enabled: bool, desc: str):
                 mininterval=0.5)
 
 
+def should_fit(icfg, corpus) -> bool:
+    """``index.fit_image_encoder``: true / false, or ``auto``: fit when the corpus has at least
+    ``fit_auto_min_images`` images (where adapting to the corpus pays for its minutes)."""
+    if icfg.fit_image_encoder == "auto":
+        return sum(len(c.images) for c in corpus.cases) >= icfg.fit_auto_min_images
+    return bool(icfg.fit_image_encoder)
+
+
 def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=None, text_encoder=None,
                 router: Router | None = None, add: bool = False, progress: bool = True,
                 stop_after_batches: int | None = None) -> BuildReport:
@@ -109,21 +117,32 @@ def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=N
     base_dir = (out / "current").resolve() if add and (out / "current").exists() else None
     if add and base_dir is None and (out / "manifest.json").exists():
         base_dir = out
+    fitted_dir = None
     if base_dir is not None:
         base_manifest = json.loads((base_dir / "manifest.json").read_text())
+        base_image = base_manifest["encoders"].get("image") or {}
+        if image_encoder is not None and base_image.get("model_dir"):
+            # adding to an index whose tower was fitted: embed the new cases with that same fitted tower
+            from ragmed.encoders.default import RagmedImageEncoder
+
+            fitted_dir = base_dir / base_image["model_dir"]
+            image_encoder = RagmedImageEncoder(fitted_dir, batch_size=getattr(image_encoder, "batch_size", 64),
+                                               threads=getattr(image_encoder, "threads", None))
         for role, enc in (("text", text_encoder), ("image", image_encoder)):
             rec = base_manifest["encoders"].get(role)
             if enc is not None and rec is not None and (rec["id"] != enc.id or int(rec["dim"]) != int(enc.dim)):
                 raise EncoderMismatchError(f"cannot add: the index's {role} encoder is {rec['id']!r} ({rec['dim']}-d), "
                                       f"this pipeline's is {enc.id!r} ({enc.dim}-d)", path=str(out))
-    if image_encoder is not None and icfg.fit_image_encoder:
+    if image_encoder is not None and base_dir is None and should_fit(icfg, corpus):  # new builds only
         from ragmed.encoders import fit_to_corpus  # provided by the trained default encoder (issue B)
 
+        if progress:
+            log.info("fitting the image encoder to the corpus (index.fit_image_encoder: %s)", icfg.fit_image_encoder)
         image_encoder = fit_to_corpus(image_encoder, corpus, text_encoder, epochs=icfg.fit_epochs,
+                                      ssl_weight=icfg.fit_ssl_weight, min_steps=icfg.fit_min_steps,
+                                      max_steps=icfg.fit_max_steps, max_images=icfg.fit_max_images,
                                       work_dir=out / ".fit", progress=progress)
         fitted_dir = Path(image_encoder.path)
-    else:
-        fitted_dir = None
     enc_ids = {"text": {"id": text_encoder.id, "dim": int(text_encoder.dim), "space": text_encoder.space}}
     if image_encoder is not None:
         enc_ids["image"] = {"id": image_encoder.id, "dim": int(image_encoder.dim), "space": image_encoder.space}

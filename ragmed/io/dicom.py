@@ -89,7 +89,7 @@ def _parse(pydicom, path: Path, shown: str, sniffed: bool, **kw):
 
     try:
         ds = pydicom.dcmread(path, force=True, **kw)
-    except InvalidDicomError as e:
+    except InvalidDicomError:
         raise UnsupportedFormatError("not a DICOM, PNG or JPEG file", path=shown) from None
     except (MemoryError, RecursionError, Exception) as e:  # noqa: BLE001 - any parser failure is a typed error
         if not sniffed:

@@ -22,7 +22,7 @@ def build_from_config(corpus, out: str | Path, cfg, *, add: bool = False, progre
     text_encoder = kw.pop("text_encoder", None) or pipe.text_encoder
     image_encoder = kw.pop("image_encoder", None)
     if image_encoder is None and not cfg.index.fit_image_encoder:
-        image_encoder = pipe.image_encoder
+        image_encoder = pipe.image_encoder  # (a fitted tower is created by build_index and loaded from the index)
     router = None
     if cfg.domains:
         from ragmed.domains import build_router
@@ -30,6 +30,8 @@ def build_from_config(corpus, out: str | Path, cfg, *, add: bool = False, progre
         router = build_router(cfg, image_encoder=image_encoder, text_encoder=text_encoder).route_case
     report = build_index(corpus, out, cfg, router=router, add=add, progress=progress, text_encoder=text_encoder,
                          image_encoder=image_encoder, **kw)
+    if image_encoder is None and cfg.encoders.image is not None:  # built by build_index (fitted or not)
+        image_encoder = Pipeline(cfg, index=out).image_encoder
     report.post_build = post_build(out, cfg, corpus_root=corpus.root, text_encoder=text_encoder,
                                    image_encoder=image_encoder)
     return report

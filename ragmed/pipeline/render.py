@@ -48,7 +48,7 @@ def render_answer(a: Answer, width: int = 100) -> str:
                 out.extend(textwrap.wrap(k.text[:300], width, initial_indent="      ", subsequent_indent="      "))
     out.append("")
     t = a.timings
-    out.append(f"Models    " + ", ".join(f"{k} {v}" for k, v in a.models.items()))
+    out.append("Models    " + ", ".join(f"{k} {v}" for k, v in a.models.items()))
     if "total" in t:
         out.append(f"Time      {t['total'] * 1000:.0f} ms")
     out.append(f"Notice    {a.intended_use}")
