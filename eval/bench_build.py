@@ -90,6 +90,8 @@ def main() -> None:
         print(json.dumps(build_one(args.worker[0], args.worker[1], args.pipeline)))
         return
     rows, results = [], []
+    if args.tmp:
+        Path(args.tmp).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ragmed-bench-build-", dir=args.tmp) as tmp:
         for n in [int(x) for x in args.sizes.split(",")]:
             manifest = write_corpus(n, Path(tmp))

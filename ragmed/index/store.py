@@ -194,8 +194,9 @@ class IndexStore:
             out.append(list(best.values())[:k])
         return out
 
-    def _id_map(self, domain: str, kind: str) -> tuple[np.ndarray, list[str], list[str] | None]:
-        """Vector id → case id (and image source), loaded once per sub-index: searching needs no SQLite."""
+    def _id_map(self, domain: str, kind: str) -> tuple[np.ndarray, list[str], list[str] | None, int | None]:
+        """Vector id → case id (and image source), loaded once per sub-index: searching needs no SQLite. The last
+        item is the first vector id when the ids are contiguous (the usual case), so a hit is one subtraction."""
         key = (domain, kind)
         m = self._idmaps.get(key)
         if m is None:
@@ -211,13 +212,24 @@ class IndexStore:
                         rows = self.db.execute("SELECT rowid, case_id FROM cases WHERE domain=? ORDER BY rowid",
                                                (domain,)).fetchall()
                         m = (np.fromiter((r[0] for r in rows), np.int64, len(rows)), [r[1] for r in rows], None)
+                    v = m[0]
+                    contiguous = len(v) > 0 and int(v[-1]) - int(v[0]) == len(v) - 1
+                    m = (*m, int(v[0]) if contiguous else None)
                     self._idmaps[key] = m
         return m
 
     def _hits(self, domain: str, kind: str, scores, ids, channel: str) -> list[Hit]:
-        vec_ids, case_ids, sources = self._id_map(domain, kind)
+        vec_ids, case_ids, sources, first = self._id_map(domain, kind)
         if not len(vec_ids):
             return []
+        if first is not None:  # contiguous ids: index directly (FAISS pads missing results with -1)
+            n = len(case_ids)
+            out = []
+            for s, i in zip(scores.tolist(), ids.tolist()):
+                j = i - first
+                if i >= 0 and 0 <= j < n:
+                    out.append(Hit(case_ids[j], s, channel, domain, sources[j] if sources is not None else None, i))
+            return out
         pos = np.searchsorted(vec_ids, ids)
         pos[pos >= len(vec_ids)] = 0
         ok = (ids >= 0) & (vec_ids[pos] == ids)
