@@ -107,20 +107,26 @@ class Sample:
 
 
 def build_trainset(samples: Iterable[Sample], size: int, *, workers: int = 2, textless: bool = False) -> TrainSet:
-    """Letterbox every image to ``size`` (threads) and collect its texts into a shared vocabulary.
+    """Load and letterbox every image to ``size`` (threads) and collect its texts into a shared vocabulary.
 
-    Samples without text are dropped, unless ``textless`` (they then train the image–image term only)."""
+    Each image is reduced to its (size, size, 3) uint8 array as soon as it is decoded, so memory holds one
+    full-resolution image per worker, not the corpus. A sample whose loader returns ``None`` (an undecodable file)
+    is dropped, and so is a sample without text unless ``textless`` (it then trains the image–image term only)."""
     from ragmed.encoders.tower import letterbox_array_uint8
 
     samples = [s for s in samples if s.texts or textless]
 
-    def prep(s: Sample) -> np.ndarray:
+    def prep(s: Sample) -> np.ndarray | None:
         px = s.pixels() if callable(s.pixels) else s.pixels
+        if px is None:
+            return None
         a = np.asarray(px)
         return letterbox_array_uint8(a, size) if a.dtype == np.uint8 else letterbox_uint8(a, size)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        arrays = list(pool.map(prep, samples))
+        prepared = list(pool.map(prep, samples))
+    kept = [(s, a) for s, a in zip(samples, prepared) if a is not None]
+    samples, arrays = [s for s, _ in kept], [a for _, a in kept]
     vocab: dict[str, int] = {}
     text_ids = [[vocab.setdefault(t, len(vocab)) for t in dict.fromkeys(s.texts)] for s in samples]
     return TrainSet(arrays=np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8),
@@ -417,14 +423,8 @@ def samples_from_corpus(corpus, *, text_fields: Sequence[str] = (), skipped: lis
 
 
 def build_trainset_lazy(samples: list[Sample], size: int, workers: int = 2, textless: bool = False) -> TrainSet:
-    """Like :func:`build_trainset` but drops samples whose loader returns ``None`` (undecodable files)."""
-    def prep(s: Sample):
-        px = s.pixels() if callable(s.pixels) else s.pixels
-        return None if px is None else Sample(pixels=px, texts=s.texts, domain=s.domain, weight=s.weight)
-
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        loaded = [s for s in pool.map(prep, samples) if s is not None]
-    return build_trainset(loaded, size, workers=workers, textless=textless)
+    """:func:`build_trainset` for samples whose ``pixels`` are loaders (``None`` for an undecodable file)."""
+    return build_trainset(samples, size, workers=workers, textless=textless)
 
 
 def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 10, work_dir: str | Path | None = None,
