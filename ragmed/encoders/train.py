@@ -123,14 +123,18 @@ def build_trainset(samples: Iterable[Sample], size: int, *, workers: int = 2, te
         a = np.asarray(px)
         return letterbox_array_uint8(a, size) if a.dtype == np.uint8 else letterbox_uint8(a, size)
 
+    arrays = np.empty((len(samples), size, size, 3), dtype=np.uint8)  # filled in place: no second copy
+    ok = np.zeros(len(samples), dtype=bool)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        prepared = list(pool.map(prep, samples))
-    kept = [(s, a) for s, a in zip(samples, prepared) if a is not None]
-    samples, arrays = [s for s, _ in kept], [a for _, a in kept]
+        for i, a in enumerate(pool.map(prep, samples)):
+            if a is not None:
+                arrays[i], ok[i] = a, True
+    if not ok.all():
+        arrays = arrays[ok]
+        samples = [s for s, good in zip(samples, ok) if good]
     vocab: dict[str, int] = {}
     text_ids = [[vocab.setdefault(t, len(vocab)) for t in dict.fromkeys(s.texts)] for s in samples]
-    return TrainSet(arrays=np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8),
-                    text_ids=text_ids, texts=list(vocab), domains=[s.domain for s in samples],
+    return TrainSet(arrays=arrays, text_ids=text_ids, texts=list(vocab), domains=[s.domain for s in samples],
                     weights=np.array([s.weight for s in samples], dtype=np.float64))
 
 
