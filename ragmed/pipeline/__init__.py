@@ -47,6 +47,7 @@ class Pipeline:
         self._selector = None
         self._kg = None
         self._kg_loaded = False
+        self._kg_lock = threading.Lock()  # its own lock: the graph loads in the background while retrieval runs
         self._router = None
         self._bm25 = None
         self._bm25_loaded = False
@@ -144,7 +145,7 @@ class Pipeline:
     @property
     def knowledge(self):
         if not self._kg_loaded:
-            with self._lock:
+            with self._kg_lock:
                 if not self._kg_loaded:
                     path = self.config.resolve_path(self.config.knowledge.path)
                     if path:
@@ -330,6 +331,8 @@ class Pipeline:
         gen = self.generator
         if task != "closed" and hasattr(gen, "warm_up_async") and not getattr(gen, "_ready", True):
             gen.warm_up_async()  # a model generator loads its weights while retrieval runs (cold start)
+        if not self._kg_loaded and self.config.knowledge.path:  # and so does the knowledge graph
+            threading.Thread(target=lambda: self.knowledge, name="load knowledge graph", daemon=True).start()
         r = self.retrieve(image, question, k=k, exclude_hashes=exclude_hashes, domains=domains)
         a = self.answer(r, question, task=task)
         a.timings["total"] = time.perf_counter() - t0
