@@ -93,7 +93,7 @@ class IndexConfig(_Model):
     # fine-tune the default image tower on the corpus before embedding: true, false, or "auto" (when the corpus has
     # at least fit_auto_min_images images)
     fit_image_encoder: bool | Literal["auto"] = False
-    fit_auto_min_images: int = Field(1000, ge=1)
+    fit_auto_min_images: int = Field(300, ge=1)
     fit_max_images: int = Field(4096, ge=2)  # a larger corpus is fitted on a random sample (bounded memory)
     fit_epochs: int = Field(10, ge=1)  # passes over the corpus's images, bounded by the two below
     fit_min_steps: int = Field(200, ge=1)  # batches of 64

@@ -1,5 +1,7 @@
 """``ragmed serve …``: HTTP services.
 
+``ragmed serve api``: question answering over an index (``POST /v1/ask``, ``/v1/retrieve``) for decision-support
+apps; see :mod:`ragmed.serve.api`.
 ``ragmed serve openai``: an OpenAI-compatible chat-completions server for a local generator (``gguf`` by default:
 SmolLM2-135M-Instruct), e.g. as the peer of the ``openai`` generator backend or for other tools.
 """
@@ -64,3 +66,30 @@ def serve_openai(gen_name, params, pipeline, host, port, model_name, api_key_env
     gen.warm_up()
     click.echo(f"ragmed: serving {model_name or gen.model_id} at http://{host}:{port}/v1 (Ctrl-C stops)", err=True)
     run(gen, host=host, port=port, model_name=model_name, api_key=api_key, warm_up=False)
+
+
+@serve.command("api")
+@click.option("--index", "index_dir", type=click.Path(), default="indexes/default", show_default=True)
+@click.option("--pipeline", default=None, help="pipelines/NAME.yaml or a name (default: the one that built the index).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="Require 'Authorization: Bearer $VAR' (the key is read from this environment variable).")
+@click.option("--max-upload-mb", default=64.0, show_default=True, type=float)
+def serve_api(index_dir, pipeline, host, port, api_key_env, max_upload_mb):
+    """Answer questions about uploaded images over HTTP: POST /v1/ask, POST /v1/retrieve, GET /health."""
+    import os
+
+    from ragmed.errors import ConfigError
+    from ragmed.pipeline import Pipeline
+    from ragmed.serve.api import run
+
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise ConfigError(f"environment variable {api_key_env} is empty", remedy="export it, or leave out --api-key-env")
+    p = Pipeline.for_index(index_dir, pipeline)
+    click.echo(f"ragmed: loading the {p.config.name} pipeline and the index {index_dir} …", err=True)
+    click.echo(f"ragmed: serving http://{host}:{port}/v1/ask (Ctrl-C stops)", err=True)
+    run(p, host=host, port=port, api_key=api_key, max_upload_mb=max_upload_mb)

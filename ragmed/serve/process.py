@@ -1,6 +1,8 @@
-"""Run ``ragmed serve openai`` as a child process on 127.0.0.1 (for apps that embed ragmed, benchmarks and tests).
+"""Run ``ragmed serve openai`` / ``ragmed serve api`` as a child process on 127.0.0.1 (for apps that embed
+ragmed, benchmarks and tests).
 
     proc, url = start_openai_server(["--generator", "gguf"])   # returns once GET /health answers 200
+    proc, url = start_server("api", ["--index", "indexes/demo"])
     ...
     stop_server(proc)
 """
@@ -24,14 +26,20 @@ def free_port() -> int:
 
 def start_openai_server(args: list[str], env: dict | None = None,
                         timeout: float = 300.0) -> tuple[subprocess.Popen, str]:
-    """Start ``ragmed serve openai --port PORT ARGS``; return (process, base URL) once ``/health`` answers.
+    """Start ``ragmed serve openai --port PORT ARGS``; return (process, base URL) once ``/health`` answers."""
+    return start_server("openai", args, env=env, timeout=timeout)
+
+
+def start_server(service: str, args: list[str], env: dict | None = None,
+                 timeout: float = 300.0) -> tuple[subprocess.Popen, str]:
+    """Start ``ragmed serve SERVICE --port PORT ARGS``; return (process, base URL) once ``/health`` answers.
 
     Raises :class:`GeneratorError` with the server's last output when it exits or does not come up in ``timeout``
     seconds (the process is killed then)."""
     import httpx
 
     port = free_port()
-    cmd = [sys.executable, "-c", "from ragmed.cli import main; main()", "serve", "openai", "--port", str(port), *args]
+    cmd = [sys.executable, "-c", "from ragmed.cli import main; main()", "serve", service, "--port", str(port), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
