@@ -140,3 +140,13 @@ def test_multidomain_yaml_round_trips_and_builds_its_router():
     assert {"chest-xray", "ct", "mri", "ultrasound", "pathology", "dermatology", "fundus", "microscopy"} <= set(names)
     assert "bm25" in cfg.retrieval.channels and cfg.select.params["by"] == "similarity"
     assert build_router(cfg).order == ("tags", "classifier", "zero-shot")
+
+
+@pytest.mark.parametrize("question,task", [
+    ("Is there a pleural effusion?", "closed"), ("Is/Are there tortuosity in the aorta?", "closed"),
+    ("Does/Do the kidneys enhance?", "closed"), ("Is this a CT or an MRI?", "closed"),
+    ("Where is the lesion?", "open"), ("What/which organ is shown?", "open"), ("", "report")])
+def test_guess_task(question, task):
+    from ragmed.pipeline import guess_task
+
+    assert guess_task(question) == task

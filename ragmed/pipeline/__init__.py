@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -501,9 +502,12 @@ _CLOSED_START = ("is ", "are ", "was ", "were ", "does ", "do ", "did ", "can ",
 
 
 def guess_task(question: str) -> str:
+    """``closed`` for a yes/no or either/or question, ``open`` otherwise, ``report`` for no question. Templated
+    auxiliaries such as "Is/Are there …" or "Does/Do …" count as their first form."""
     q = (question or "").strip().lower()
     if not q:
         return "report"
+    q = re.sub(r"^([a-z]+)/[a-z]+\b", r"\1", q)
     return "closed" if q.startswith(_CLOSED_START) or " or " in q and q.endswith("?") else "open"
 
 
