@@ -239,7 +239,8 @@ def _load_checkpoint(ckdir: Path, model, opt, logit_scale) -> dict:
 def train_tower(data: TrainSet, out: str | Path, text_encoder, *, config: TrainConfig | None = None,
                 tower: TowerConfig | None = None, preprocess: PreprocessConfig | None = None,
                 init: str | Path | None = None, progress: bool = True, info: dict[str, Any] | None = None,
-                id_prefix: str = "ragmed-default", stop_after_steps: int | None = None) -> Path:
+                id_prefix: str = "ragmed-default", stop_after_steps: int | None = None,
+                desc: str | None = None) -> Path:
     """Train (or, with ``init``, fine-tune) the tower on ``data`` and write the model directory ``out``.
 
     Returns ``out``. ``stop_after_steps`` stops early as if killed (for resume tests).
@@ -318,7 +319,7 @@ def train_tower(data: TrainSet, out: str | Path, text_encoder, *, config: TrainC
 
     w = np.asarray(data.weights, dtype=np.float64)
     w = w / w.sum()
-    bar = tqdm(total=total, initial=start_step, desc=f"training {out.name}", unit="step", disable=not progress,
+    bar = tqdm(total=total, initial=start_step, desc=desc or f"training {out.name}", unit="step", disable=not progress,
                file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
     t0 = time.perf_counter()
     step = start_step
@@ -492,6 +493,7 @@ def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 10, work_dir: str
                       ssl_weight=float(ssl_weight), ssl_aug_strength=float(ssl_aug_strength) if ssl else 0.0,
                       aug_strength=0.35)
     train_tower(data, target, text_encoder, config=cfg, init=encoder.path, progress=progress,
+                desc=f"fitting the image encoder to {len(data)} corpus images",
                 info={"fit": fit_rec, "fit_skipped_images": len(skipped),
                       "fit_images_without_text": sum(1 for t in data.text_ids if not t)},
                 id_prefix=f"ragmed-default-fit-{corpus.checksum()}")
