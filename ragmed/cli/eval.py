@@ -26,9 +26,14 @@ def _finish(result: dict, out: str, predictions: list | None, predictions_path: 
                 f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     made = []
     if plots:
-        from ragmed.eval.plots import plots_for
+        import importlib.util
 
-        made = plots_for(result, out)
+        if importlib.util.find_spec("matplotlib") is None:  # the results are written; plots are optional
+            click.echo("plots skipped: matplotlib is not installed (pip install 'ragmed[eval]')", err=True)
+        else:
+            from ragmed.eval.plots import plots_for
+
+            made = plots_for(result, out)
     m = result["metrics"]
     shown = ", ".join(f"{k} {v:.3f}" for k, v in m.items())
     click.echo(f"{result['task']}: n={result['n']} skipped={len(result['skipped'])} {shown}")

@@ -112,12 +112,12 @@ def check_content(image, *, min_std: float = 0.01, min_autocorr: float = 0.2) ->
         raise DomainError(f"the image looks like random noise (neighbouring-pixel correlation {r:.2f}); it fits no "
                           "configured domain", path=image.source, remedy="send the diagnostic image itself")
     if image.is_color:
+        from PIL import Image  # PIL's HSV: a core dependency (matplotlib is only in the eval extra)
+
         px = np.asarray(image.pixels, dtype=np.float32)
         step = max(1, int(math.ceil(max(px.shape[:2]) / 256)))
-        px = px[::step, ::step].reshape(-1, 3)
-        from matplotlib.colors import rgb_to_hsv
-
-        hsv = rgb_to_hsv(np.clip(px, 0, 1))
+        rgb = np.ascontiguousarray(np.clip(np.rint(px[::step, ::step] * 255), 0, 255).astype(np.uint8))
+        hsv = np.asarray(Image.fromarray(rgb, mode="RGB").convert("HSV"), dtype=np.float32).reshape(-1, 3) / 255.0
         hue = hsv[:, 0] * 360
         colourful = (hsv[:, 1] > 0.3) & (hsv[:, 2] > 0.2)
         green_blue = colourful & (hue > 70) & (hue < 235)  # H&E purple ≈ 260–300°, pink ≈ 330°, skin ≈ 0–40°
