@@ -333,11 +333,17 @@ class Pipeline:
         if task != "closed" and hasattr(gen, "warm_up_async") and not getattr(gen, "_ready", True):
             gen.warm_up_async()  # a model generator loads its weights while retrieval runs (cold start)
         if not self._kg_loaded and self.config.knowledge.path:  # and so does the knowledge graph
-            threading.Thread(target=lambda: self.knowledge, name="load knowledge graph", daemon=True).start()
+            threading.Thread(target=self._prefetch_knowledge, name="load knowledge graph", daemon=True).start()
         r = self.retrieve(image, question, k=k, exclude_hashes=exclude_hashes, domains=domains)
         a = self.answer(r, question, task=task)
         a.timings["total"] = time.perf_counter() - t0
         return a
+
+    def _prefetch_knowledge(self) -> None:
+        try:
+            _ = self.knowledge
+        except Exception:  # noqa: BLE001 - the answer step loads it again and reports the error there
+            pass
 
     def answer(self, r: Retrieval, question: str = "", *, task: str | None = None, selector=None,
                generator=None) -> Answer:
