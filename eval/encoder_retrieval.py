@@ -278,8 +278,8 @@ def main(argv=None) -> int:
             fd = fitted_dir(encoders["holdout"], set_name, s, Path(a.fit_dir) / "holdout")
             if fd is not None:
                 score("holdout+fit", fd)
-                row["fit"] = json.loads((fd / "config.json").read_text()).get("fit")
-                row["fit"]["training"] = json.loads((fd / "config.json").read_text())["training"]["data"]
+                fit_cfg = json.loads((fd / "config.json").read_text())
+                row["fit"] = {**fit_cfg["fit"], "training": fit_cfg["training"]["data"]}
                 fitted_dirs[set_name] = fd
             if not set_name.startswith("vqa-rad"):  # the shipped tower saw VQA-RAD's scored images
                 fd_s = fitted_dir(encoders["shipped"], set_name, s, Path(a.fit_dir) / "shipped")

@@ -173,13 +173,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from ragmed.encoders import create_encoder
-    from ragmed.encoders.train import TrainConfig, build_trainset_lazy, train_tower
+    from ragmed.encoders.train import TrainConfig, build_trainset, train_tower
     from ragmed.encoders.tower import PreprocessConfig, TowerConfig
 
     t0 = time.perf_counter()
     exclude = vqa_rad_split()[1] if a.holdout_vqa_rad else set()
     pre = PreprocessConfig()
-    data = build_trainset_lazy(all_samples(exclude), pre.size)
+    data = build_trainset(all_samples(exclude), pre.size)
     print(f"prepared {len(data)} images, {len(data.texts)} texts in {time.perf_counter() - t0:.1f}s: "
           f"{json.dumps(data.summary())}", file=sys.stderr)
     cfg = TrainConfig(epochs=a.epochs, epoch_size=a.epoch_size, batch_size=a.batch_size, lr=a.lr,

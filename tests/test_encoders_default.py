@@ -123,13 +123,13 @@ def test_cli_train_resume_and_load(tmp_path, text_encoder):
     from ragmed.cli import main
     from ragmed.corpus import read_corpus
     from ragmed.encoders import create_encoder
-    from ragmed.encoders.train import TrainConfig, build_trainset_lazy, samples_from_corpus, train_tower
+    from ragmed.encoders.train import TrainConfig, build_trainset, samples_from_corpus, train_tower
 
     manifest = _toy_corpus(tmp_path)
     corpus = read_corpus(manifest)
     out = tmp_path / "enc"
     # interrupted run, then the same command resumes from its checkpoint
-    data = build_trainset_lazy(samples_from_corpus(corpus), 112)
+    data = build_trainset(samples_from_corpus(corpus), 112)
     cfg = TrainConfig(epochs=6, batch_size=8, lr=2e-3, checkpoint_every=2, seed=0)
     with pytest.raises(KeyboardInterrupt):
         train_tower(data, out, text_encoder, config=cfg, progress=False, stop_after_steps=4)

@@ -50,7 +50,7 @@ def train_cmd(corpus_path, out, fmt, images, text_fields, init, epochs, epoch_si
     from ragmed.encoders import create_encoder
     from ragmed.encoders.default import shipped_path
     from ragmed.encoders.tower import PreprocessConfig
-    from ragmed.encoders.train import TrainConfig, build_trainset_lazy, samples_from_corpus, train_tower
+    from ragmed.encoders.train import TrainConfig, build_trainset, samples_from_corpus, train_tower
 
     corpus = read_corpus(corpus_path, format=fmt, images=images)
     init_dir = str(shipped_path()) if init == "shipped" else init
@@ -58,7 +58,7 @@ def train_cmd(corpus_path, out, fmt, images, text_fields, init, epochs, epoch_si
     if init_dir:
         pre = PreprocessConfig.from_dict(json.loads((Path(init_dir) / "preprocess.json").read_text()))
     skipped: list = []
-    data = build_trainset_lazy(samples_from_corpus(corpus, text_fields=text_fields, skipped=skipped), pre.size)
+    data = build_trainset(samples_from_corpus(corpus, text_fields=text_fields, skipped=skipped), pre.size)
     if not quiet:
         click.echo(f"{len(data)} images with text ({len(data.texts)} distinct texts); {len(skipped)} unreadable "
                    f"images skipped", err=True)

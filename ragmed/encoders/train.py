@@ -427,11 +427,6 @@ def samples_from_corpus(corpus, *, text_fields: Sequence[str] = (), skipped: lis
     return out
 
 
-def build_trainset_lazy(samples: list[Sample], size: int, workers: int = 2, textless: bool = False) -> TrainSet:
-    """:func:`build_trainset` for samples whose ``pixels`` are loaders (``None`` for an undecodable file)."""
-    return build_trainset(samples, size, workers=workers, textless=textless)
-
-
 def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 10, work_dir: str | Path | None = None,
                   progress: bool = True, *, lr: float = 5e-4, seed: int = 0, ssl_weight: float = 3.0,
                   ssl_aug_strength: float = 2.0, batch_size: int = 64, min_steps: int = 200,
@@ -480,7 +475,7 @@ def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 10, work_dir: str
     if max_images is not None and len(samples) > max_images:
         keep = np.sort(np.random.default_rng(seed).choice(len(samples), size=int(max_images), replace=False))
         samples = [samples[i] for i in keep]
-    data = build_trainset_lazy(samples, encoder.preprocess_config.size, textless=ssl)
+    data = build_trainset(samples, encoder.preprocess_config.size, textless=ssl)
     if len(data) < 2:
         raise EncoderError("cannot fit the image encoder: fewer than two decodable images"
                            + ("" if ssl else " with report text"), path=str(corpus.source))

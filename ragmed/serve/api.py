@@ -81,7 +81,7 @@ def create_app(pipeline, *, api_key: str | None = None, max_upload_mb: float = 6
         return {"status": "ok", "pipeline": pipeline.config.name, "index_version": version,
                 "answer_schema": ANSWER_SCHEMA}
 
-    def run(image: UploadFile | None, fn):
+    def handle(image: UploadFile | None, fn):
         work = Path(tempfile.mkdtemp(prefix="ragmed-upload-"))
         try:
             path = None
@@ -113,7 +113,7 @@ def create_app(pipeline, *, api_key: str | None = None, max_upload_mb: float = 6
     @app.post("/v1/ask")
     def ask(question: str = Form(..., min_length=1, max_length=4000), image: UploadFile | None = File(None),
             k: int | None = Form(None, ge=1, le=100)):
-        return run(image, lambda p: pipeline.ask(p, question, k=k).to_dict())
+        return handle(image, lambda p: pipeline.ask(p, question, k=k).to_dict())
 
     @app.post("/v1/retrieve")
     def retrieve(question: str = Form("", max_length=4000), image: UploadFile | None = File(None),
@@ -126,7 +126,7 @@ def create_app(pipeline, *, api_key: str | None = None, max_upload_mb: float = 6
                     "reason": r.reason, "candidates": [e.to_dict() for e in r.candidates],
                     "timings": r.timings}
 
-        return run(image, go)
+        return handle(image, go)
 
     return app
 
