@@ -1,14 +1,24 @@
-"""Concept-linking quality on IU X-ray reports against their MeSH indexing (issue 5's protocol).
+"""Concept-linking quality on IU X-ray reports against their MeSH indexing (issue 5's protocol, issue 17's additions).
 
-Reports: the first 500 of the test split in ``r2gen-split.json``, matched to ``indiana_reports.csv`` by uid (the number
-in ``CXR<uid>_…``); text = findings + impression. Gold: the MeSH column split on ';', the part before the first '/',
-without "normal" and "No Indexing". A non-negated linked concept is correct when its name or one of its synonyms
-equals a gold term (case-insensitive). Micro-averaged precision (over distinct linked concepts per report) and recall
-(over distinct gold terms per report). Also reported, clearly labelled: the same with hedged mentions left out, and
-a diagnostic precision that also accepts a concept whose name's head word occurs in a gold heading (to separate
-vocabulary gaps, e.g. "Atelectasis" vs the MeSH heading "Pulmonary Atelectasis", from wrong concepts).
+Reports: the test split of ``r2gen-split.json`` (first 500, as issue 5), matched to ``indiana_reports.csv`` by uid
+(the number in ``CXR<uid>_…``); text = findings + impression. Gold: the MeSH column split on ';', the part before
+the first '/', without "normal" and "No Indexing". A non-negated linked concept is correct when its name or one of
+its synonyms equals a gold term (case-insensitive). Micro-averaged precision (over distinct linked concepts per
+report) and recall (over distinct gold terms per report).
 
-    python eval/link_iu.py --kg knowledge/open-default [--kg DIR ...] [--fuzzy] [--out eval/results/link_iu.json]
+Variants, each clearly labelled in the result file:
+- ``protocol``: every non-negated linked concept (all link types, anatomy and imaging terms included);
+- ``findings``: only concepts of the UMLS Disorders group (findings, diseases …): what the indexers index;
+- ``learned map``: a mapping from linked concepts (and pairs of concepts in one sentence) to IU's index terms,
+  LEARNED FROM THE TRAIN SPLIT (2,069 reports, disjoint from the test split) with its precision threshold chosen on
+  the val split (296 reports); nothing is learned or tuned on the test split. A rule "feature → term" is kept when
+  the feature fires (non-negated) in >= MIN_SUPPORT train reports and the term is in the gold of at least the
+  threshold share of them. Prediction = the terms of the rules that fire. Scored on the test reports' two halves
+  (0–249, 250–499) and on all 500.
+Also reported: the share of linked concepts (distinct per report) that carry a UMLS CUI, for all link types and for
+findings only, and the diagnostic head-word precision of issue 5.
+
+    python eval/link_iu.py [--kg DIR ...] [--fuzzy] [--out eval/results/link_iu.json]
 """
 from __future__ import annotations
 
@@ -26,15 +36,15 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("RAGMED_DATA", REPO.parent / "shared" / "data"))
 
 
-def load_iu(n: int = 500) -> list[dict]:
+def load_iu(n: int = 500, split: str = "test") -> list[dict]:
     base = DATA / "reports" / "iu-xray"
-    split = json.loads((base / "r2gen-split.json").read_text())
+    items = json.loads((base / "r2gen-split.json").read_text())[split]
     by_uid = {}
     with open(base / "indiana_reports.csv", newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             by_uid[row["uid"]] = row
     out = []
-    for item in split["test"]:
+    for item in items:
         if len(out) >= n:
             break
         m = re.match(r"CXR(\d+)_", item["id"])
@@ -51,15 +61,98 @@ def load_iu(n: int = 500) -> list[dict]:
     return out
 
 
-def evaluate(kg, reports: list[dict], *, fuzzy: bool = False, skip_hedged: bool = False) -> dict:
-    """Protocol metric; with ``skip_hedged`` also hedged mentions ("may represent X") are left out (a variant)."""
+MIN_SUPPORT = 3
+THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8)
+
+
+def features(kg, text: str) -> set[str]:
+    """Non-negated linked concepts of a report, and pairs of them within one sentence."""
+    from ragmed.knowledge.text import sentence_ids, tokenize
+
+    ms = [m for m in kg.link(text) if not m.negated]
+    toks = tokenize(text)
+    sid = sentence_ids(text, toks)
+    starts = {t.start: s for t, s in zip(toks, sid)}
+    feats = {m.id for m in ms}
+    by_sent: dict[int, list[str]] = {}
+    for m in ms:
+        by_sent.setdefault(starts.get(m.span[0], -1), []).append(m.id)
+    for ids in by_sent.values():
+        ids = sorted(set(ids))
+        feats.update(f"{a}+{b}" for k, a in enumerate(ids) for b in ids[k + 1:])
+    return feats
+
+
+def learn_map(kg, train: list[dict]) -> dict[str, dict[str, float]]:
+    """feature -> {term: share of the feature's train reports indexed with the term} (support >= MIN_SUPPORT)."""
+    n_f: Counter = Counter()
+    n_fg: dict[str, Counter] = {}
+    for r in train:
+        for f in features(kg, r["text"]):
+            n_f[f] += 1
+            n_fg.setdefault(f, Counter()).update(r["gold"])
+    return {f: {g: c / n_f[f] for g, c in n_fg[f].items()} for f in n_f if n_f[f] >= MIN_SUPPORT}
+
+
+def apply_map(rules: dict, feats: set[str], threshold: float) -> set[str]:
+    out = set()
+    for f in feats:
+        for g, p in rules.get(f, {}).items():
+            if p >= threshold:
+                out.add(g)
+    return out
+
+
+def score_sets(pairs: list[tuple[set[str], set[str]]]) -> dict:
+    tp = sum(len(p & g) for p, g in pairs)
+    n_pred = sum(len(p) for p, _ in pairs)
+    n_gold = sum(len(g) for _, g in pairs)
+    p = tp / n_pred if n_pred else 0.0
+    r = tp / n_gold if n_gold else 0.0
+    return {"reports": len(pairs), "predicted": n_pred, "correct": tp, "gold_terms": n_gold,
+            "precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
+
+
+def learned_variant(kg, train: list[dict], val: list[dict], test: list[dict]) -> dict:
+    rules = learn_map(kg, train)
+    val_feats = [features(kg, r["text"]) for r in val]
+    sweep = []
+    for th in THRESHOLDS:
+        sc = score_sets([(apply_map(rules, f, th), r["gold"]) for f, r in zip(val_feats, val)])
+        sweep.append({"threshold": th, **sc})
+    ok = [s for s in sweep if s["precision"] >= 0.75] or sweep
+    chosen = max(ok, key=lambda s: (s["recall"], s["precision"]))["threshold"]
+    test_feats = [features(kg, r["text"]) for r in test]
+    pairs = [(apply_map(rules, f, chosen), r["gold"]) for f, r in zip(test_feats, test)]
+    half = len(test) // 2
+    kept = sum(1 for f in rules for g, p in rules[f].items() if p >= chosen)
+    return {"kg": kg.id, "variant": "learned map (train split; threshold chosen on val)", "threshold": chosen,
+            "rules_kept": kept, "features_seen": len(rules), "train_reports": len(train), "val_reports": len(val),
+            "val_sweep": sweep, "test_first_half": score_sets(pairs[:half]), "test_second_half": score_sets(pairs[half:]),
+            "test_all": score_sets(pairs)}
+
+
+def cui_coverage(kg, reports: list[dict]) -> dict:
+    from ragmed.knowledge.schema import FINDING_TYPES
+
+    allc = [m for r in reports for m in {x.id: x for x in kg.link(r["text"])}.values()]
+    fnd = [m for m in allc if FINDING_TYPES.intersection(m.types)]
+    share = lambda ms: round(sum(1 for m in ms if m.cui) / len(ms), 4) if ms else 0.0  # noqa: E731
+    return {"linked_concepts": len(allc), "with_cui": share(allc), "findings": len(fnd), "findings_with_cui": share(fnd),
+            "by_source": dict(Counter(m.source for m in allc).most_common()),
+            "without_cui_top": Counter(m.name for m in allc if not m.cui).most_common(15)}
+
+
+def evaluate(kg, reports: list[dict], *, fuzzy: bool = False, skip_hedged: bool = False, types=None) -> dict:
+    """Protocol metric; with ``skip_hedged`` also hedged mentions ("may represent X") are left out (a variant);
+    ``types`` keeps only concepts of these semantic types."""
     tp_pred = n_pred = tp_gold = n_gold = lenient = 0
     fp_names: Counter = Counter()
     fn_terms: Counter = Counter()
     negated = 0
     t0 = time.perf_counter()
     for r in reports:
-        mentions = kg.link(r["text"], fuzzy=fuzzy)
+        mentions = kg.link(r["text"], fuzzy=fuzzy, types=types)
         negated += sum(1 for m in mentions if m.negated)
         pred = {m.id for m in mentions if not m.negated and not (skip_hedged and m.uncertain)}
         found = set()
@@ -84,7 +177,8 @@ def evaluate(kg, reports: list[dict], *, fuzzy: bool = False, skip_hedged: bool 
     secs = time.perf_counter() - t0
     p = tp_pred / n_pred if n_pred else 0.0
     rcl = tp_gold / n_gold if n_gold else 0.0
-    return {"kg": kg.id, "fuzzy": fuzzy, "variant": "asserted only (hedged left out)" if skip_hedged else "protocol",
+    variant = ("findings" if types else "protocol") + (", asserted only (hedged left out)" if skip_hedged else "")
+    return {"kg": kg.id, "fuzzy": fuzzy, "variant": variant,
             "reports": len(reports), "predicted": n_pred, "correct": tp_pred,
             "gold_terms": n_gold, "gold_found": tp_gold, "precision": round(p, 4), "recall": round(rcl, 4),
             "diagnostic_precision_head_word": round((tp_pred + lenient) / n_pred, 4) if n_pred else 0.0,
@@ -105,15 +199,27 @@ def main(argv=None) -> int:
         return 2
     from ragmed.knowledge import default_graph_path, load_graph
 
+    from ragmed.knowledge.schema import FINDING_TYPES
+
     reports = load_iu(args.n)
+    train, val = load_iu(10**6, "train"), load_iu(10**6, "val")
     results = []
     for path in args.kg or [str(default_graph_path())]:
         kg = load_graph(path)
-        for fz, skip in ([(False, False), (False, True)] + ([(True, False)] if args.fuzzy else [])):
-            res = evaluate(kg, reports, fuzzy=fz, skip_hedged=skip)
-            res["path"] = os.path.relpath(path, REPO) if Path(path).is_absolute() else path
+        rel = os.path.relpath(path, REPO) if Path(path).is_absolute() else path
+        runs = [(False, False, None), (False, True, None), (False, False, FINDING_TYPES), (False, True, FINDING_TYPES)]
+        for fz, skip, tys in runs + ([(True, False, None)] if args.fuzzy else []):
+            res = evaluate(kg, reports, fuzzy=fz, skip_hedged=skip, types=tys)
+            res["path"] = rel
             results.append(res)
             print(json.dumps({k: v for k, v in res.items() if not k.startswith("top_")}))
+        res = learned_variant(kg, train, val, reports)
+        res["path"] = rel
+        results.append(res)
+        print(json.dumps({k: v for k, v in res.items() if k != "val_sweep"}))
+        cov = {"kg": kg.id, "path": rel, "variant": "UMLS CUI coverage of linked concepts", **cui_coverage(kg, reports)}
+        results.append(cov)
+        print(json.dumps(cov))
     out = {"command": "python " + " ".join([os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])]),
            "protocol": __doc__.split("\n\n")[1].replace("\n", " "), "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

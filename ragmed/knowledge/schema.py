@@ -30,7 +30,12 @@ DISORDER_TYPES = {
     "T033": "Finding", "T037": "Injury or Poisoning", "T048": "Mental or Behavioral Dysfunction",
     "T191": "Neoplastic Process", "T046": "Pathologic Function", "T184": "Sign or Symptom",
 }
-DEFAULT_LINK_TYPES = frozenset(DISORDER_TYPES.values())
+# besides disorders, the linker reports anatomy, imaging procedures, planes/views, devices and contrast agents
+# (the hand-written radiology vocabulary, ``radiology.py``); evaluations of findings keep to DISORDER_TYPES
+CONTEXT_TYPES = {"T023": "Body Part, Organ, or Organ Component", "T060": "Diagnostic Procedure",
+                 "T082": "Spatial Concept", "T074": "Medical Device", "T121": "Pharmacologic Substance"}
+DEFAULT_LINK_TYPES = frozenset(DISORDER_TYPES.values()) | frozenset(CONTEXT_TYPES.values())
+FINDING_TYPES = frozenset(DISORDER_TYPES.values())
 
 # xref prefixes as sources write them → one vocabulary name
 _VOCAB_ALIASES = {

@@ -5,7 +5,8 @@ A knowledge directory holds:
 ``manifest.json``       format version, graph id, sources with versions and licences, counts, relation names,
                         link types, the build command, sha256 of every file
 ``concepts.json.gz``    what linking needs of every node, column-wise: ``ids``, ``names``, ``source`` (index into
-                        ``sources``), ``types`` (indices into ``type_names``), ``cuis``
+                        ``sources``), ``types`` (indices into ``type_names``), ``cuis``; ``aliases`` (the former
+                        ids of merged concepts → node index)
 ``details.sqlite``      the rest, read per concept when asked for (evidence, lookup): table
                         ``details(i INTEGER PRIMARY KEY, synonyms TEXT, definition TEXT, xrefs TEXT)``, JSON in the
                         text columns; opened read-only
@@ -67,6 +68,36 @@ ABBREVIATIONS = {
     "ALS": "amyotrophic lateral sclerosis", "IBD": "inflammatory bowel disease", "BPH": "benign prostatic hyperplasia",
     "DISH": "diffuse idiopathic skeletal hyperostosis", "LVH": "left ventricular hypertrophy",
 }
+# Relational adjectives and their nouns (hand-written): a multi-word surface form also matches with one swapped for
+# the other ("pulmonary nodule" / "lung nodule", "renal cyst" / "kidney cyst"). Single words are not varied.
+ADJECTIVE_NOUN = {
+    "pulmonary": "lung", "cardiac": "heart", "hepatic": "liver", "renal": "kidney", "cerebral": "brain",
+    "splenic": "spleen", "pancreatic": "pancreas", "aortic": "aorta", "diaphragmatic": "diaphragm",
+    "mediastinal": "mediastinum", "pleural": "pleura", "spinal": "spine", "vertebral": "vertebra",
+    "costal": "rib", "tracheal": "trachea", "bronchial": "bronchus", "thoracic": "chest", "abdominal": "abdomen",
+    "pelvic": "pelvis", "cranial": "skull", "femoral": "femur", "tibial": "tibia", "humeral": "humerus",
+    "colonic": "colon", "gastric": "stomach", "esophageal": "esophagus", "oesophageal": "oesophagus",
+    "vesical": "bladder", "uterine": "uterus", "ovarian": "ovary", "mammary": "breast", "thyroidal": "thyroid",
+    "osseous": "bone", "articular": "joint", "hilar": "hilum", "pericardial": "pericardium", "vascular": "vessel",
+    "intestinal": "bowel", "biliary": "bile duct", "cutaneous": "skin", "dermal": "skin", "ocular": "eye",
+    "nasal": "nose", "oral": "mouth", "lingual": "tongue", "laryngeal": "larynx", "pharyngeal": "pharynx",
+}
+_VARIANTS: dict[str, str] = {**ADJECTIVE_NOUN, **{v: k for k, v in ADJECTIVE_NOUN.items() if " " not in v}}
+
+
+def variant_keys(key: str) -> list[str]:
+    """Lexicon keys of ``key`` with one relational adjective swapped for its noun or the other way round."""
+    toks = key.split(" ")
+    if len(toks) < 2 or len(toks) > 4:
+        return []
+    out = []
+    for i, t in enumerate(toks):
+        v = _VARIANTS.get(t)
+        if v:
+            out.append(" ".join([*toks[:i], *normalise(v).split(), *toks[i + 1:]]))
+    return out
+
+
 _ABBR_RE = re.compile(r"^[A-Z][A-Z0-9]{1,5}$")
 MAX_SURFACE_TOKENS = 12
 
@@ -89,6 +120,8 @@ def surface_key(surface: str) -> tuple[str, int] | None:
 
 def build_lexicon(names: list[str], synonyms: list[list[str]], linkable: Iterable[int]) -> dict[str, Any]:
     lex: dict[str, list[int]] = {}
+    variants: list[tuple[str, int]] = []
+    added: set[str] = set()
     for i in linkable:
         for j, s in enumerate([names[i], *synonyms[i]]):
             k = surface_key(s)
@@ -98,6 +131,14 @@ def build_lexicon(names: list[str], synonyms: list[list[str]], linkable: Iterabl
             code = i * 4 + flags + (1 if j == 0 else 0)
             post = lex.setdefault(key, [])
             if all(p // 4 != i for p in post):
+                post.append(code)
+            if not flags:
+                variants.extend((v, i * 4) for v in variant_keys(key))
+    for key, code in variants:  # only where no name or synonym already has this surface form
+        if key not in lex or key in added:
+            post = lex.setdefault(key, [])
+            added.add(key)
+            if all(p // 4 != code // 4 for p in post):
                 post.append(code)
     for abbr, expansion in ABBREVIATIONS.items():
         post = lex.get(normalise(expansion))
@@ -188,7 +229,9 @@ def save_graph(G, out: str | Path, *, name: str | None = None, link_types: Itera
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     core = {k: cols[k] for k in ("names", "source", "types", "cuis")}
-    _dump_gz({"ids": ids, "sources": sources, "type_names": type_names, **core}, tmp / "concepts.json.gz")
+    aliases = {a: index[b] for a, b in sorted(G.graph.get("aliases", {}).items()) if b in index and a not in index}
+    _dump_gz({"ids": ids, "sources": sources, "type_names": type_names, **core, "aliases": aliases},
+             tmp / "concepts.json.gz")
     _write_details(tmp / "details.sqlite", cols)
     np.savez_compressed(tmp / "edges.npz", src=np.asarray(src, dtype=np.int32), dst=np.asarray(dst, dtype=np.int32),
                         rel=np.asarray(rel, dtype=np.uint8))
@@ -208,7 +251,8 @@ def save_graph(G, out: str | Path, *, name: str | None = None, link_types: Itera
         "sources": G.graph.get("sources", []), "specs": G.graph.get("specs", []),
         "counts": {"nodes": len(ids), "edges": len(src), "linkable": len(linkable),
                    "lexicon_entries": len(lexicon["keys"]), "by_source": counts_by_source, "by_relation": counts_by_rel,
-                   "with_cui": sum(1 for c in cols["cuis"] if c)},
+                   "with_cui": sum(1 for c in cols["cuis"] if c),
+                   "synonyms": sum(len(x) for x in cols["synonyms"]), "aliases": len(aliases)},
         "xref_stats": G.graph.get("xref_stats", {}), "load_report": G.graph.get("report", {}),
         "relations": rel_names, "link_types": sorted(link_types),
         "files": {f: {"sha256": file_hashes[f], "bytes": (tmp / f).stat().st_size} for f in FILES},
