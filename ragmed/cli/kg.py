@@ -137,7 +137,7 @@ def _lines(text: str) -> list[str]:
 @click.option("--kg", "kg_dir", type=click.Path(), default=None, help="Knowledge directory (default: bundled graph).")
 @click.option("--json", "as_json", is_flag=True,
               help='One JSON object per input line: {"text", "concepts": [{"id", "name", "source", "cui", "span", '
-                   '"negated", "score"}]}.')
+                                      '"negated", "uncertain", "score", "types", "method", "reason"}]}.')
 @click.option("--fuzzy", is_flag=True, help="Also link paraphrases by MiniLM embeddings (slower; precision first).")
 def link(text, file_, kg_dir, as_json, fuzzy):
     """Link TEXT (or every line of --file F, or of standard input with -) to concepts."""

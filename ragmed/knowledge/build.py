@@ -29,6 +29,7 @@ SOURCE_SPECS = "open | icd10cm | hpo | mesh | radiology | obo:FILE | umls:DIR"
 MERGE_PRIORITY = ("UMLS", "DOID", "HPO", "SYMP", "RAD", "MSH", "ICD10CM")
 # xref vocabularies whose one-to-one mappings name the same concept (merged); ICD-10-CM categories are broader
 MERGE_VOCABS = ("MSH",)
+NAME_ALIGNED = ("MSH", "RAD")  # sources aligned to the ontologies by exact name (they carry no CUIs of their own)
 
 
 def _radiology(mesh):
@@ -224,16 +225,18 @@ def merge_concepts(G):
         if len(mapped_by[(t, src)]) == 1:
             union(t, n)
             stats["merged_by_xref"] += 1
-    # exact-name alignment of MeSH descriptors that no source maps
+    # exact-name alignment: a MeSH descriptor that no source maps, or an entry of ragmed's radiology vocabulary,
+    # whose preferred name is the name or EXACT synonym of exactly one typed concept of an ontology source
     names: dict[str, set[str]] = defaultdict(set)
     for n, d in G.nodes(data=True):
-        if d.get("source") in ("MSH", "ICD10CM") or not d.get("types") or "Classification" in d["types"]:
+        if d.get("source") in NAME_ALIGNED or d.get("source") == "ICD10CM" or not d.get("types") \
+                or "Classification" in d["types"]:
             continue
         for s in (d["name"], *d.get("synonyms", [])):
             names[normalise(s)].add(n)
     mapped = {t for t, _ in mapped_by}
     for n, d in G.nodes(data=True):
-        if d.get("source") != "MSH" or n in mapped:
+        if d.get("source") not in NAME_ALIGNED or n in mapped:
             continue
         hits = names.get(normalise(d["name"]), set())
         if len(hits) == 1:

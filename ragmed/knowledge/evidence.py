@@ -3,7 +3,8 @@ relevant neighbourhood, ranked and rendered as citable text.
 
 Ranking (per concept): a mention in the question weighs 2, a report that asserts it 1, a report that mentions it
 only negated 0.25 (the evidence that a finding is absent is still relevant to a question about it); each weight is
-multiplied by the mention's score (hedged mentions count half). Ties go to concepts linked to other selected
+multiplied by the mention's score (hedged mentions count half), and by 0.3 for concepts that are not findings or
+diseases (anatomy, imaging procedures, views, devices), so that those are cited after the findings. Ties go to concepts linked to other selected
 concepts (is-a, phenotype or xref neighbours), then to concepts with a definition. The neighbourhood rendered for each
 concept: its definition, is-a parents (up to 3), and up to 5 related concepts: mentioned ones first (a disease's
 phenotypes, a phenotype's diseases), diseases that have this finding *and* at least two other findings of the texts
@@ -16,6 +17,7 @@ from collections import defaultdict
 from ragmed.types import KnowledgeEvidence
 
 W_QUESTION, W_REPORT, W_NEGATED = 2.0, 1.0, 0.25
+W_CONTEXT = 0.3  # anatomy, imaging procedures, views, devices: cited after the findings and diseases
 MAX_PARENTS, MAX_RELATED, MAX_TEXT = 3, 5, 600
 MIN_SHARED = 2  # a disease is shown beside a finding when it also has >= 2 other findings of the texts
 
@@ -44,6 +46,12 @@ def knowledge_evidence(kg, question: str, reports: list[str], max_concepts: int 
             asserted[cid] = asserted[cid] or not neg
     if not weight:
         return []
+    from ragmed.knowledge.schema import FINDING_TYPES
+
+    for cid in weight:
+        i = kg.index[cid]
+        if not FINDING_TYPES.intersection(kg.types_of(i)):
+            weight[cid] *= W_CONTEXT
     linked = set(weight)
 
     def related(cid: str) -> list[tuple[str, str]]:

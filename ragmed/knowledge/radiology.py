@@ -144,6 +144,22 @@ ENTRIES: list[tuple[str, str, str, str]] = [
 ]
 
 
+# UMLS CUIs of entries, entered by hand and each checked against public tables that cite it (the DICOM PS3.16
+# context groups' UMLSConceptUID values, and public concept lists that name the concept); entries not listed have
+# no CUI here. These are the only hand-entered CUIs in ragmed; every other CUI comes from a source's own xrefs.
+CUIS = {
+    "lung": "C0024109", "heart": "C0018787", "liver": "C0023884", "kidney": "C0022646", "brain": "C0006104",
+    "spleen": "C0037993", "pancreas": "C0030274", "breast": "C0006141", "bronchi": "C0006255", "trachea": "C0040578",
+    "sternum": "C0038293", "stomach": "C0038351", "prostate": "C0033572", "thyroid gland": "C0040132",
+    "gallbladder": "C0016976", "urinary bladder": "C0005682", "pelvis": "C0030797", "knee": "C0022742",
+    "hip": "C0019552", "spine": "C0037949", "lymph nodes": "C0024204", "ribs": "C0035561", "scapula": "C0036277",
+    "bone": "C0262950", "aorta": "C0003483", "diaphragm": "C0011980", "mediastinum": "C0025066",
+    "pleura": "C0032225", "chest radiography": "C0039985", "computed tomography": "C0040405",
+    "magnetic resonance imaging": "C0024485", "consolidation": "C0521530", "nodule": "C0028259",
+    "mass": "C0577559", "infiltrate": "C0332448",
+}
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
 
@@ -159,8 +175,11 @@ def radiology_graph(mesh_ids: dict[str, str] | None = None):
         xrefs = {}
         if heading and heading in mesh_ids:
             xrefs["MSH"] = [mesh_ids[heading]]
+        if name in CUIS:
+            xrefs["UMLS"] = [CUIS[name]]
         G.add_node(nid, **concept(nid, name, "RAD", synonyms=[s for s in syns.split("|") if s], types=[ty],
                                   xrefs=xrefs))
     G.graph["sources"] = [{"name": "RAD", "package": "ragmed", "terms": len(ENTRIES),
+                           "hand_entered_cuis": len(CUIS),
                            "licence": "ragmed's own hand-written list (same licence as ragmed)"}]
     return G

@@ -1,0 +1,149 @@
+"""What the knowledge graph adds to report findings: the same finding-extraction task with and without knowledge.
+
+Task: the findings of an IU X-ray report (test split, first 500 as ``link_iu.py``), scored against the report's MeSH
+indexing (gold terms as in ``link_iu.py``). The same negation detector is used in every arm.
+
+- ``no knowledge``: the index vocabulary itself (every distinct gold term of the TRAIN split, e.g. "pleural
+  effusion", "cardiomegaly", "hernia, hiatal") matched as normalised strings in the report text, non-negated
+  mentions only. This is what a system without a knowledge graph can do with the labels alone.
+- ``knowledge graph``: the graph's linker (names, synonyms, merged sources, adjective variants, abbreviations),
+  findings only (UMLS Disorders group); a finding is correct when its name or a synonym equals a gold term.
+- ``knowledge graph + learned map``: ``link_iu.py``'s map learned on the train split (threshold chosen on val).
+- ``no knowledge + learned map``: the same learning on the string matches of the first arm (so that the map's
+  contribution and the graph's are told apart).
+
+Also, for answers: the knowledge evidence of ``knowledge_evidence(kg, "What are the findings?", [report])`` (the
+``[K]`` items an answer would cite): the share of reports with at least one cited concept that matches a gold term,
+and the share of cited concepts that are asserted findings of the report (not negated).
+
+    python eval/knowledge_ablation.py [--kg DIR] [--out eval/results/knowledge_ablation.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "eval"))
+
+from link_iu import DATA, THRESHOLDS, load_iu, score_sets  # noqa: E402
+
+
+def string_matcher(vocab: set[str]):
+    """A lexicon of the vocabulary's normalised strings, matched leftmost-longest with the same negation scope."""
+    from ragmed.knowledge.text import negated_tokens, normalise, sentence_ids, tokenize
+
+    lex = {normalise(t): t for t in vocab if normalise(t)}
+    maxlen = max((len(k.split()) for k in lex), default=1)
+
+    def match(text: str) -> set[str]:
+        toks = tokenize(text)
+        norms = [t.norm for t in toks]
+        sid = sentence_ids(text, toks)
+        found, i = [], 0
+        while i < len(toks):
+            for L in range(min(maxlen, len(toks) - i), 0, -1):
+                if sid[i + L - 1] != sid[i]:
+                    continue
+                key = " ".join(norms[i:i + L])
+                if key in lex:
+                    found.append((i, i + L, lex[key]))
+                    i += L
+                    break
+            else:
+                i += 1
+        neg = negated_tokens(text, toks, [(a, b) for a, b, _ in found])
+        return {t for a, b, t in found if not any(neg[a:b])}
+
+    return match
+
+
+def learned(feats_train, gold_train, feats_val, gold_val, feats_test, min_support: int = 3):
+    from collections import Counter
+
+    n_f, n_fg = Counter(), {}
+    for fs, g in zip(feats_train, gold_train):
+        for f in fs:
+            n_f[f] += 1
+            n_fg.setdefault(f, Counter()).update(g)
+    rules = {f: {g: c / n_f[f] for g, c in n_fg[f].items()} for f in n_f if n_f[f] >= min_support}
+
+    def apply(fs, th):
+        return {g for f in fs for g, p in rules.get(f, {}).items() if p >= th}
+
+    sweep = [(th, score_sets([(apply(fs, th), g) for fs, g in zip(feats_val, gold_val)])) for th in THRESHOLDS]
+    ok = [s for s in sweep if s[1]["precision"] >= 0.75] or sweep
+    th = max(ok, key=lambda s: (s[1]["recall"], s[1]["precision"]))[0]
+    return th, [apply(fs, th) for fs in feats_test]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kg", default=None, help="knowledge directory (default: the bundled graph)")
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--out", default=str(REPO / "eval" / "results" / "knowledge_ablation.json"))
+    args = ap.parse_args(argv)
+    if not (DATA / "reports" / "iu-xray").exists():
+        print(f"IU X-ray data not found under {DATA} (set RAGMED_DATA)", file=sys.stderr)
+        return 2
+    from link_iu import features
+
+    from ragmed.knowledge import default_graph_path, knowledge_evidence, load_graph
+    from ragmed.knowledge.schema import FINDING_TYPES
+
+    kg = load_graph(args.kg or default_graph_path())
+    test, train, val = load_iu(args.n), load_iu(10**6, "train"), load_iu(10**6, "val")
+    vocab = {g for r in train for g in r["gold"]}
+    match = string_matcher(vocab)
+    t0 = time.perf_counter()
+    arms = {}
+    arms["no knowledge (index vocabulary as strings)"] = score_sets([(match(r["text"]), r["gold"]) for r in test])
+    pairs = []
+    for r in test:
+        pred = set()
+        for m in kg.link(r["text"], types=FINDING_TYPES):
+            if m.negated:
+                continue
+            c = kg.concept(m.id)
+            names = {c["name"].lower(), *(s.lower() for s in c["synonyms"])}
+            pred |= (names & r["gold"]) or {c["name"].lower()}
+        pairs.append((pred, r["gold"]))
+    arms["knowledge graph (findings)"] = score_sets(pairs)
+    f = {k: [features(kg, r["text"]) for r in rs] for k, rs in (("train", train), ("val", val), ("test", test))}
+    th, pred = learned(f["train"], [r["gold"] for r in train], f["val"], [r["gold"] for r in val], f["test"])
+    arms["knowledge graph + learned map"] = {**score_sets(list(zip(pred, [r["gold"] for r in test]))), "threshold": th}
+    s = {k: [match(r["text"]) for r in rs] for k, rs in (("train", train), ("val", val), ("test", test))}
+    th, pred = learned(s["train"], [r["gold"] for r in train], s["val"], [r["gold"] for r in val], s["test"])
+    arms["no knowledge + learned map"] = {**score_sets(list(zip(pred, [r["gold"] for r in test]))), "threshold": th}
+    # knowledge evidence an answer would cite
+    hit = cited = asserted = 0
+    for r in test:
+        items = knowledge_evidence(kg, "What are the findings?", [r["text"]], max_concepts=5)
+        cited += len(items)
+        ok = False
+        for k in items:
+            c = kg.concept(k.concept_id)
+            names = {c["name"].lower(), *(x.lower() for x in c["synonyms"])}
+            ok = ok or bool(names & r["gold"])
+            asserted += int(not k.negated)
+        hit += int(ok)
+    with_gold = sum(1 for r in test if r["gold"])
+    evidence = {"reports": len(test), "reports_with_gold": with_gold, "cited_concepts": cited,
+                "reports_citing_a_gold_finding": hit,
+                "share_of_reports_with_gold_citing_one": round(hit / with_gold, 4) if with_gold else 0.0,
+                "cited_asserted_share": round(asserted / cited, 4) if cited else 0.0}
+    out = {"command": "python " + " ".join([os.path.relpath(__file__, REPO), *(argv or sys.argv[1:])]),
+           "kg": kg.id, "protocol": __doc__.split("\n\n")[1].replace("\n", " "), "arms": arms,
+           "knowledge_evidence": evidence, "seconds": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(out, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
