@@ -45,14 +45,17 @@ class KnowledgeGraph:
         self._source_names: list[str] = cols["sources"]
         self._source: list[int] = cols["source"]
         self._type_names: list[str] = cols["type_names"]
-        self._types: list[list[int]] = cols["types"]
+        self._types_flat: list[int] = cols["types_flat"]
+        self._types_off: list[int] = cols["types_off"]
         self.cuis: list[str | None] = cols["cuis"]
         self.index: dict[str, int] = {**cols.get("aliases", {}), **dict(zip(self.ids, range(len(self.ids))))}
         self.relations: list[str] = manifest["relations"]
         src, dst, rel = edges["src"], edges["dst"], edges["rel"]
         self._out = self._csr(src, dst, rel)
         self._in = self._csr(dst, src, rel)
-        self._lex: dict[str, list[int]] = dict(zip(lexicon["keys"], lexicon["postings"]))
+        self._lex_rows: dict[str, int] = lexicon["rows"]
+        self._post: list[int] = lexicon["post"]
+        self._post_off: list[int] = lexicon["off"]
         self._maxlen: dict[str, int] = lexicon["maxlen"]
         self._prio = {s: i for i, s in enumerate(SOURCE_PRIORITY)}
         self._db = None
@@ -63,9 +66,11 @@ class KnowledgeGraph:
 
     def _csr(self, a: np.ndarray, b: np.ndarray, rel: np.ndarray):
         n = len(self.ids)
-        order = np.argsort(a, kind="stable")
         ptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(a, minlength=n), out=ptr[1:])
+        if len(a) < 2 or bool(np.all(a[1:] >= a[:-1])):  # saved sorted by source: no sort needed
+            return ptr, b, rel
+        order = np.argsort(a, kind="stable")
         return ptr, b[order], rel[order]
 
     # --- concepts ----------------------------------------------------------------------------------------------
@@ -83,7 +88,12 @@ class KnowledgeGraph:
         return self._source_names[self._source[i]]
 
     def types_of(self, i: int) -> list[str]:
-        return [self._type_names[t] for t in self._types[i]]
+        return [self._type_names[t] for t in self._types_flat[self._types_off[i]:self._types_off[i + 1]]]
+
+    def _postings(self, key: str) -> list[int] | None:
+        """Lexicon postings of a normalised surface form (``node_index * 4 + flags``), or None."""
+        k = self._lex_rows.get(key)
+        return None if k is None else self._post[self._post_off[k]:self._post_off[k + 1]]
 
     def details(self, i: int) -> tuple[list[str], str, dict[str, list[str]]]:
         """(synonyms, definition, xrefs) of node index i, read from ``details.sqlite``."""
@@ -147,7 +157,7 @@ class KnowledgeGraph:
         key = normalise(term)
         hits = [i for i, n in enumerate(self.names) if normalise(n) == key] if key else []
         if not hits and key:
-            hits = [p // 4 for p in self._lex.get(key, [])]
+            hits = [p // 4 for p in self._postings(key) or []]
         if not hits and key:
             words = key.split()
             scored = []
@@ -221,7 +231,7 @@ class KnowledgeGraph:
         sid = sentence_ids(text, toks)
         found: list[tuple[int, int, list[int], str]] = []  # (i, j, postings, key)
         i = 0
-        lex, maxlen = self._lex, self._maxlen
+        lex, maxlen = self._postings, self._maxlen
         while i < n:
             hit = None
             m = maxlen.get(norms[i], 0)
@@ -229,12 +239,12 @@ class KnowledgeGraph:
                 if sid[i + L - 1] != sid[i]:
                     continue
                 key = norms[i] if L == 1 else " ".join(norms[i:i + L])
-                post = lex.get(key)
+                post = lex(key)
                 if post:
                     hit = (i, i + L, post, key)
                     break
             if hit is None:
-                post = lex.get("=" + toks[i].text)
+                post = lex("=" + toks[i].text)
                 if post:
                     hit = (i, i + 1, post, "=" + toks[i].text)
             if hit and i > 0 and norms[i - 1] in _PREFIX_WORDS and sid[i - 1] == sid[i]:
@@ -290,11 +300,7 @@ class KnowledgeGraph:
 
     def linkable_indices(self) -> list[int]:
         """Node indices that the lexicon links (their types are among the manifest's link types)."""
-        seen: set[int] = set()
-        for post in self._lex.values():
-            for p in post:
-                seen.add(p // 4)
-        return sorted(seen)
+        return sorted({p // 4 for p in self._post})
 
     def info(self) -> dict[str, Any]:
         m = self.manifest

@@ -4,17 +4,19 @@ A knowledge directory holds:
 
 ``manifest.json``       format version, graph id, sources with versions and licences, counts, relation names,
                         link types, the build command, sha256 of every file
-``concepts.json.gz``    what linking needs of every node, column-wise: ``ids``, ``names``, ``source`` (index into
-                        ``sources``), ``types`` (indices into ``type_names``), ``cuis``; ``aliases`` (the former
-                        ids of merged concepts → node index)
+``concepts.json.gz``    what linking needs of every node, column-wise: ``ids``, ``names`` and ``cuis`` as
+                        newline-joined strings ("" = no CUI), ``source`` (index into ``sources``), ``types_flat`` /
+                        ``types_off`` (indices into ``type_names``, node i's at ``types_off[i]:types_off[i+1]``);
+                        ``aliases`` (the former ids of merged concepts → node index)
 ``details.sqlite``      the rest, read per concept when asked for (evidence, lookup): table
                         ``details(i INTEGER PRIMARY KEY, synonyms TEXT, definition TEXT, xrefs TEXT)``, JSON in the
                         text columns; opened read-only
 ``edges.npz``           ``src``, ``dst`` (int32 node indices) and ``rel`` (uint8 index into the manifest's
                         ``relations``), read with ``allow_pickle=False``
-``lexicon.json.gz``     the linker's dictionary, precomputed: normalised surface form → postings
-                        (``node_index * 4 + flags``; flag 1 = preferred name, 2 = abbreviation), ``=ABBR`` keys are
-                        case-sensitive abbreviations; ``maxlen`` per first token
+``lexicon.json.gz``     the linker's dictionary, precomputed: ``keys`` (normalised surface forms, newline-joined),
+                        their postings flat in ``post`` with offsets ``off`` (``node_index * 4 + flags``; flag 1 =
+                        preferred name, 2 = abbreviation), ``=ABBR`` keys are case-sensitive abbreviations;
+                        ``maxlen`` per first token. (Format 1, lists of lists, is still read.)
 
 Writes are atomic: the directory is written beside the target and renamed into place.
 """
@@ -37,7 +39,7 @@ from ragmed.io.image import content_hash
 from ragmed.knowledge.schema import DEFAULT_LINK_TYPES
 from ragmed.knowledge.text import normalise
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: columns as newline-joined strings and flat integer arrays (reads 1 too)
 FILES = ("concepts.json.gz", "details.sqlite", "edges.npz", "lexicon.json.gz")
 
 # Single-token surface forms never linked: English function words and generic clinical qualifiers / heads that
@@ -228,14 +230,22 @@ def save_graph(G, out: str | Path, *, name: str | None = None, link_types: Itera
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    core = {k: cols[k] for k in ("names", "source", "types", "cuis")}
     aliases = {a: index[b] for a, b in sorted(G.graph.get("aliases", {}).items()) if b in index and a not in index}
-    _dump_gz({"ids": ids, "sources": sources, "type_names": type_names, **core, "aliases": aliases},
-             tmp / "concepts.json.gz")
+    types_off = [0]
+    for t in cols["types"]:
+        types_off.append(types_off[-1] + len(t))
+    _dump_gz({"ids": "\n".join(ids), "names": "\n".join(n.replace("\n", " ") for n in cols["names"]),
+              "sources": sources, "source": cols["source"], "type_names": type_names,
+              "types_flat": [t for ts in cols["types"] for t in ts], "types_off": types_off,
+              "cuis": "\n".join(c or "" for c in cols["cuis"]), "aliases": aliases}, tmp / "concepts.json.gz")
     _write_details(tmp / "details.sqlite", cols)
     np.savez_compressed(tmp / "edges.npz", src=np.asarray(src, dtype=np.int32), dst=np.asarray(dst, dtype=np.int32),
                         rel=np.asarray(rel, dtype=np.uint8))
-    _dump_gz(lexicon, tmp / "lexicon.json.gz")
+    off = [0]
+    for p in lexicon["postings"]:
+        off.append(off[-1] + len(p))
+    _dump_gz({"keys": "\n".join(lexicon["keys"]), "post": [c for p in lexicon["postings"] for c in p], "off": off,
+              "maxlen": lexicon["maxlen"]}, tmp / "lexicon.json.gz")
     counts_by_source: dict[str, int] = {}
     for s in cols["source"]:
         counts_by_source[sources[s]] = counts_by_source.get(sources[s], 0) + 1
@@ -304,6 +314,37 @@ def read_manifest(path: str | Path) -> dict:
     return m
 
 
+def _split(text: str) -> list[str]:
+    return text.split("\n") if text else []
+
+
+def _columns(c: dict) -> dict:
+    """Concept columns in memory: ids, names, cuis (None for none), source, types_flat / types_off, aliases."""
+    if isinstance(c["ids"], str):  # format 2
+        return {"ids": _split(c["ids"]), "names": _split(c["names"]), "sources": c["sources"], "source": c["source"],
+                "type_names": c["type_names"], "types_flat": c["types_flat"], "types_off": c["types_off"],
+                "cuis": [x or None for x in _split(c["cuis"])] if c["ids"] else [], "aliases": c.get("aliases", {})}
+    off = [0]  # format 1: list columns, types as lists
+    for t in c["types"]:
+        off.append(off[-1] + len(t))
+    return {**c, "types_flat": [t for ts in c["types"] for t in ts], "types_off": off, "aliases": c.get("aliases", {})}
+
+
+def _lexicon(x: dict) -> dict:
+    """The linker's lexicon in memory: key → row, flat postings with offsets, maxlen per first token."""
+    if isinstance(x["keys"], str):  # format 2
+        keys = _split(x["keys"])
+        post, off = x["post"], x["off"]
+    else:
+        keys, post, off = x["keys"], [], [0]
+        for p in x["postings"]:
+            post.extend(p)
+            off.append(len(post))
+    if len(off) != len(keys) + 1:
+        raise ValueError("lexicon offsets do not match its keys")
+    return {"rows": dict(zip(keys, range(len(keys)))), "post": post, "off": off, "maxlen": x["maxlen"]}
+
+
 def read_columns(path: Path) -> tuple[dict, dict, dict]:
     """(concept columns, edge arrays, lexicon) of a knowledge directory."""
     try:
@@ -314,8 +355,13 @@ def read_columns(path: Path) -> tuple[dict, dict, dict]:
     except (OSError, ValueError, KeyError, EOFError) as e:
         raise KnowledgeError(f"corrupt knowledge directory: {e}", path=str(path),
                              remedy="rebuild it with ragmed kg build") from e
+    try:
+        cols, lex = _columns(cols), _lexicon(lex)
+    except (KeyError, TypeError, ValueError) as e:
+        raise KnowledgeError(f"corrupt knowledge directory: {e}", path=str(path),
+                             remedy="rebuild it with ragmed kg build") from e
     n = len(cols["ids"])
-    if any(len(cols[k]) != n for k in ("names", "source", "types", "cuis")):
+    if any(len(cols[k]) != n for k in ("names", "source", "cuis")) or len(cols["types_off"]) != n + 1:
         raise KnowledgeError("corrupt concepts.json.gz: columns differ in length", path=str(path))
     if len(edges["src"]) and (edges["src"].max() >= n or edges["dst"].max() >= n):
         raise KnowledgeError("corrupt edges.npz: node index out of range", path=str(path))
