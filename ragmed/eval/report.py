@@ -57,8 +57,12 @@ def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
 
 
 def findings(linker, text: str) -> set[tuple[str, bool]]:
-    """(concept id, present) pairs the linker finds in ``text``; a concept both affirmed and negated keeps both."""
-    return {(c.id, not bool(c.negated)) for c in linker.link(text)}
+    """(concept id, present) pairs the linker finds in ``text``; a concept both affirmed and negated keeps both.
+    Only findings and diseases count (the linker also reports anatomy, procedures and views: not findings)."""
+    from ragmed.knowledge.schema import FINDING_TYPES
+
+    return {(c.id, not bool(c.negated)) for c in linker.link(text)
+            if not getattr(c, "types", None) or FINDING_TYPES.intersection(c.types)}
 
 
 def finding_scores(pred_sets: list[set], ref_sets: list[set]) -> dict[str, float]:
