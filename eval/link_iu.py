@@ -142,7 +142,17 @@ def cui_coverage(kg, reports: list[dict]) -> dict:
     allc = [m for r in reports for m in {x.id: x for x in kg.link(r["text"])}.values()]
     fnd = [m for m in allc if FINDING_TYPES.intersection(m.types)]
     share = lambda ms: round(sum(1 for m in ms if m.cui) / len(ms), 4) if ms else 0.0  # noqa: E731
+    from ragmed.knowledge.radiology import CUIS
+
+    hand = set(CUIS.values())
+
+    def from_sources(ms):  # CUIs from a source's own xrefs only (not ragmed's 35 hand-entered ones)
+        ok = [m for m in ms if m.cui and (m.cui not in hand or "HP" in kg.concept(m.id)["xrefs"])]
+        return round(len(ok) / len(ms), 4) if ms else 0.0
+
     return {"linked_concepts": len(allc), "with_cui": share(allc), "findings": len(fnd), "findings_with_cui": share(fnd),
+            "with_cui_from_source_xrefs_only": from_sources(allc),
+            "findings_with_cui_from_source_xrefs_only": from_sources(fnd),
             "by_source": dict(Counter(m.source for m in allc).most_common()),
             "without_cui_top": Counter(m.name for m in allc if not m.cui).most_common(15)}
 
