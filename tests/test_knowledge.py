@@ -483,3 +483,53 @@ def test_embed_and_graph_do_not_import_each_other_at_module_level():
         assert other not in names, mod
     src = (REPO / "ragmed" / "knowledge" / "embed.py").read_text()
     assert "ragmed.knowledge.graph" not in src  # embed uses mention.py, not graph.py
+
+
+def test_ambiguity_resolved_by_context_then_source_priority(tmp_path):
+    """Two concepts share the abbreviation "PE": the one related (in the graph) to another concept of the text wins,
+    with the reason kept; without such context, the source priority decides."""
+    import networkx as nx
+
+    from ragmed.knowledge import load_graph, save_graph
+    from ragmed.knowledge.schema import concept
+
+    G = nx.MultiDiGraph()
+    G.add_node("DOID:1", **concept("DOID:1", "pulmonary embolism", "DOID", synonyms=["PE"], types=["Disease or Syndrome"]))
+    G.add_node("HP:2", **concept("HP:2", "pericardial effusion", "HPO", synonyms=["PE"], types=["Finding"]))
+    G.add_node("HP:3", **concept("HP:3", "deep vein thrombosis", "HPO", types=["Finding"]))
+    G.add_node("HP:4", **concept("HP:4", "tamponade", "HPO", types=["Finding"]))
+    G.add_edge("DOID:1", "HP:3", rel="has_phenotype")
+    G.add_edge("HP:2", "HP:4", rel="is_a")
+    save_graph(G, tmp_path / "pe")
+    kg = load_graph(tmp_path / "pe")
+    pe = [m for m in kg.link("Tamponade. PE.") if m.text == "PE"][0]
+    assert pe.id == "HP:2" and pe.reason.startswith("context") and pe.alternatives == ["DOID:1"]
+    pe = [m for m in kg.link("Deep vein thrombosis. PE.") if m.text == "PE"][0]
+    assert pe.id == "DOID:1" and pe.reason.startswith("context")
+    pe = kg.link("PE.")[0]
+    assert pe.id == "DOID:1" and pe.reason == "source priority DOID over HPO"
+
+
+def test_negation_eval_script_reads_both_layouts_and_scores(tmp_path):
+    """eval/negation_eval.py on rows written here in the two NegEx file layouts (not the NegEx data itself)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "eval"))
+    import negation_eval
+
+    f = tmp_path / "rows.txt"
+    f.write_text("1\t \tcough\tShe denies any COUGH or sputum.\tNegated\tRecent\tPatient\n"
+                 "2\t \twheezes\tWHEEZES are present.\tAffirmed\tRecent\tPatient\n"
+                 "3\t \tfever\tNo FEVER.\tNegated\tRecent\tPatient\n"
+                 "4\t \tpain\tPAIN was not reported by the patient but later.\tAffirmed\tRecent\tPatient\n"
+                 "5\t \tabsent thing\tnothing here\tAffirmed\tRecent\tPatient\n", encoding="utf-8")
+    g = tmp_path / "rows2.txt"
+    g.write_text("Report No.\tConcept\tSentence\tNegation\n1\tcough\t\"No   COUGH.\"\tNegated\n", encoding="utf-8")
+    rows = negation_eval.read_rows(f)
+    assert len(rows) == 5 and rows[0] == {"concept": "cough", "sentence": "She denies any COUGH or sputum.",
+                                          "negated": True}
+    assert negation_eval.read_rows(g) == [{"concept": "cough", "sentence": "No   COUGH.", "negated": True}]
+    res = negation_eval.evaluate(rows)
+    assert res["scored"] == 4 and res["concept_not_found"] == 1
+    c = res["confusion"]
+    assert c["tp"] + c["fn"] == 2 and c["fp"] + c["tn"] == 2 and res["accuracy"] == (c["tp"] + c["tn"]) / 4
