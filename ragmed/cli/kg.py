@@ -83,8 +83,10 @@ def info(directory, as_json):
     click.echo("  by source: " + ", ".join(f"{k} {v}" for k, v in c["by_source"].items()))
     click.echo("  by relation: " + ", ".join(f"{k} {v}" for k, v in c["by_relation"].items()))
     for s in m.get("sources", []):
-        ver = s.get("data_version") or s.get("version") or ""
-        click.echo(f"  source {s.get('name')} {ver}: {s.get('licence') or 'licence not stated'}")
+        ver = s.get("data_version") or s.get("version") or m.get("ragmed_version") or ""
+        size = (f" ({s['concepts']} concepts, {s.get('synonyms', 0)} synonyms, {s.get('with_cui', 0)} with a CUI)"
+                if "concepts" in s else "")
+        click.echo(f"  source {s.get('name')} {ver}{size}: {s.get('licence') or 'licence not stated'}")
     click.echo(f"  created {m.get('created')} by ragmed {m.get('ragmed_version')}" +
                (f": {m['command']}" if m.get("command") else ""))
 

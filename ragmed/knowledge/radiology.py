@@ -93,7 +93,8 @@ ENTRIES: list[tuple[str, str, str, str]] = [
     ("positron emission tomography", PROC, "Positron-Emission Tomography", "PET|PET scan"),
     ("angiography", PROC, "Angiography", "angiogram"),
     ("fluoroscopy", PROC, "Fluoroscopy", ""),
-    ("contrast media", SUBSTANCE, "Contrast Media", "contrast|contrast agent|contrast material|contrast medium"),
+    ("contrast media", SUBSTANCE, "Contrast Media", "contrast agent|contrast material|contrast medium|"
+                                                     "intravenous contrast|IV contrast|oral contrast"),
     ("axial plane", SPATIAL, "", "axial|transverse plane"),
     ("coronal plane", SPATIAL, "", "coronal"),
     ("sagittal plane", SPATIAL, "", "sagittal"),
@@ -122,7 +123,7 @@ ENTRIES: list[tuple[str, str, str, str]] = [
     ("osteophyte", FINDING, "Osteophyte", "osteophytes|osteophytosis|spurring"),
     ("volume loss", FINDING, "", "loss of volume"),
     ("thickening", FINDING, "", "wall thickening"),
-    ("cavitation", FINDING, "", "cavitary lesion|cavity"),
+    ("cavitation", FINDING, "", "cavitary lesion|cavitary lesions"),
     ("air-fluid level", FINDING, "", "air fluid level|air-fluid levels"),
     ("fracture", FINDING, "Fractures, Bone", "fractures|fractured"),
     ("deformity", FINDING, "", "deformities"),
