@@ -533,3 +533,26 @@ def test_negation_eval_script_reads_both_layouts_and_scores(tmp_path):
     assert res["scored"] == 4 and res["concept_not_found"] == 1
     c = res["confusion"]
     assert c["tp"] + c["fn"] == 2 and c["fp"] + c["tn"] == 2 and res["accuracy"] == (c["tp"] + c["tn"]) / 4
+
+
+def test_format_1_directories_are_still_read(tmp_path, doid_kg):
+    """A graph written in on-disk format 1 (list columns, lists of postings) loads and links like format 2."""
+    import gzip
+
+    from ragmed.knowledge import load_graph
+
+    _, kg = doid_kg
+    old = tmp_path / "v1"
+    shutil.copytree(kg.path, old)
+    t = kg._types_off
+    cols = {"ids": kg.ids, "names": kg.names, "sources": kg._source_names, "source": kg._source,
+            "type_names": kg._type_names, "types": [kg._types_flat[t[i]:t[i + 1]] for i in range(len(kg))],
+            "cuis": kg.cuis}
+    keys = list(kg._lex_rows)
+    lex = {"keys": keys, "postings": [kg._postings(k) for k in keys], "maxlen": kg._maxlen}
+    for name, obj in (("concepts.json.gz", cols), ("lexicon.json.gz", lex)):
+        (old / name).write_bytes(gzip.compress(json.dumps(obj).encode()))
+    kg1 = load_graph(old, cache=False)
+    text = "No pneumonia. History of COPD."
+    assert [m.to_json() for m in kg1.link(text)] == [m.to_json() for m in kg.link(text)]
+    assert kg1.types_of(kg1.index["C0032285"]) == kg.types_of(kg.index["C0032285"])
