@@ -116,7 +116,8 @@ def serve_api(index_dir, pipeline, host, port, api_key_env, api_key_file, no_aut
         cds = CdsSettings.load(jwks=cds_jwks, issuers=cds_issuers, audience=cds_audience, config=cds_config)
     s = ServiceSettings(api_keys=keys, no_auth=no_auth, host=host, max_upload_mb=max_upload_mb,
                         max_image_pixels=max_image_pixels, max_question_chars=max_question_chars, workers=workers,
-                        queue=queue_size, body_timeout_s=body_timeout, allow_names=allow_names,
+                        queue=queue_size, body_timeout_s=body_timeout, chunk_timeout_s=min(10.0, body_timeout),
+                        allow_names=allow_names,
                         corpus_root=corpus_root, dicomweb_url=dicomweb_url, cds=cds)
     s.check()
     p = Pipeline.for_index(index_dir, pipeline)

@@ -40,6 +40,7 @@ import hmac
 import io
 import ipaddress
 import logging
+import secrets
 import shutil
 import tempfile
 import threading
@@ -301,7 +302,17 @@ def create_app(pipeline, settings: ServiceSettings | None = None, *, factory: Ca
     metrics = Metrics(admission)
     holder = PipelineHolder(pipeline, factory, check_every=s.reload_check_s, metrics=metrics)
     queue = WorkQueue(s.workers, admission)
-    app = FastAPI(title="ragmed", version="1", docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        log.info("serving", extra={"fields": {"index_version": holder.version, "workers": s.workers,
+                                              "queue": s.queue, "auth": bool(s.api_keys)}})
+        yield
+        queue.pool.shutdown(wait=True)  # uvicorn has stopped accepting and finished the requests in flight
+        log.info("shutdown complete")
+
+    app = FastAPI(title="ragmed", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json",
                   description="Multimodal medical retrieval-augmented answers with cited evidence. Decision support "
                               "only, not a diagnosis. Authenticate with `Authorization: Bearer KEY`.")
     app.state.holder, app.state.metrics, app.state.settings = holder, metrics, s
@@ -430,6 +441,28 @@ def create_app(pipeline, settings: ServiceSettings | None = None, *, factory: Ca
             return diagnostic_report(d, study_uid=ref.study if ref is not None else None, index_version=holder.version)
         return d
 
+    sign_key = secrets.token_bytes(32)
+
+    def sign(path: str, ttl: int = 3600) -> str:
+        """A link to a thumbnail that works without the API key until it expires (for CDS cards)."""
+        exp = int(time.time()) + ttl
+        sig = hmac.new(sign_key, f"{path}\0{exp}".encode(), hashlib.sha256).hexdigest()[:32]
+        return f"{path}?exp={exp}&sig={sig}"
+
+    def signed_ok(path: str, query: bytes) -> bool:
+        if not (path.startswith("/v1/cases/") and path.endswith("/thumbnail")):
+            return False
+        from urllib.parse import parse_qs
+
+        try:
+            q = parse_qs(query.decode("ascii"))
+            exp, sig = int(q["exp"][0]), q["sig"][0]
+        except (KeyError, ValueError, UnicodeDecodeError):
+            return False
+        want = hmac.new(sign_key, f"{path}\0{exp}".encode(), hashlib.sha256).hexdigest()[:32]
+        return exp >= time.time() and hmac.compare_digest(want.encode(), sig.encode())
+
+    app.state.sign = sign
     app.state.answer_body = answer_body
     app.state.run_request = run_request
     app.state.queue = queue
@@ -559,7 +592,8 @@ def create_app(pipeline, settings: ServiceSettings | None = None, *, factory: Ca
 
     return Guard(app, GuardConfig(api_keys=s.api_keys, max_body_bytes=int(s.max_upload_mb * (1 << 20)),
                                   chunk_timeout_s=s.chunk_timeout_s, body_timeout_s=s.body_timeout_s,
-                                  capacity=s.workers + s.queue, retry_after_s=s.retry_after_s),
+                                  capacity=s.workers + s.queue, retry_after_s=s.retry_after_s,
+                                  signed_ok=signed_ok),
                  admission, metrics)
 
 

@@ -20,6 +20,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 log = logging.getLogger("ragmed.serve")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("ragmed_request_id", default="-")
@@ -61,6 +62,7 @@ class GuardConfig:
     queued_prefixes: tuple[str, ...] = ("/v1/ask", "/v1/retrieve", "/cds-services/")
     capacity: int = 18  # work slots: running + waiting requests
     retry_after_s: int = 2
+    signed_ok: Callable[[str, bytes], bool] | None = None  # a signed, expiring link (CDS card thumbnails)
     digests: list[bytes] = field(default_factory=list)
 
     def __post_init__(self):
@@ -133,7 +135,8 @@ class Guard:
             await send(msg)
 
         try:
-            if self.cfg.digests and not path.startswith(self.cfg.public_prefixes) and not self.authorised(headers):
+            if (self.cfg.digests and not path.startswith(self.cfg.public_prefixes) and not self.authorised(headers)
+                    and not (self.cfg.signed_ok and self.cfg.signed_ok(path, scope.get("query_string", b"")))):
                 status_box["error"] = "authentication_error"
                 return await send_error(send_wrapped, 401, "authentication_error",
                                         "missing or invalid API key (send 'Authorization: Bearer KEY')", rid,
