@@ -106,3 +106,112 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+ORTHANC_SAMPLES = ("pydicom-test-files/CT_small.dcm", "pydicom-test-files/MR_small.dcm", "J2KI/RG1_J2KI",
+                   "series/dcmqi_ct3slice", "pydicom-test-files/rtplan.dcm")
+
+
+def orthanc_binary():
+    """Orthanc and its DICOMweb plugin (Debian packages orthanc + orthanc-dicomweb, from scripts/install_services.sh);
+    skips the calling test, with the reason, when they are absent."""
+    import glob
+    import shutil as sh
+
+    import pytest
+
+    exe = sh.which("Orthanc")
+    plugins = sorted(glob.glob("/usr/share/orthanc/plugins/libOrthancDicomWeb.so*") +
+                     glob.glob("/usr/lib/orthanc/libOrthancDicomWeb.so*"))
+    if not exe or not plugins:
+        pytest.skip("Orthanc with its DICOMweb plugin is not installed (run scripts/install_services.sh: "
+                    "apt packages orthanc, orthanc-dicomweb)")
+    return exe, plugins[0]
+
+
+def start_orthanc(workdir: Path):
+    """A real Orthanc on 127.0.0.1 (free HTTP port, no DICOM port, storage in ``workdir``); returns (process,
+    DICOMweb root URL)."""
+    import json
+    import subprocess
+    import time
+
+    import httpx
+
+    from ragmed.serve.process import free_port
+
+    exe, plugin = orthanc_binary()
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = {"Name": "ragmed-test", "StorageDirectory": str(workdir / "db"), "IndexDirectory": str(workdir / "db"),
+           "HttpPort": port, "RemoteAccessAllowed": False,
+           "AuthenticationEnabled": False, "DicomServerEnabled": False, "Plugins": [plugin],
+           "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
+           "OrthancExplorerEnabled": False, "WebDavEnabled": False, "HttpCompressionEnabled": False}
+    (workdir / "orthanc.json").write_text(json.dumps(cfg))
+    log = open(workdir / "orthanc.log", "wb")
+    proc = subprocess.Popen([exe, str(workdir / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=workdir)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("Orthanc exited: " + (workdir / "orthanc.log").read_text(errors="replace")[-2000:])
+        try:
+            if httpx.get(url + "/dicom-web/studies", timeout=1).status_code == 200:
+                return proc, url + "/dicom-web"
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("Orthanc did not come up within 60 s")
+
+
+def fill_orthanc(dicomweb_url: str, data_dir: Path) -> list[Path]:
+    """Send the DICOM samples to Orthanc over STOW-RS; returns the files sent."""
+    from ragmed.io.dicomweb import DicomWebSource
+
+    files = []
+    for rel in ORTHANC_SAMPLES:
+        p = data_dir / "dicom" / rel
+        files += sorted(p.glob("*.dcm")) if p.is_dir() else [p]
+    n = DicomWebSource(dicomweb_url).store_files(files)
+    assert n == len(files)
+    return files
+
+
+PACS_REPORTS = {  # reports keyed by StudyInstanceUID (the NEMA / pydicom samples' own study UIDs)
+    "1.3.6.1.4.1.5962.1.2.9.20040826185059.5457": "FINDINGS: Frontal chest radiograph. The lungs are clear. No pleural "
+                                                  "effusion or pneumothorax. IMPRESSION: Normal chest.",
+    "1.3.6.1.4.1.5962.1.2.4.20040826185059.5457": "FINDINGS: MR of the head. No mass or haemorrhage. "
+                                                  "IMPRESSION: Normal brain MRI.",
+    "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322": "FINDINGS: CT slice with a small right pleural effusion. "
+                                                   "IMPRESSION: Pleural effusion.",
+    "1.2.392.200103.20080913.113635.0.2009.6.22.21.43.10.22941.1": "FINDINGS: Abdominal CT. Liver and kidneys "
+                                                                   "unremarkable. IMPRESSION: Normal abdomen.",
+}
+CT_SMALL_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
+TEST_PIPELINE = ("name: pacs-test\nencoders:\n  text: {name: minilm}\n  image: {name: ragmed-default}\n"
+                 "generator: {name: extractive}\n")
+
+
+def pacs_index(tmp_path_factory, dicomweb_url: str) -> tuple[Path, Path, object]:
+    """``ragmed index build --dicomweb URL --reports CSV`` (the real CLI, in-process), once per test run: returns
+    (index dir, image folder, the CLI result of the first build)."""
+    from click.testing import CliRunner
+
+    from ragmed.cli import main
+
+    base = tmp_path_factory.getbasetemp() / "pacs-shared"
+    idx, images = base / "idx", base / "idx-pacs"
+    if (idx / "current").exists():
+        return idx, images, None
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "pipeline.yaml").write_text(TEST_PIPELINE)
+    with open(base / "reports.csv", "w") as f:
+        f.write("StudyInstanceUID,report\n")
+        for uid, text in PACS_REPORTS.items():
+            f.write(f'{uid},"{text}"\n')
+    r = CliRunner().invoke(main, ["index", "build", "--dicomweb", dicomweb_url, "--reports", str(base / "reports.csv"),
+                                  "--pipeline", str(base / "pipeline.yaml"), "--out", str(idx), "-q"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    return idx, images, r

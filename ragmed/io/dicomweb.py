@@ -121,9 +121,23 @@ class DicomWebSource:
                             remedy="check the DICOMweb URL and that the PACS is running") from None
 
     # --- QIDO-RS -------------------------------------------------------------------------------------------------
-    def search_studies(self, query: dict[str, str] | None = None, limit: int | None = None) -> list[dict]:
-        return self._call("QIDO-RS study search", self.client.search_for_studies, search_filters=query or None,
-                          limit=limit, get_remaining=limit is None)
+    def search_studies(self, query: dict[str, str] | None = None, limit: int | None = None,
+                       page: int = 500) -> list[dict]:
+        """Matching studies, paged with ``limit`` / ``offset``. Paging stops on a page that adds no new study: some
+        servers (Orthanc's plugin with filters) ignore ``offset``, and dicomweb-client's own ``get_remaining`` would
+        then loop for ever."""
+        out: dict[str, dict] = {}
+        offset = 0
+        while limit is None or len(out) < limit:
+            n = page if limit is None else min(page, limit - len(out))
+            got = self._call("QIDO-RS study search", self.client.search_for_studies, search_filters=query or None,
+                             limit=n, offset=offset or None)
+            new = {u: s for s in got if (u := _value(s, "0020000D")) and u not in out}
+            out.update(new)
+            if len(got) < n or not new:
+                break
+            offset += len(got)
+        return list(out.values())
 
     def study_uids(self, query: dict[str, str] | None = None, limit: int | None = None) -> list[str]:
         return [u for u in (_value(s, "0020000D") for s in self.search_studies(query, limit)) if u]
@@ -284,3 +298,17 @@ def read_report_manifest(path: str | Path) -> dict[str, str]:
             if uid and text:
                 out[uid] = text
     return out
+
+
+def export_from_pacs(url: str, dest: str | Path, query: list[str] | tuple[str, ...] = (),
+                     reports: str | Path | None = None) -> tuple[Path, list[dict[str, str]]]:
+    """``ragmed index build --dicomweb URL [--query K=V …] [--reports CSV]``: fetch the studies into ``dest`` and
+    return (the corpus manifest to build from, the studies skipped)."""
+    filters: dict[str, str] = {}
+    for q in query or ():
+        if "=" not in q:
+            raise ImageError(f"--query {q!r} is not KEY=VALUE")
+        k, v = q.split("=", 1)
+        filters[k.strip()] = v.strip()
+    rep = read_report_manifest(reports) if reports else None
+    return DicomWebSource(url).export_corpus(dest, query=filters or None, reports=rep)
