@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
+from fastapi import Request  # at module level: the endpoints' annotations are resolved here
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ragmed.errors import ConfigError, RagmedError
@@ -333,7 +334,6 @@ def _started(s: dict[str, Any]) -> str:
 
 # --- the service ----------------------------------------------------------------------------------------------
 def mount_cds(app, cds: CdsSettings) -> None:
-    from fastapi import Request
     from fastapi.responses import JSONResponse
 
     services = {s.id: s for s in cds.services}
