@@ -6,7 +6,7 @@
 The service runs as a child process (``ragmed.serve.process.start_server``) over an index of VQA-RAD images (the
 first ``--images`` images with their question–answer pairs as report text; MiniLM + the shipped image tower + FAISS,
 extractive answerer), with its defaults: 2 workers, a queue of 16, auth on. Load: ``--clients`` concurrent clients
-(asyncio + httpx), each uploading a VQA-RAD image with a question, back to back for ``--seconds`` per endpoint.
+(asyncio + httpx), each uploading a VQA-RAD image with a question, back to back for ``--seconds`` per endpoint, after ``--warmup-seconds`` of the same load (not counted).
 Reported per endpoint: status counts (zero 500s is the target), the 503 share (answered with Retry-After), p50 / p95
 / p99 latency of accepted (200) requests, throughput, and the server's RSS after warm-up and at the end (target:
 end ≤ 1.1 × start). Hostile: truncated DICOM, random bytes, a PNG declaring 50000×50000, a 200 MB body (declared and
@@ -24,6 +24,7 @@ import socket
 import struct
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -225,6 +226,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--images", type=int, default=120, help="VQA-RAD images in the index")
     ap.add_argument("--endpoints", default="/v1/retrieve,/v1/ask")
+    ap.add_argument("--warmup-seconds", type=float, default=20,
+                    help="load on each endpoint before the start memory is taken (not counted)")
     ap.add_argument("--hostile-only", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--queue", type=int, default=16)
@@ -252,17 +255,34 @@ def main() -> None:
         for it in items[:10]:  # warm-up
             httpx.post(url + "/v1/ask", headers=AUTH, data={"question": it["question"]},
                        files={"image": ("x.jpg", sample, "image/jpeg")}, timeout=120)
+        endpoints = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+        out["rss_mb_before_warmup_load"] = rss_mb(proc.pid)
+        if not args.hostile_only and args.warmup_seconds > 0:
+            for ep in endpoints:
+                asyncio.run(load(url, ep, items, args.clients, args.warmup_seconds))
         rss_start = rss_mb(proc.pid)
         out["rss_mb_after_warmup"] = rss_start
+        out["warmup_seconds_per_endpoint"] = args.warmup_seconds
         runs = []
+        samples: list[tuple[float, float]] = []
+        stop_sampling = threading.Event()
+        t_start = time.monotonic()
+
+        def sampler():
+            while not stop_sampling.wait(5.0):
+                samples.append((round(time.monotonic() - t_start, 1), rss_mb(proc.pid)))
+
+        threading.Thread(target=sampler, daemon=True).start()
         if not args.hostile_only:
-            for ep in [e.strip() for e in args.endpoints.split(",") if e.strip()]:
+            for ep in endpoints:
                 res = asyncio.run(load(url, ep, items, args.clients, args.seconds))
                 res["rss_mb_end"] = rss_mb(proc.pid)
                 runs.append(res)
                 print(f"{ep}: {res['requests']} requests, status {res['status']}, 503 share {res['share_503']}, "
                       f"p50/p95/p99 ms {res['latency_ok_ms']}, rss {res['rss_mb_end']} MB", flush=True)
         out["load"] = runs
+        stop_sampling.set()
+        out["rss_mb_series"] = samples
         out["rss_mb_end"] = rss_mb(proc.pid)
         out["rss_end_over_start"] = round(out["rss_mb_end"] / rss_start, 3) if rss_start else None
         rss_h = rss_mb(proc.pid)

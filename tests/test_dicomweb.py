@@ -110,3 +110,43 @@ def test_ask_as_fhir_diagnostic_report(server):
     assert kinds == {"DocumentReference", "Device"}
     devices = [c for c in rep.contained if c.get_resource_type() == "Device"]
     assert any("extractive" in d.deviceName[0].name for d in devices)
+
+
+def test_reports_from_a_structured_report_in_the_study(orthanc, tmp_path):
+    """Without a report manifest, a study's report comes from its SR (Basic Text SR written here with pydicom and
+    stored in Orthanc over STOW-RS beside the CT image of the same study)."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from ragmed.io.dicomweb import DicomWebSource, StudyRef, study_case_id
+
+    url, _ = orthanc
+    ct = pydicom.dcmread(data_path("dicom", "pydicom-test-files", "CT_small.dcm"), stop_before_pixels=True)
+    sr = Dataset()
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    sr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr.SOPClassUID, sr.SOPInstanceUID = sr.file_meta.MediaStorageSOPClassUID, sr.file_meta.MediaStorageSOPInstanceUID
+    sr.StudyInstanceUID, sr.SeriesInstanceUID, sr.Modality = ct.StudyInstanceUID, generate_uid(), "SR"
+    sr.PatientID, sr.PatientName = ct.PatientID, ct.PatientName
+    sr.ValueType, sr.InstanceNumber = "CONTAINER", 1
+
+    def text(value):
+        item = Dataset()
+        item.RelationshipType, item.ValueType, item.TextValue = "CONTAINS", "TEXT", value
+        return item
+
+    sr.ContentSequence = [text("FINDINGS: Moderate right pleural effusion."), text("IMPRESSION: Effusion.")]
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    src = DicomWebSource(url)
+    assert src.store_files([path]) == 1
+    ref = StudyRef(CT_SMALL_STUDY)
+    assert src.sr_text(ref) == "FINDINGS: Moderate right pleural effusion. IMPRESSION: Effusion."
+    assert all(c["sop_class"] != sr.SOPClassUID for c in src.choose_instances(ref))  # never decoded as an image
+    manifest, skipped = src.export_corpus(tmp_path / "export", query={"StudyInstanceUID": CT_SMALL_STUDY})
+    rows = manifest.read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(study_case_id(CT_SMALL_STUDY) + ",images/")
+    assert rows[1].endswith("FINDINGS: Moderate right pleural effusion. IMPRESSION: Effusion.") and not skipped

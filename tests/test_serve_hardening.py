@@ -257,6 +257,18 @@ def test_an_index_rebuilt_under_the_running_service_fails_no_request(server, tex
     assert httpx.get(url + "/readyz").json()["status"] == "ready"
 
 
+def test_readiness_tells_the_truth_when_the_index_is_gone(server):
+    url, idx = server["url"], server["idx"]
+    (idx / "current").rename(idx / "current.away")
+    try:
+        err = assert_error(httpx.get(url + "/readyz"), 503, "not_ready")
+        assert "no readable current version" in err["message"]
+        assert httpx.get(url + "/health").status_code == 200  # alive, but not ready
+    finally:
+        (idx / "current.away").rename(idx / "current")
+    assert httpx.get(url + "/readyz").status_code == 200
+
+
 def test_graceful_shutdown_finishes_requests_in_flight(server):
     proc, url = server["proc"], server["url"]
     results = []
@@ -283,3 +295,18 @@ def test_graceful_shutdown_finishes_requests_in_flight(server):
 
     events = [json.loads(ln)["event"] for ln in server_output(proc).splitlines() if ln.startswith("{")]
     assert events[-1] == "shutdown complete", events[-3:]
+
+
+def test_api_keys_from_a_file_and_the_environment(tmp_path):
+    from ragmed.errors import ConfigError
+    from ragmed.serve.api import read_api_keys
+
+    f = tmp_path / "keys"
+    f.write_text("# rotated 2026-11\nfile-key-0123456789abcdef\n\nsecond-key-0123456789abcd\n")
+    assert read_api_keys("env-key-0123456789abcdef, file-key-0123456789abcdef", f) == (
+        "env-key-0123456789abcdef", "file-key-0123456789abcdef", "second-key-0123456789abcd")
+    f.write_text("has space 0123456789abcdef\n")
+    with pytest.raises(ConfigError):
+        read_api_keys(None, f)
+    with pytest.raises(ConfigError):
+        read_api_keys(None, tmp_path / "missing")
