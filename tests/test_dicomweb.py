@@ -110,6 +110,13 @@ def test_ask_as_fhir_diagnostic_report(server):
     assert kinds == {"DocumentReference", "Device"}
     devices = [c for c in rep.contained if c.get_resource_type() == "Device"]
     assert any("extractive" in d.deviceName[0].name for d in devices)
+    from fhir.resources.R4B.guidanceresponse import GuidanceResponse
+
+    r = httpx.post(server + "/v1/ask", headers=AUTH, timeout=120,
+                   data={"question": "Is there a pleural effusion?", "study": CT_SMALL_STUDY, "format": "fhir-guidance"})
+    g = GuidanceResponse.model_validate(r.json())
+    assert g.status == "success" and g.requestIdentifier.value == r.headers["x-request-id"]
+    assert g.contained[0].get_resource_type() == "DiagnosticReport" and g.note[0].text == rep.conclusion
 
 
 def test_reports_from_a_structured_report_in_the_study(orthanc, tmp_path):

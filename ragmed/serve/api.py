@@ -13,7 +13,8 @@ Routes (every one is in ``/openapi.json``):
 - ``GET /metrics``: Prometheus metrics (requests, latency histograms, errors by type, queue depth, evidence counts).
 - ``POST /v1/ask``: a multipart form with ``question``, an optional ``image`` file (DICOM, PNG or JPEG) or a PACS
   reference (``study`` [+ ``series`` [+ ``instance``]] UIDs, fetched over WADO-RS from ``--dicomweb``), optional
-  ``k`` and ``format`` (``json``: ``Answer.to_dict()``; ``fhir``: a FHIR R4B DiagnosticReport).
+  ``k`` and ``format`` (``json``: ``Answer.to_dict()``; ``fhir``: a FHIR R4B DiagnosticReport;
+  ``fhir-guidance``: a GuidanceResponse holding it).
 - ``POST /v1/retrieve``: the same form; the retrieval alone.
 - ``GET /v1/cases/{case_id}/images/{image_id}/thumbnail``: a PNG thumbnail of an evidence image, rendered here.
 - ``GET /viewer``: the evidence viewer (a static page; it calls the API with the key the user enters).
@@ -439,6 +440,12 @@ def create_app(pipeline, settings: ServiceSettings | None = None, *, factory: Ca
             from ragmed.serve.fhir import diagnostic_report
 
             return diagnostic_report(d, study_uid=ref.study if ref is not None else None, index_version=holder.version)
+        if fmt == "fhir-guidance":
+            from ragmed.serve.fhir import guidance_response
+            from ragmed.serve.guard import request_id
+
+            return guidance_response(d, service_uri="urn:ragmed:v1:ask", request_id=request_id.get(),
+                                     study_uid=ref.study if ref is not None else None)
         return d
 
     sign_key = secrets.token_bytes(32)
@@ -500,7 +507,8 @@ def create_app(pipeline, settings: ServiceSettings | None = None, *, factory: Ca
                   study: str | None = Form(None, description="StudyInstanceUID in the configured PACS"),
                   series: str | None = Form(None), instance: str | None = Form(None),
                   k: int | None = Form(None, ge=1, le=100),
-                  format: Literal["json", "fhir"] = Form("json", description="json, or fhir (DiagnosticReport)")):
+                  format: Literal["json", "fhir", "fhir-guidance"] = Form(
+                      "json", description="json; fhir: a FHIR R4B DiagnosticReport; fhir-guidance: a GuidanceResponse")):
         try:
             q = validate_question(question, max_chars=s.max_question_chars)
         except QuestionError as e:
