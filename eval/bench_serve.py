@@ -246,7 +246,8 @@ def main() -> None:
                              env={"RAGMED_API_KEYS": KEY}, timeout=300)
     port = int(url.rsplit(":", 1)[1])
     out: dict = {"index": {"images": args.images, "qa_pairs": len(items), "build_s": build_s},
-                 "server": {"workers": args.workers, "queue": args.queue, "generator": "extractive"},
+                 "server": {"workers": args.workers, "queue": args.queue, "generator": "extractive",
+                            "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX")},
                  "loadavg_before": os.getloadavg()}
     try:
         sample = (DATA / "vqa-rad" / "images" / items[0]["image_name"]).read_bytes()

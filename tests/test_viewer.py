@@ -86,6 +86,11 @@ def test_viewer_answers_with_evidence_in_a_real_browser(server, tmp_path):
             page.wait_for_selector("body[data-state=error]", timeout=30_000)
             assert "API key" in page.inner_text("#status")
             page.fill("#key", API_KEY)
+            dt = page.evaluate_handle("() => { const dt = new DataTransfer(); dt.items.add(new File("
+                                      "[new Uint8Array([137, 80, 78, 71])], 'dropped.png', {type: 'image/png'}));"
+                                      " return dt; }")
+            page.dispatch_event("#drop", "drop", {"dataTransfer": dt})  # drag and drop takes the file too
+            assert "dropped.png" in page.inner_text("#drop-label")
             page.set_input_files("#image", str(data / "pydicom-test-files" / "CT_small.dcm"))
             page.click("#ask")
             page.wait_for_selector("body[data-state=done]", timeout=120_000)

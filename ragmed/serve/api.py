@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -284,9 +284,9 @@ def create_app(pipeline, settings: ServiceSettings | None = None, *, factory: Ca
     """The ASGI app answering with ``pipeline`` (a loaded :class:`~ragmed.pipeline.Pipeline`). ``factory`` builds a
     fresh pipeline for the same index (used when the index gets a new version). ``api_key`` / ``max_upload_mb`` are
     shorthands for the settings."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from ragmed.serve.guard import Admission, Guard, GuardConfig
