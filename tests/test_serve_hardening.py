@@ -171,6 +171,20 @@ def test_slow_clients_are_timed_out(server):
     assert time.perf_counter() - t < 10  # --body-timeout 2
 
 
+def test_clients_that_never_finish_their_headers_are_disconnected(server):
+    import socket
+
+    t = time.perf_counter()
+    s = socket.create_connection(("127.0.0.1", server["port"]), timeout=30)
+    s.sendall(b"POST /v1/ask HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and nothing more
+    assert s.recv(100) == b""  # closed by the server
+    s.close()
+    assert time.perf_counter() - t < 10  # --body-timeout 2 bounds the headers too
+    idle = socket.create_connection(("127.0.0.1", server["port"]), timeout=30)  # opens, sends nothing
+    assert idle.recv(100) == b""
+    idle.close()
+
+
 def test_the_queue_is_bounded(server):
     url = server["url"]
     results = []

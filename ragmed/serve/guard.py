@@ -258,3 +258,41 @@ def configure_logging(level: str = "info") -> None:
     lg = logging.getLogger("ragmed.serve")
     lg.setLevel(level.upper())
     lg.propagate = False
+
+
+def header_timeout_protocol(timeout_s: float):
+    """uvicorn's h11 protocol with a deadline for the request line and headers: a connection that opens and sends
+    nothing, or part of the headers, is closed after ``timeout_s`` (uvicorn itself only times out idle keep-alive
+    connections). Bodies are timed by :class:`Guard`."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11Protocol(H11Protocol):
+        _hdr_since: float | None = None
+
+        def _active(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._hdr_since = self.loop.time()
+            self.loop.call_later(timeout_s, self._hdr_check)
+
+        def data_received(self, data: bytes) -> None:
+            if self._hdr_since is None and not self._active():
+                self._hdr_since = self.loop.time()
+                self.loop.call_later(timeout_s, self._hdr_check)
+            super().data_received(data)
+            if self._active():
+                self._hdr_since = None
+
+        def _hdr_check(self) -> None:
+            if self._hdr_since is None or self._active() or self.transport.is_closing():
+                return
+            left = self._hdr_since + timeout_s - self.loop.time()
+            if left > 0.01:
+                self.loop.call_later(left, self._hdr_check)
+                return
+            log.info("connection closed: request headers incomplete", extra={"fields": {"after_s": timeout_s}})
+            self.transport.close()
+
+    return HeaderTimeoutH11Protocol
