@@ -329,3 +329,22 @@ def test_guidance_response_is_valid_fhir(server, keys):
                                                           request_id=str(uuid.uuid4()), patient_ref="Patient/pat-1",
                                                           study_uid=CT_SMALL_STUDY))
     assert g.status == "success" and g.note[0].text and g.reasonReference[0].reference == "#report"
+
+
+def test_cds_configuration(tmp_path, keys):
+    from ragmed.errors import ConfigError
+    from ragmed.serve.cds import CdsSettings
+
+    cfg = tmp_path / "services.yaml"
+    cfg.write_text("services:\n  - id: chest-xr\n    hook: order-sign\n    title: Chest X-ray evidence\n"
+                   "    description: Evidence for chest radiograph orders\n    question: Is there a pneumothorax?\n")
+    s = CdsSettings.load(jwks=keys["jwks"], issuers=[ISSUER], config=cfg)
+    assert [(x.id, x.hook, x.question) for x in s.services] == [("chest-xr", "order-sign", "Is there a pneumothorax?")]
+    assert s.services[0].describe() == {"hook": "order-sign", "title": "Chest X-ray evidence", "id": "chest-xr",
+                                        "description": "Evidence for chest radiograph orders"}
+    with pytest.raises(ConfigError, match="issuer"):
+        CdsSettings.load(jwks=keys["jwks"], issuers=[])
+    sym = tmp_path / "sym.json"
+    sym.write_text(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "s"}]}))
+    with pytest.raises(ConfigError, match="symmetric"):
+        CdsSettings.load(jwks=sym, issuers=[ISSUER])
