@@ -215,3 +215,15 @@ def pacs_index(tmp_path_factory, dicomweb_url: str) -> tuple[Path, Path, object]
                                   "--pipeline", str(base / "pipeline.yaml"), "--out", str(idx), "-q"])
     assert r.exit_code == 0, r.output + repr(r.exception)
     return idx, images, r
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width × height and carries only its first 16 rows."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(b"\0" * (width + 1) * 16)) + chunk(b"IEND", b""))

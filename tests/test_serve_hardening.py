@@ -142,6 +142,24 @@ def test_a_small_png_declaring_a_huge_image_is_refused_before_decoding(server):
         err = assert_error(ask(server["url"], files={"image": ("x.png", bomb, "image/png")}), 413, "image_too_large")
         assert "11000x11000" in err["message"]
     assert rss_mb(server["proc"].pid) - before < 150  # a decode would cost > 1 GB
+    from tests.serve_utils import png_header_only
+
+    err = assert_error(ask(server["url"], files={"image": ("x.png", png_header_only(50000, 50000), "image/png")}),
+                       413, "image_too_large")
+    assert "50000x50000" in err["message"]
+    import io
+    import struct
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (16, 16)).save(buf, format="JPEG")
+    jpeg = bytearray(buf.getvalue())
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", 60000, 60000)  # a JPEG whose frame header declares 60000x60000
+    err = assert_error(ask(server["url"], files={"image": ("x.jpg", bytes(jpeg), "image/jpeg")}), 413,
+                       "image_too_large")
+    assert "60000x60000" in err["message"]
 
 
 def test_body_limit_is_enforced_while_the_body_streams(server):

@@ -276,6 +276,42 @@ class WorkQueue:
         return await asyncio.get_running_loop().run_in_executor(self.pool, job)
 
 
+def declared_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) that a PNG or JPEG file declares in its header, read without a decoder (None for other files
+    or an unreadable header). DICOM's Rows / Columns are checked by ragmed.io before decoding."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(64 * 1024)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24 and head[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", head[16:24])
+        return w, h
+    if head.startswith(b"\xff\xd8"):
+        i = 2
+        while i + 9 < len(head):
+            if head[i] != 0xFF:
+                return None
+            marker = head[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            seg = struct.unpack(">H", head[i + 2:i + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h, w = struct.unpack(">HH", head[i + 5:i + 9])
+                return w, h
+            i += 2 + seg
+    return None
+
+
+def check_declared_size(path: Path, max_pixels: int) -> None:
+    """Refuse (413) a PNG / JPEG whose header declares more than ``max_pixels`` pixels, before any decoder sees it
+    (Pillow would otherwise call a file over twice its own limit a decompression bomb: a 400 DecodeError)."""
+    size = declared_size(path)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageTooLargeError(f"{size[0]}x{size[1]} pixels exceeds the limit of {max_pixels}", path="upload",
+                                 remedy="send a smaller image")
+
+
 def image_id(secret: bytes, case_id: str, source: str) -> str:
     """The opaque id of an indexed image: a keyed hash of its case and corpus path (the path never leaves)."""
     return "img-" + hmac.new(secret, f"{case_id}\0{source}".encode(), hashlib.sha256).hexdigest()[:24]
@@ -392,6 +428,7 @@ def create_app(pipeline, settings: ServiceSettings | None = None, *, factory: Ca
                     f.write(chunk)
             if size == 0:
                 raise ImageError("image: the uploaded file is empty")
+            check_declared_size(path, s.max_image_pixels)
             return load_image(path, root=work, max_pixels=s.max_image_pixels), None
         if study:
             ref = study_reference(study, series, instance)
