@@ -76,7 +76,8 @@ def server_output(proc: subprocess.Popen) -> str:
 
 def stop_server(proc: subprocess.Popen, *, keep_log: bool = False) -> int:
     """Terminate (SIGTERM: a graceful shutdown), then kill after 35 s; returns the exit status."""
-    proc.terminate()
+    if proc.poll() is None:
+        proc.terminate()
     try:
         proc.wait(timeout=35)
     except subprocess.TimeoutExpired:
