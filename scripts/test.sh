@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+bash scripts/install_services.sh  # orthanc + orthanc-dicomweb + chromium (apt) for the clinical-interface tests
 .venv/bin/python -m pytest -q "$@"
 if [ -f .ci/clip-env.sh ]; then
   bash .ci/clip-env.sh

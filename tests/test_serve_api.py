@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("multipart")
 httpx = pytest.importorskip("httpx")
 
-KEY = {"Authorization": "Bearer s3cret"}
+KEY = {"Authorization": "Bearer s3cret-test-key-0123456789"}
 PHI = {"PatientName": "Doe^Jane", "PatientID": "PID-99812", "PatientBirthDate": "19700101",
        "InstitutionName": "Mercy General"}
 
@@ -32,7 +32,7 @@ def server(tmp_path_factory, text_encoder):
     build_from_config(read_corpus(png_corpus(d / "corpus", 12)), d / "idx", cfg, text_encoder=text_encoder,
                       progress=False)
     proc, url = start_server("api", ["--index", str(d / "idx"), "--api-key-env", "RAGMED_TEST_API_KEY",
-                                     "--max-upload-mb", "0.5"], env={"RAGMED_TEST_API_KEY": "s3cret"}, timeout=180)
+                                     "--max-upload-mb", "0.5"], env={"RAGMED_TEST_API_KEY": "s3cret-test-key-0123456789"}, timeout=180)
     yield url, d
     stop_server(proc)
 

@@ -13,7 +13,7 @@ def index():
 
 
 @index.command("build")
-@click.option("--corpus", "corpus_path", required=True, type=click.Path(dir_okay=False),
+@click.option("--corpus", "corpus_path", default=None, type=click.Path(dir_okay=False),
               help="Manifest (CSV/JSONL) or VQA JSON (with --format vqa-rad|slake --images DIR).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl", "vqa-rad", "slake"]), default=None,
               help="Corpus format; default: from the file extension / fields.")
@@ -25,8 +25,26 @@ def index():
 @click.option("--add", is_flag=True, help="Add the corpus's cases to the existing index at --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def build(corpus_path, fmt, images, columns, pipeline, out, add, as_json, quiet):
+@click.option("--dicomweb", "dicomweb_url", default=None, metavar="URL",
+              help="Ingest studies from a PACS over DICOMweb instead of --corpus (images go to --images).")
+@click.option("--query", "dicomweb_query", multiple=True, metavar="KEY=VALUE",
+              help="QIDO-RS study filter with --dicomweb, e.g. --query ModalitiesInStudy=CR.")
+@click.option("--reports", "dicomweb_reports", default=None, type=click.Path(dir_okay=False),
+              help="With --dicomweb: CSV of reports keyed by StudyInstanceUID (else a study's SR text).")
+def build(corpus_path, fmt, images, columns, pipeline, out, add, as_json, quiet, dicomweb_url, dicomweb_query,
+          dicomweb_reports):
     """Build an index from a corpus: decode, de-identify, embed, write FAISS + SQLite atomically."""
+    if dicomweb_url:  # issue 15: a PACS as the corpus (ragmed.io.dicomweb writes a manifest, then the usual build)
+        from ragmed.io.dicomweb import export_from_pacs
+
+        out = out or "indexes/dicomweb"
+        corpus_path, pacs_skipped = export_from_pacs(dicomweb_url, Path(images or f"{out}-pacs"), dicomweb_query,
+                                                     dicomweb_reports)
+        images = None
+        click.echo(f"dicomweb: {len(pacs_skipped)} stud(ies) skipped" + "".join(
+            f"\n  {s['case_id']}: {s['reason']}" for s in pacs_skipped), err=True)
+    elif not corpus_path:
+        raise click.UsageError("give --corpus MANIFEST or --dicomweb URL")
     from ragmed.config import load_pipeline
     from ragmed.corpus import read_corpus
     from ragmed.pipeline.build import build_from_config

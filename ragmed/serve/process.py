@@ -38,14 +38,20 @@ def start_server(service: str, args: list[str], env: dict | None = None,
     seconds (the process is killed then)."""
     import httpx
 
+    import tempfile
+
     port = free_port()
     cmd = [sys.executable, "-c", "from ragmed.cli import main; main()", "serve", service, "--port", str(port), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    # the server's output goes to a file, not a pipe nobody reads (a full pipe would block the server)
+    log = tempfile.NamedTemporaryFile(prefix=f"ragmed-serve-{service}-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    log.close()
+    proc.log_path = log.name  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace")[-2000:] if proc.stdout else ""
+            out = server_output(proc)[-2000:]
             raise GeneratorError(f"the server exited with status {proc.returncode}: {out}")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
@@ -56,11 +62,31 @@ def start_server(service: str, args: list[str], env: dict | None = None,
     raise GeneratorError(f"the server did not answer {url}/health within {timeout:.0f} s")
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    """Terminate, then kill after 10 s."""
-    proc.terminate()
+def server_output(proc: subprocess.Popen) -> str:
+    """What the server has written to stdout / stderr so far."""
+    path = getattr(proc, "log_path", None)
+    if not path:
+        return ""
     try:
-        proc.wait(timeout=10)
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def stop_server(proc: subprocess.Popen, *, keep_log: bool = False) -> int:
+    """Terminate (SIGTERM: a graceful shutdown), then kill after 35 s; returns the exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=35)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    path = getattr(proc, "log_path", None)
+    if path and not keep_log:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    return proc.returncode
