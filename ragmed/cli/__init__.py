@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from ragmed import __version__
+from ragmed.version import __version__
 from ragmed.errors import RagmedError
 
 LAZY_GROUPS = {

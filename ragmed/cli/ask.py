@@ -16,7 +16,7 @@ import click
 def ask(image, question, index_dir, pipeline, k, as_json):
     """Answer QUESTION about IMAGE (DICOM, PNG, JPEG or a DICOM series folder) with cited evidence."""
     from ragmed.pipeline import Pipeline
-    from ragmed.pipeline.render import render_answer
+    from ragmed.cli.render import render_answer
 
     p = Pipeline.for_index(index_dir, pipeline)
     ans = p.ask(image, question, k=k)

@@ -19,8 +19,8 @@ def demo(out, corpus_dir, pipeline, question):
     from ragmed.corpus import read_corpus
     from ragmed.demo import QUERY_QUESTION, SYNTHETIC_PHI, scan_for_phi, write_demo_corpus
     from ragmed.pipeline import Pipeline
-    from ragmed.pipeline.build import build_from_config
-    from ragmed.pipeline.render import render_answer
+    from ragmed.pipeline import build_from_config
+    from ragmed.cli.render import render_answer
 
     out = Path(out)
     corpus_dir = Path(corpus_dir) if corpus_dir else out.with_name(out.name + "-corpus")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ragmed.eval.retrieval import TASKS
+from ragmed.eval import TASKS
 
 
 @click.group("eval")
@@ -15,7 +15,7 @@ def eval_group():
 
 
 def _finish(result: dict, out: str, predictions: list | None, predictions_path: str | None, plots: bool) -> None:
-    from ragmed.eval.results import write_json
+    from ragmed.eval import write_json
 
     write_json(out, result)
     if predictions_path:
@@ -31,7 +31,7 @@ def _finish(result: dict, out: str, predictions: list | None, predictions_path: 
         if importlib.util.find_spec("matplotlib") is None:  # the results are written; plots are optional
             click.echo("plots skipped: matplotlib is not installed (pip install 'ragmed[eval]')", err=True)
         else:
-            from ragmed.eval.plots import plots_for
+            from ragmed.eval import plots_for
 
             made = plots_for(result, out)
     m = result["metrics"]
@@ -65,7 +65,7 @@ def _finish(result: dict, out: str, predictions: list | None, predictions_path: 
 def retrieval(index_dir, queries, task, match, exclude_same, ks, images, fmt, pipeline, exclude_query_image,
               predictions_path, out, plots, quiet):
     """Precision / recall / hit / nDCG @K and MRR of retrieval against metadata relevance."""
-    from ragmed.eval.retrieval import evaluate_retrieval, parse_ks
+    from ragmed.eval import evaluate_retrieval, parse_ks
 
     try:
         klist = parse_ks(ks)
@@ -97,7 +97,7 @@ def retrieval(index_dir, queries, task, match, exclude_same, ks, images, fmt, pi
 @click.option("--quiet", "-q", is_flag=True)
 def vqa(pipeline, index_dir, data, images, fmt, limit, seed, exclude_query_image, predictions_path, out, plots, quiet):
     """Closed accuracy, open recall and token F1 of the pipeline's answers."""
-    from ragmed.eval.vqa import evaluate_vqa
+    from ragmed.eval import evaluate_vqa
 
     preds: list = []
     result = evaluate_vqa(pipeline, index_dir, data, images, fmt=fmt, limit=limit, seed=seed,
@@ -115,7 +115,7 @@ def vqa(pipeline, index_dir, data, images, fmt, limit, seed, exclude_query_image
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def report(pred, ref, kg_path, predictions_path, out):
     """BLEU-1..4, ROUGE-L and clinical-finding F1 (METEOR: not available offline, see eval/README.md)."""
-    from ragmed.eval.report import evaluate_reports
+    from ragmed.eval import evaluate_reports
 
     preds: list = []
     result = evaluate_reports(pred, ref, kg_path=kg_path, predictions=preds)

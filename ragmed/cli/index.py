@@ -29,7 +29,7 @@ def build(corpus_path, fmt, images, columns, pipeline, out, add, as_json, quiet)
     """Build an index from a corpus: decode, de-identify, embed, write FAISS + SQLite atomically."""
     from ragmed.config import load_pipeline
     from ragmed.corpus import read_corpus
-    from ragmed.pipeline.build import build_from_config
+    from ragmed.pipeline import build_from_config
 
     cfg = load_pipeline(pipeline)
     mapping = {}

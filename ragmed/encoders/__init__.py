@@ -64,5 +64,21 @@ register_encoder("ragmed-default", "image", _ragmed_default)
 register_encoder("sentence-transformers", "text", _st)
 register_encoder("classic", "image", _classic)
 
+# heavier public names, imported on first use (``import ragmed.encoders`` stays light)
+_LAZY = {"shipped_path": "ragmed.encoders.default", "check_model_dir": "ragmed.encoders.default",
+         "read_model_dir": "ragmed.encoders.default", "RagmedImageEncoder": "ragmed.encoders.default",
+         "PreprocessConfig": "ragmed.encoders.tower", "TowerConfig": "ragmed.encoders.tower",
+         "TrainConfig": "ragmed.encoders.train", "build_trainset": "ragmed.encoders.train",
+         "samples_from_corpus": "ragmed.encoders.train", "train_tower": "ragmed.encoders.train"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ragmed.encoders' has no attribute {name!r}")
+
+
 __all__ = ["ImageEncoder", "TextEncoder", "BaseImageEncoder", "BaseTextEncoder", "l2_normalise",
-           "create_encoder", "list_encoders", "register_encoder", "encoder_kind", "fit_to_corpus"]
+           "create_encoder", "list_encoders", "register_encoder", "encoder_kind", "fit_to_corpus", *_LAZY]

@@ -88,8 +88,6 @@ class SentenceTransformerTextEncoder(BaseTextEncoder):
                         set_torch_threads()
                         self._model = bert_lite.BertLite(self.path, max_seq_length=self.max_seq_length or 512)
                         return self._model
-                    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                     from sentence_transformers import SentenceTransformer
 
                     set_torch_threads()

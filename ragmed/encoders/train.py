@@ -282,8 +282,9 @@ def train_tower(data: TrainSet, out: str | Path, text_encoder, *, config: TrainC
     t_text = time.perf_counter() - t_text
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # parameter initialisation only; sampling uses its own generators
-    model = build_tower(tower)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's global RNG
+        torch.manual_seed(cfg.seed)  # parameter initialisation only; sampling uses its own generators
+        model = build_tower(tower)
     if init is not None:
         from ragmed.encoders.default import load_tower
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ragmed import __version__
+from ragmed.version import __version__
 from ragmed.corpus import Case, Corpus, SkippedRow
 from ragmed.errors import EncoderMismatchError, IndexStoreError, RagmedError
 

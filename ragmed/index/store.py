@@ -61,16 +61,22 @@ def resolve_version_dir(path: str | Path) -> Path:
                           remedy="rebuild it with `ragmed index build`")
 
 
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The one reader of an index's ``manifest.json`` (``path``: the index directory or a version directory)."""
+    vd = resolve_version_dir(path)
+    try:
+        return json.loads((vd / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise IndexStoreError(f"cannot read manifest.json: {e}", path=str(vd)) from e
+
+
 class IndexStore:
     """A loaded index: thread-safe for searching (FAISS search is re-entrant; SQLite per thread)."""
 
     def __init__(self, path: str | Path, *, use_gpu: bool = True):
         self.path = Path(path)
         self.version_dir = resolve_version_dir(path)
-        try:
-            self.manifest = json.loads((self.version_dir / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise IndexStoreError(f"cannot read manifest.json: {e}", path=str(self.version_dir)) from e
+        self.manifest = read_manifest(self.version_dir)
         if self.manifest.get("schema", 0) > SCHEMA:
             raise IndexStoreError(f"index schema {self.manifest.get('schema')} is newer than this ragmed supports",
                                   path=str(self.path), remedy="upgrade ragmed")
@@ -126,6 +132,23 @@ class IndexStore:
 
     def case_ids_with_hash(self, content_hash: str) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT case_id FROM images WHERE content_hash=?", (content_hash,))}
+
+    def texts(self, domain: str | None = None) -> list[tuple[str, str, str]]:
+        """(case id, report text, domain) of every case with text, in index order (one domain's, or all)."""
+        if domain is None:
+            q, args = "SELECT case_id, text, domain FROM cases WHERE text != '' ORDER BY rowid", ()
+        else:
+            q, args = "SELECT case_id, text, domain FROM cases WHERE domain=? AND text != '' ORDER BY rowid", (domain,)
+        return [(r[0], r[1], r[2]) for r in self.db.execute(q, args)]
+
+    def image_rows(self, domain: str | None = None) -> list[dict[str, Any]]:
+        """One dict per image vector (vec_id, case_id, source, content_hash, modality, body_part, view, domain),
+        in vector-id order (one domain's, or all)."""
+        if domain is None:
+            rows = self.db.execute("SELECT * FROM images ORDER BY vec_id")
+        else:
+            rows = self.db.execute("SELECT * FROM images WHERE domain=? ORDER BY vec_id", (domain,))
+        return [dict(r) for r in rows]
 
     def skipped(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute("SELECT row, case_id, path, reason FROM skipped ORDER BY row")]

@@ -124,9 +124,8 @@ _BOOT = "import sys; sys.path.insert(0, sys.argv[1]); import ragmed.io._isolate 
 
 
 def _package_parent() -> str:
-    import ragmed
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(ragmed.__file__)))
+    # this file is ragmed/io/_isolate.py: the directory holding the ragmed package is three levels up
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _read_exact(fd: int, n: int, deadline: float, proc: subprocess.Popen) -> bytes:
@@ -250,7 +249,7 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
     import pydicom
     from pydicom.pixels import pixel_array
 
-    from ragmed.io.dicom import classify_decode_error
+    from ragmed.io.decode_errors import classify_decode_error
 
     while True:
         head = inp.read(_LEN.size)

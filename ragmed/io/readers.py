@@ -200,7 +200,7 @@ def load_series(directory: str | Path, *, root: str | Path | None = None, **opti
     shown = _shown(d, root)
     if not d.is_dir():
         raise ImageError("not a directory", path=shown)
-    return read_series(d, shown, root=root, **options)
+    return read_series(d, shown, root=root, load=load_image, **options)
 
 
 __all__ = ["load_image", "load_series", "READERS", "BurnedInAnnotationError", "NoPixelDataError"]

@@ -16,9 +16,9 @@ log = logging.getLogger("ragmed.pipeline")
 def build_from_config(corpus, out: str | Path, cfg, *, add: bool = False, progress: bool = True, **kw):
     from ragmed.index import build_index
 
-    from ragmed.pipeline import Pipeline
+    from ragmed.pipeline.components import Components
 
-    pipe = Pipeline(cfg, index=out)
+    pipe = Components.from_config(cfg, out)
     text_encoder = kw.pop("text_encoder", None) or pipe.text_encoder
     image_encoder = kw.pop("image_encoder", None)
     if image_encoder is None and not cfg.index.fit_image_encoder:
@@ -31,7 +31,7 @@ def build_from_config(corpus, out: str | Path, cfg, *, add: bool = False, progre
     report = build_index(corpus, out, cfg, router=router, add=add, progress=progress, text_encoder=text_encoder,
                          image_encoder=image_encoder, **kw)
     if image_encoder is None and cfg.encoders.image is not None:  # built by build_index (fitted or not)
-        image_encoder = Pipeline(cfg, index=out).image_encoder
+        image_encoder = Components.from_config(cfg, out).image_encoder
     report.post_build = post_build(out, cfg, corpus_root=corpus.root, text_encoder=text_encoder,
                                    image_encoder=image_encoder)
     return report

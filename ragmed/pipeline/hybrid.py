@@ -44,10 +44,10 @@ class BM25Channel:
         import bm25s
 
         ids, texts, doms = [], [], []
-        for r in store.db.execute("SELECT case_id, text, domain FROM cases WHERE text != '' ORDER BY rowid"):
-            ids.append(r[0])
-            texts.append(r[1])
-            doms.append(r[2])
+        for cid, text, dom in store.texts():
+            ids.append(cid)
+            texts.append(text)
+            doms.append(dom)
         if not ids:
             return None
         retriever = bm25s.BM25()
@@ -118,7 +118,7 @@ def calibrate_channels(store, *, text_encoder=None, image_encoder_space: str | N
         img_ids, img_vecs = store.vectors(dom, "image")
         if len(img_ids) >= 3:
             pick = rng.choice(len(img_ids), size=min(n, len(img_ids)), replace=False)
-            meta = {r[0]: r[1] for r in store.db.execute("SELECT vec_id, case_id FROM images WHERE domain=?", (dom,))}
+            meta = {r["vec_id"]: r["case_id"] for r in store.image_rows(dom)}
             q = np.ascontiguousarray(img_vecs[pick])
             hits = store.search("image", q, 5, domains=[dom])
             res["image-image"] = _best_other(hits, [meta.get(int(img_ids[i])) for i in pick])
@@ -126,12 +126,11 @@ def calibrate_channels(store, *, text_encoder=None, image_encoder_space: str | N
             if image_encoder_space is not None and image_encoder_space == text_space:
                 hits = store.search("text", q, 5, domains=[dom])
                 res["image-report"] = _best_other(hits, [meta.get(int(img_ids[i])) for i in pick])
-        rows = store.db.execute("SELECT rowid, case_id, text FROM cases WHERE domain=? AND text != ''",
-                                (dom,)).fetchall()
+        rows = store.texts(dom)
         if len(rows) >= 3:
             pick = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
-            queries = [_first_sentence(rows[i][2]) for i in pick]
-            own = [rows[i][1] for i in pick]
+            queries = [_first_sentence(rows[i][1]) for i in pick]
+            own = [rows[i][0] for i in pick]
             if text_encoder is not None and "text" in store.encoders:
                 hits = store.search("text", text_encoder.encode_texts(queries), 5, domains=[dom])
                 res["question-report"] = _best_other(hits, own)
@@ -177,6 +176,13 @@ class Calibrator:
         if score >= x[-1]:
             return 1.0
         return float(np.interp(score, x, self.levels, left=0.0))
+
+    def floors(self, store=None) -> dict[str, dict]:
+        """Per channel, the evidence floor (``{"floor", "percentile", "median", "n"}``): from this artefact, else
+        (an index built before the floors moved here) from the index manifest's ``calibration``."""
+        if "floors" in self.data:
+            return self.data["floors"]
+        return (store.manifest.get("calibration", {}) if store is not None else {})
 
     def save(self, version_dir: str | Path) -> None:
         p = Path(version_dir) / "retrieval_calibration.json"
