@@ -251,3 +251,20 @@ def test_every_allowance_still_matches_something(rule_test):
     else:
         stale = {k for k in KNOWN_VIOLATIONS if k[0] == "public-api"} - _used
         assert not stale, f"remove these stale allowances: {sorted(stale)}"
+
+
+ENV_ALLOWED = {("RAGMED_KG", "ragmed.knowledge"): "K"}  # knowledge/__init__.py is issue K's
+
+
+def test_each_environment_variable_is_read_in_settings_only():
+    bad, used = [], set()
+    for var, modules in cm.env_reads(MODS).items():
+        for mod in modules:
+            if mod == "ragmed.settings":
+                continue
+            if (var, mod) in ENV_ALLOWED:
+                used.add((var, mod))
+                continue
+            bad.append(f"{mod} reads ${var} (read it from ragmed.settings)")
+    _none(bad)
+    assert used == set(ENV_ALLOWED), f"stale allowances: {sorted(set(ENV_ALLOWED) - used)}"

@@ -14,38 +14,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ragmed.errors import EncoderMismatchError, IndexStoreError
+from ragmed.index.records import CaseRecord, Hit
 
 SCHEMA = 1
-
-
-@dataclass
-class Hit:
-    """One retrieved item at the index boundary."""
-
-    case_id: str
-    score: float
-    channel: str  # "image-image", "image-report", "question-report", "question-image", "bm25" …
-    domain: str = "all"
-    image: str | None = None  # source path of the matched image (image channels)
-    vector_id: int = -1
-
-
-@dataclass
-class CaseRecord:
-    case_id: str
-    text: str
-    sections: dict[str, str]
-    metadata: dict[str, str]
-    split: str | None
-    domain: str
-    images: list[dict[str, Any]] = field(default_factory=list)  # source, content_hash, modality, body_part, view
 
 
 def resolve_version_dir(path: str | Path) -> Path:
@@ -77,6 +54,12 @@ class IndexStore:
         self.path = Path(path)
         self.version_dir = resolve_version_dir(path)
         self.manifest = read_manifest(self.version_dir)
+        if "calibration" not in self.manifest:  # the evidence floors live in the calibration artefact
+            from ragmed.index.calibrate import Calibrator
+
+            cal = Calibrator.load(self.version_dir)
+            if cal is not None:
+                self.manifest["calibration"] = cal.floors()
         if self.manifest.get("schema", 0) > SCHEMA:
             raise IndexStoreError(f"index schema {self.manifest.get('schema')} is newer than this ragmed supports",
                                   path=str(self.path), remedy="upgrade ragmed")
@@ -140,6 +123,23 @@ class IndexStore:
         else:
             q, args = "SELECT case_id, text, domain FROM cases WHERE domain=? AND text != '' ORDER BY rowid", (domain,)
         return [(r[0], r[1], r[2]) for r in self.db.execute(q, args)]
+
+    def text_vector_cases(self, domain: str) -> dict[int, str]:
+        """Text vector id → case id for one domain's text sub-index."""
+        vec_ids, case_ids, _, _ = self._id_map(domain, "text")
+        return dict(zip(vec_ids.tolist(), case_ids))
+
+    def calibrator(self):
+        """The index's :class:`~ragmed.index.calibrate.Calibrator` (None for an index built without one)."""
+        from ragmed.index.calibrate import Calibrator
+
+        return Calibrator.load(self.version_dir)
+
+    def bm25(self):
+        """The index's BM25 channel (None for an index built without one)."""
+        from ragmed.index.bm25 import BM25Channel
+
+        return BM25Channel.load(self.version_dir)
 
     def image_rows(self, domain: str | None = None) -> list[dict[str, Any]]:
         """One dict per image vector (vec_id, case_id, source, content_hash, modality, body_part, view, domain),

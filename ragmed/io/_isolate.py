@@ -28,8 +28,9 @@ import time
 
 import numpy as np
 
-DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_MEMORY_MB = 4096
+from ragmed.settings import DEFAULT_DECODE_MEMORY_MB as DEFAULT_MEMORY_MB
+from ragmed.settings import DEFAULT_DECODE_TIMEOUT_S as DEFAULT_TIMEOUT_S
+
 _LEN = struct.Struct(">Q")
 MAX_HEADER = 1 << 20
 
@@ -57,17 +58,15 @@ def available() -> bool:
 
 
 def timeout_s() -> float:
-    try:
-        return float(os.environ.get("RAGMED_DECODE_TIMEOUT", DEFAULT_TIMEOUT_S))
-    except ValueError:
-        return DEFAULT_TIMEOUT_S
+    from ragmed.settings import settings
+
+    return settings().decode_timeout_s
 
 
 def memory_mb() -> int:
-    try:
-        return int(os.environ.get("RAGMED_DECODE_MEMORY_MB", DEFAULT_MEMORY_MB))
-    except ValueError:
-        return DEFAULT_MEMORY_MB
+    from ragmed.settings import settings
+
+    return settings().decode_memory_mb
 
 
 class _Worker:
