@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+DEFAULT_INDEX = Path("indexes/default")  # what `ragmed index build`, `ask`, `index info` and `serve` use by default
 DEFAULT_DECODE_TIMEOUT_S = 60.0
 DEFAULT_DECODE_MEMORY_MB = 4096
 
@@ -64,4 +65,4 @@ def settings() -> Settings:
     return Settings.from_env()
 
 
-__all__ = ["Settings", "settings"]
+__all__ = ["Settings", "settings", "DEFAULT_INDEX"]

@@ -31,12 +31,12 @@ def list_cmd(kind):
 @click.option("--text-field", "text_fields", multiple=True,
               help="Also use this metadata column as text (rendered 'field: value'); repeatable.")
 @click.option("--init", default=None, help="Start from a model directory, or 'shipped' for the bundled weights.")
-@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--epochs", default=10, show_default=True, type=int, help="Passes over the corpus.")
 @click.option("--epoch-size", default=None, type=int, help="Samples per epoch (default: the corpus size).")
-@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--batch-size", default=128, show_default=True, type=int, help="Images per contrastive batch.")
 @click.option("--lr", default=None, type=float, help="Learning rate (default 2e-3; 5e-4 with --init).")
 @click.option("--ssl-weight", default=0.0, show_default=True, type=float, help="Weight of the image–image term.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation and sampling.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(corpus_path, out, fmt, images, text_fields, init, epochs, epoch_size, batch_size, lr, ssl_weight, seed,
               quiet):

@@ -40,6 +40,7 @@ def read_corpus(path: str | Path, *, format: str | None = None, images: str | Pa
         rows = _read_csv(p, columns or {})
     elif fmt == "jsonl":
         rows = [(i, _rename(r, columns or {})) for i, r in _read_jsonl(p)]
+        _check_image_column(sorted({k for _, r in rows for k in r}), columns or {}, p)
     else:
         raise CorpusError(f"unknown corpus format {fmt!r}; use csv, jsonl, vqa-rad or slake", path=str(p))
     root = Path(images) if images is not None else p.parent
@@ -85,18 +86,54 @@ def _read_csv(p: Path, columns: dict[str, str] | None = None) -> list[tuple[int,
                     raise CorpusError(f"column {theirs!r} (given for {ours!r}) is not in the header {reader.fieldnames}",
                                       path=str(p))
             fields = list(_rename(dict.fromkeys(fields, ""), columns))
+            _check_image_column(fields, columns, p)
             if "id" not in fields or ("image" not in fields and "report" not in fields and "findings" not in fields):
                 raise CorpusError(f"manifest header must have 'id' and 'image' and/or 'report'; found {reader.fieldnames}",
                                   path=str(p))
             out = []
+            line = reader.line_num
             for i, row in enumerate(reader, start=1):
-                out.append((i, _rename({(k or "").strip().lower(): (v or "") for k, v in row.items() if k is not None},
-                                       columns)))
+                first, line = line + 1, reader.line_num
+                row = _rename({(k or "").strip().lower(): (v or "") for k, v in row.items() if k is not None}, columns)
+                swallowed = _swallowed_rows(row, len(reader.fieldnames), delim) if line > first else []
+                if swallowed:
+                    row = {"__error__": f"unbalanced quote: lines {first}–{line} were read as one row, "
+                                        f"{len(swallowed)} further row(s) inside it ({', '.join(swallowed[:3])}"
+                                        f"{' …' if len(swallowed) > 3 else ''}); fix the quoting and rebuild"}
+                out.append((i, row))
             return out
     except UnicodeDecodeError as e:
         raise CorpusError(f"manifest is not UTF-8 text ({e.reason} at byte {e.start})", path=str(p)) from e
     except csv.Error as e:
         raise CorpusError(f"malformed CSV: {e}", path=str(p)) from e
+
+
+# column names that hold image paths under another name: a manifest using one of them without `--column image=…`
+# would otherwise become a text-only index without a word
+IMAGE_LIKE = ("image_path", "image_paths", "imagepath", "image_file", "image_files", "img", "img_path",
+              "path", "file", "filename", "file_name", "dicom", "dicom_path", "png", "jpg")
+
+
+def _check_image_column(fields: list[str], columns: dict[str, str], p: Path) -> None:
+    if "image" in fields or "images" in fields or "image" in columns:
+        return
+    like = [f for f in fields if f in IMAGE_LIKE]
+    if like:
+        raise CorpusError(f"no 'image' column, but {like[0]!r} looks like image paths; name it 'image', or pass "
+                          f"--column image={like[0]} (or --column image= for a text-only index)", path=str(p))
+
+
+def _swallowed_rows(row: dict, n_fields: int, delim: str) -> list[str]:
+    """Lines inside one field that parse as whole rows of this manifest: an unbalanced quote joined them."""
+    out = []
+    for v in row.values():
+        if "\n" not in (v or ""):
+            continue
+        for ln in v.split("\n")[1:]:
+            cells = next(csv.reader([ln], delimiter=delim), [])
+            if len(cells) == n_fields and cells[0].strip() and " " not in cells[0].strip():
+                out.append(cells[0].strip())
+    return out
 
 
 def _read_jsonl(p: Path) -> list[tuple[int, dict]]:

@@ -19,8 +19,8 @@ from typing import Any
 
 from ragmed.config import PIPELINES_DIR, PipelineConfig
 from ragmed.errors import IndexStoreError
+from ragmed.settings import DEFAULT_INDEX
 
-DEFAULT_INDEX = Path("indexes/default")
 SLOTS = ("store", "text_encoder", "image_encoder", "selector", "generator", "knowledge", "router", "bm25",
          "calibrator")
 
