@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ragmed.errors import ConfigError, DomainError
+from ragmed.registry import Registry
 
 GENERIC_MODALITIES = frozenset({"OT", "SC", ""})
 DEFAULT_ORDER = ("tags", "classifier", "zero-shot")
@@ -371,16 +372,28 @@ def build_router(cfg, *, image_encoder=None, text_encoder=None, version_dir: str
     classifier = RouterClassifier.load(version_dir) if version_dir is not None else None
     kw = {k: params.pop(k) for k in ("order", "unknown_modality", "temperature", "negatives", "ood_margin",
                                      "build_zero_shot") if k in params}
-    name = cfg.router.name
-    if name not in ("auto", "tags", "zero-shot", "classifier"):
-        raise ConfigError(f"router.name must be auto, tags, zero-shot or classifier, not {name!r}")
-    if "order" not in kw and name in ("zero-shot", "classifier"):
-        kw["order"] = ("tags", name)  # DICOM tags always first; then only the named image step
     if params:
         raise ConfigError(f"router.params: unknown key(s) {sorted(params)}; known: order, unknown_modality, "
                           "temperature, negatives, ood_margin, build_zero_shot, fit_max_per_domain")
-    return DomainRouter(cfg.domains, threshold=cfg.router.threshold, refuse_below=cfg.router.refuse_below,
-                        image_encoder=image_encoder, text_encoder=text_encoder, classifier=classifier, **kw)
+    return ROUTERS.create(cfg.router.name, domains=cfg.domains, threshold=cfg.router.threshold,
+                          refuse_below=cfg.router.refuse_below, image_encoder=image_encoder,
+                          text_encoder=text_encoder, classifier=classifier, **kw)
+
+
+def _router(order: tuple[str, ...]):
+    """A router whose evidence order defaults to ``order`` (``router.params.order`` overrides it)."""
+    def factory(domains, **kw):
+        kw.setdefault("order", order)
+        return DomainRouter(domains, **kw)
+
+    return factory
+
+
+ROUTERS = Registry("router")
+ROUTERS.register("auto", _router(DEFAULT_ORDER))
+ROUTERS.register("tags", _router(DEFAULT_ORDER))
+ROUTERS.register("zero-shot", _router(("tags", "zero-shot")))  # DICOM tags always first; then only that step
+ROUTERS.register("classifier", _router(("tags", "classifier")))
 
 
 def fit_router(store, corpus_root: str | Path, image_encoder, *, domains: list[str], max_per_domain: int = 200,
@@ -457,6 +470,6 @@ def _fit_router(version_dir, rows, features_of, encoder_id: str, *, domains, max
             "train_accuracy": clf.meta["train_accuracy"], "ood_floor": clf.ood_floor}
 
 
-__all__ = ["DomainRouter", "Route", "RouterClassifier", "build_router", "fit_router", "fit_router_from_features",
+__all__ = ["ROUTERS", "DomainRouter", "Route", "RouterClassifier", "build_router", "fit_router", "fit_router_from_features",
            "content_features",
            "check_content", "check_not_blank", "UNROUTED"]

@@ -21,6 +21,7 @@ import numpy as np
 
 from ragmed.errors import EncoderMismatchError, IndexStoreError
 from ragmed.index.records import CaseRecord, Hit
+from ragmed.registry import Registry
 
 SCHEMA = 1
 
@@ -275,5 +276,10 @@ class IndexStore:
         return m
 
 
-def open_index(path: str | Path) -> IndexStore:
-    return IndexStore(path)
+STORES = Registry("index store")  # backend name -> store class opening an index directory (issue H adds more)
+STORES.register("faiss", IndexStore)
+
+
+def open_index(path: str | Path, *, backend: str = "faiss", **options: Any) -> IndexStore:
+    """Open a built index with the named store backend (``faiss``: FAISS files + SQLite metadata)."""
+    return STORES.create(backend, path=path, **options)
