@@ -145,6 +145,16 @@ class GeneratorConfig(_Model):
     def _known(cls, v: str) -> str:
         return _registered("ragmed.generate:GENERATORS", v)
 
+    @model_validator(mode="after")
+    def _known_params(self) -> "GeneratorConfig":
+        from ragmed.generate import GENERATORS
+
+        try:
+            GENERATORS.check_params(self.name, self.params)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return self
+
 
 class KnowledgeConfig(_Model):
     path: str | None = None  # a knowledge graph directory; None disables knowledge evidence

@@ -96,10 +96,17 @@ class Registry:
         e = self.entry(name)
         target = e.info.get("signature")
         obj = Entry(name, target).resolve() if target else e.resolve()
-        sig = inspect.signature(obj)
-        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-            return None
-        return {n for n, p in sig.parameters.items() if n not in ("self", *e.info.get("implicit", ()))}
+        # a class forwarding **kwargs to its base: the bases' __init__ parameters count too
+        chain = [c.__init__ for c in obj.__mro__ if "__init__" in vars(c) and c is not object] \
+            if inspect.isclass(obj) else [obj]
+        names: set[str] = set()
+        for fn in chain:
+            sig = inspect.signature(fn)
+            names |= {n for n, p in sig.parameters.items()
+                      if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n not in ("self", *e.info.get("implicit", ()))}
+            if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+                return names
+        return None
 
     def check_params(self, name: str, params: dict[str, Any]) -> None:
         allowed = self.parameters(name)
