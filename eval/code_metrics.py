@@ -27,9 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "ragmed"
 
 FORMATS = {  # format -> string constants whose presence in code means "this module opens that file itself"
-    "index manifest (manifest.json)": ("manifest.json",),
-    "encoder model dir JSON (config.json / preprocess.json / ragmed_encoder.json)":
-        ("config.json", "preprocess.json", "ragmed_encoder.json"),
+    "index manifest (manifest.json; knowledge graphs' own manifest.json not counted)": ("manifest.json",),
+    "ragmed-default model dir JSON (preprocess.json + its config.json)": ("preprocess.json",),
     "retrieval calibration (retrieval_calibration.json)": ("retrieval_calibration.json",),
     "router classifier (router.json / router.npz)": ("router.json", "router.npz"),
     "index metadata (meta.sqlite)": ("meta.sqlite",),
@@ -209,14 +208,13 @@ def env_reads(mods: dict[str, Module]) -> dict[str, list[str]]:
     for m in mods.values():
         for node in ast.walk(m.tree):
             lit = None
-            if isinstance(node, ast.Call):
-                f = node.func
-                fname = ast.unparse(f)
-                if fname in ("os.environ.get", "os.getenv", "environ.get", "getenv") and node.args \
+            if isinstance(node, ast.Call):  # os.environ.get("RAGMED_X"), os.getenv(…), env.get(…) on a mapping
+                fname = ast.unparse(node.func)
+                if (fname.endswith(".get") or fname in ("os.getenv", "getenv")) and node.args \
                         and isinstance(node.args[0], ast.Constant):
                     lit = node.args[0].value
-            elif isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("os.environ", "environ") \
-                    and isinstance(node.slice, ast.Constant) and isinstance(node.ctx, ast.Load):
+            elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
+                    and isinstance(node.ctx, ast.Load):
                 lit = node.slice.value
             if isinstance(lit, str) and lit.startswith("RAGMED_"):
                 out.setdefault(lit, set()).add(m.name)
@@ -228,6 +226,8 @@ def format_readers(mods: dict[str, Module]) -> dict[str, list[str]]:
     for fmt, needles in FORMATS.items():
         users = set()
         for m in mods.values():
+            if fmt.startswith("index manifest") and m.name.startswith("ragmed.knowledge"):
+                continue
             if any(any(s == n or (n.startswith(".") and s.endswith(n) and len(s) > len(n)) or
                        (not n.startswith(".") and s.endswith("/" + n)) for n in needles) for s in _code_strings(m)):
                 users.add(m.name)
@@ -247,8 +247,8 @@ def raw_sql_users(mods: dict[str, Module]) -> list[str]:
     return sorted(out)
 
 
-def measure() -> dict:
-    mods = load_modules()
+def measure(root: Path = PACKAGE) -> dict:
+    mods = load_modules(root)
     g = import_graph(mods)
     cyc = cycles(g)
     env = env_reads(mods)
@@ -257,6 +257,8 @@ def measure() -> dict:
         "command": "python eval/code_metrics.py",
         "modules": len(mods),
         "lines": sum(len(m.path.read_text(encoding="utf-8").splitlines()) for m in mods.values()),
+        "pipeline_class_lines": next((c["lines"] for c in sizes(mods, 10**6)["largest_classes"]
+                                      if c["name"] == "ragmed.pipeline.Pipeline"), None),
         **sizes(mods),
         "env_vars": {k: {"modules": v, "n": len(v)} for k, v in env.items()},
         "file_formats": {k: {"modules": v, "n": len(v)} for k, v in fmts.items()},
@@ -270,8 +272,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, default=None, help="write the figures to this JSON file")
     ap.add_argument("--label", default=None, help="a label recorded in the JSON (before / after)")
+    ap.add_argument("--root", type=Path, default=None,
+                    help="another source tree to measure (its ragmed/ package), e.g. `git archive COMMIT | tar -x -C DIR`")
     a = ap.parse_args(argv)
-    res = measure()
+    res = measure(a.root / "ragmed" if a.root else PACKAGE)
+    if a.root:
+        res["command"] += " --root TREE"
     if a.label:
         res["label"] = a.label
         res["command"] += f" --label {a.label}"

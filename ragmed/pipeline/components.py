@@ -143,20 +143,20 @@ class Components:
 
     def _build_bm25(self):
         """The BM25 channel (``bm25/`` in the index version, else built in memory on first use)."""
-        from ragmed.pipeline.hybrid import BM25Channel
+        from ragmed.index.bm25 import BM25Channel
 
         return BM25Channel.load(self.store.version_dir) or BM25Channel.build(self.store)
 
     def _build_calibrator(self):
-        """Per-domain, per-channel score calibration (``retrieval_calibration.json``; computed once and kept in
-        memory for an index built without it)."""
-        from ragmed.pipeline.hybrid import Calibrator, calibrate_channels
+        """The index's retrieval calibration (``retrieval_calibration.json``: channel quantiles and evidence floors;
+        computed once and kept in memory for an index built without it)."""
+        from ragmed.index.calibrate import Calibrator, calibrate
 
         cal = Calibrator.load(self.store.version_dir)
         if cal is None:
             space = self.store.encoders.get("image", {}).get("space")
-            cal = Calibrator(calibrate_channels(self.store, text_encoder=self.text_encoder,
-                                                image_encoder_space=space, bm25=self.bm25))
+            cal = Calibrator(calibrate(self.store, text_encoder=self.text_encoder, image_encoder_space=space,
+                                       bm25=self.bm25))
         return cal
 
     def _build_router(self):
