@@ -96,6 +96,10 @@ def _registered(registry_path: str, name: str) -> str:
     return name
 
 
+ROUTER_PARAMS = ("order", "unknown_modality", "temperature", "negatives", "ood_margin", "build_zero_shot",
+                 "fit_max_per_domain")
+
+
 class RouterConfig(_Model):
     name: str = "tags"
     threshold: float = Field(0.5, ge=0, le=1)
@@ -106,6 +110,14 @@ class RouterConfig(_Model):
     @classmethod
     def _known(cls, v: str) -> str:
         return _registered("ragmed.domains:ROUTERS", v)
+
+    @field_validator("params")
+    @classmethod
+    def _known_params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(ROUTER_PARAMS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; known: {', '.join(ROUTER_PARAMS)}")
+        return v
 
 
 class RetrievalConfig(_Model):

@@ -86,10 +86,10 @@ def _read_csv(p: Path, columns: dict[str, str] | None = None) -> list[tuple[int,
                     raise CorpusError(f"column {theirs!r} (given for {ours!r}) is not in the header {reader.fieldnames}",
                                       path=str(p))
             fields = list(_rename(dict.fromkeys(fields, ""), columns))
-            _check_image_column(fields, columns, p)
             if "id" not in fields or ("image" not in fields and "report" not in fields and "findings" not in fields):
                 raise CorpusError(f"manifest header must have 'id' and 'image' and/or 'report'; found {reader.fieldnames}",
                                   path=str(p))
+            _check_image_column(fields, columns, p)
             out = []
             line = reader.line_num
             for i, row in enumerate(reader, start=1):
