@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ragmed.text.normalize import NO, YES, answer_key
+from ragmed.text.normalize import NO, YES, answer_key  # noqa: F401 - YES / NO re-exported (old import path)
 
 WORD = re.compile(r"[a-z0-9]+")
 _SENT = re.compile(r"(?<=[.!?;])\s+|\n+")

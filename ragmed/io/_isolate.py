@@ -28,8 +28,8 @@ import time
 
 import numpy as np
 
-from ragmed.settings import DEFAULT_DECODE_MEMORY_MB as DEFAULT_MEMORY_MB
-from ragmed.settings import DEFAULT_DECODE_TIMEOUT_S as DEFAULT_TIMEOUT_S
+from ragmed.settings import DEFAULT_DECODE_MEMORY_MB as DEFAULT_MEMORY_MB  # noqa: F401 - old names
+from ragmed.settings import DEFAULT_DECODE_TIMEOUT_S as DEFAULT_TIMEOUT_S  # noqa: F401
 
 _LEN = struct.Struct(">Q")
 MAX_HEADER = 1 << 20
