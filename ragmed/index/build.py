@@ -159,25 +159,8 @@ def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=N
             enc_ids["image"]["model_dir"] = "image_encoder"
     key = _key(corpus, cfg.to_dict(), enc_ids, base_dir.name if base_dir else None)
 
-    staging = out / ".staging"
-    state_file = staging / "state.json"
+    staging = _open_staging(out, key, base_dir)
     resumed_from = 0
-    if staging.exists():
-        try:
-            state = json.loads(state_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            state = {}
-        if state.get("key") != key:
-            shutil.rmtree(staging)
-    if not staging.exists():
-        tmp = out / f".staging-new-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        if base_dir is not None:
-            shutil.copy2(base_dir / "meta.sqlite", tmp / "meta.sqlite")
-            shutil.copytree(base_dir / "vectors", tmp / "vectors", copy_function=os.link)
-        (tmp / "state.json").write_text(json.dumps({"key": key, "started": time.time()}))
-        os.replace(tmp, staging)
     con = _connect(staging / "meta.sqlite")
     vec_root = staging / "vectors"
     _drop_uncommitted_parts(con, vec_root)
@@ -289,6 +272,30 @@ def _derived(staging: Path, text_encoder, image_encoder, enc_ids: dict, progress
     Calibrator(cal).save(staging)
     summary["calibrated"] = {d: sorted(v) for d, v in cal["domains"].items()}
     return summary
+
+
+def _open_staging(out: Path, key: str, base_dir: Path | None) -> Path:
+    """``out/.staging``: resumed when an interrupted build with the same inputs (``key``) left it, else started afresh
+    (from a copy of ``base_dir``'s metadata and hard links to its vector parts when adding)."""
+    staging = out / ".staging"
+    state_file = staging / "state.json"
+    if staging.exists():
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            state = {}
+        if state.get("key") != key:
+            shutil.rmtree(staging)
+    if not staging.exists():
+        tmp = out / f".staging-new-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        if base_dir is not None:
+            shutil.copy2(base_dir / "meta.sqlite", tmp / "meta.sqlite")
+            shutil.copytree(base_dir / "vectors", tmp / "vectors", copy_function=os.link)
+        (tmp / "state.json").write_text(json.dumps({"key": key, "started": time.time()}))
+        os.replace(tmp, staging)
+    return staging
 
 
 def _record_skips(con, rows: list[SkippedRow]) -> None:
