@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from ragmed.version import __version__
 
 __all__ = ["Pipeline", "Answer", "load_image", "RagmedError", "__version__"]
 

@@ -21,20 +21,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-# Where each built-in encoder's parameters are declared (modules that import no torch at module level).
-_ENCODER_SIGNATURES = {
-    "minilm": "ragmed.encoders.text:SentenceTransformerTextEncoder.__init__",
-    "sentence-transformers": "ragmed.encoders.text:SentenceTransformerTextEncoder.__init__",
-    "classic": "ragmed.encoders.classic:ClassicDescriptor.__init__",
-    "ragmed-default": "ragmed.encoders.default:RagmedImageEncoder.__init__",
-    "biomedclip": "ragmed.encoders.clip:biomedclip",
-    "unimed-clip": "ragmed.encoders.clip:unimed_clip",
-    "siglip": "ragmed.encoders.clip:siglip",
-    "clip": "ragmed.encoders.clip:clip",
-    "medimageinsight": "ragmed.encoders.clip:medimageinsight",
-}
-
-
 class EncoderSpec(_Model):
     """An encoder by registered name plus its parameters (``path`` for local weights, etc.)."""
 
@@ -44,35 +30,23 @@ class EncoderSpec(_Model):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from ragmed.encoders import list_encoders
+        from ragmed.encoders import ENCODERS
 
-        if v not in list_encoders():
-            raise ValueError(f"unknown encoder {v!r}; registered: {', '.join(list_encoders())}")
+        try:
+            ENCODERS.entry(v)  # "unknown encoder 'x'; available: …"
+        except ConfigError as e:
+            raise ValueError(str(e)) from None  # pydantic adds the field's location
         return v
 
     @model_validator(mode="after")
     def _known_params(self) -> "EncoderSpec":
         """Parameter names are checked at load time (values such as weight paths only when the encoder is built)."""
-        import importlib
-        import inspect
+        from ragmed.encoders import check_encoder_params
 
-        target = _ENCODER_SIGNATURES.get(self.name)
-        if target is None:
-            return self
-        mod, attr = target.split(":")
-        obj = importlib.import_module(mod)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        sig = inspect.signature(obj)
-        if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-            return self
-        allowed = {n for n, p in sig.parameters.items() if n not in ("self", "role")}
-        if self.name == "minilm":
-            allowed.discard("path")
-        unknown = sorted(set(self.params) - allowed)
-        if unknown:
-            raise ValueError(f"encoder {self.name!r} has no parameter(s) {', '.join(unknown)}; "
-                             f"it takes: {', '.join(sorted(allowed)) or 'none'}")
+        try:
+            check_encoder_params(self.name, self.params)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         return self
 
 
@@ -110,11 +84,40 @@ class DomainSpec(_Model):
     encoders: EncodersConfig | None = None  # per-domain encoders, else the pipeline's
 
 
+def _registered(registry_path: str, name: str) -> str:
+    """``name`` must be in the registry at ``module:attribute`` (the error lists what is available)."""
+    import importlib
+
+    mod, attr = registry_path.split(":")
+    try:
+        getattr(importlib.import_module(mod), attr).entry(name)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None  # pydantic adds the field's location
+    return name
+
+
+ROUTER_PARAMS = ("order", "unknown_modality", "temperature", "negatives", "ood_margin", "build_zero_shot",
+                 "fit_max_per_domain")
+
+
 class RouterConfig(_Model):
     name: str = "tags"
     threshold: float = Field(0.5, ge=0, le=1)
     refuse_below: float = Field(0.0, ge=0, le=1)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered("ragmed.domains:ROUTERS", v)
+
+    @field_validator("params")
+    @classmethod
+    def _known_params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(ROUTER_PARAMS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; known: {', '.join(ROUTER_PARAMS)}")
+        return v
 
 
 class RetrievalConfig(_Model):
@@ -129,10 +132,40 @@ class SelectConfig(_Model):
     name: str = "gap"
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered("ragmed.select:SELECTORS", v)
+
+    @model_validator(mode="after")
+    def _known_params(self) -> "SelectConfig":
+        from ragmed.select import SELECTORS
+
+        try:
+            SELECTORS.check_params(self.name, self.params)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return self
+
 
 class GeneratorConfig(_Model):
     name: str = "extractive"
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _registered("ragmed.generate:GENERATORS", v)
+
+    @model_validator(mode="after")
+    def _known_params(self) -> "GeneratorConfig":
+        from ragmed.generate import GENERATORS
+
+        try:
+            GENERATORS.check_params(self.name, self.params)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return self
 
 
 class KnowledgeConfig(_Model):

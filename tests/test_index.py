@@ -274,8 +274,8 @@ def test_fit_image_encoder_at_build_travels_with_the_index(tmp_path, text_encode
     rec = store.encoders["image"]
     assert rec["id"].startswith("ragmed-default-fit-") and rec["model_dir"] == "image_encoder"
     assert (store.version_dir / "image_encoder").is_dir()
-    p = Pipeline(cfg, index=tmp_path / "idx")
-    p._text_encoder = text_encoder
+    assert not (tmp_path / "idx" / ".fit").exists()  # the fit's work folder is not left beside the index
+    p = Pipeline.from_components(cfg, tmp_path / "idx", text_encoder=text_encoder)
     assert p.image_encoder.id == rec["id"]  # the fitted tower is loaded, so the encoder check passes
     a = p.ask(tmp_path / "c" / "img3.png", "Is there a pneumothorax?")
     assert a.evidence and a.evidence[0].case_id == "case3"

@@ -15,8 +15,7 @@ def pipeline(tmp_path_factory, text_encoder):
     root = tmp_path_factory.mktemp("integ")
     cfg = PipelineConfig.from_dict({"encoders": {"text": {"name": "minilm"}, "image": {"name": "classic"}}})
     build_index(read_corpus(png_corpus(root / "c", 8)), root / "idx", cfg, text_encoder=text_encoder, progress=False)
-    p = Pipeline(cfg, index=root / "idx")
-    p._text_encoder = text_encoder
+    p = Pipeline.from_components(cfg, root / "idx", text_encoder=text_encoder)
     return p
 
 

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from ragmed import __version__
+from ragmed.version import __version__
 from ragmed.errors import RagmedError
 
 LAZY_GROUPS = {
@@ -27,7 +27,18 @@ LAZY_GROUPS = {
 }
 
 
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
 class LazyGroup(click.Group):
+    def parse_args(self, ctx, args):
+        """``-v`` / ``--verbose`` anywhere before ``--`` (``ragmed ask -v …`` as well as ``ragmed -v ask …``): no
+        sub-command has an option of that name, so it is moved in front of the sub-command."""
+        cut = args.index("--") if "--" in args else len(args)
+        head = args[:cut]
+        flags = [a for a in head if a in VERBOSE_FLAGS]
+        return super().parse_args(ctx, flags[:1] + [a for a in head if a not in VERBOSE_FLAGS] + args[cut:])
+
     def list_commands(self, ctx):
         return sorted(n for n, (mod, _, _) in LAZY_GROUPS.items() if importlib.util.find_spec(mod) is not None)
 

@@ -5,18 +5,21 @@ import json
 
 import click
 
+from ragmed.settings import DEFAULT_INDEX
+
 
 @click.command()
 @click.argument("image", type=click.Path())
 @click.argument("question")
-@click.option("--index", "index_dir", type=click.Path(), default="indexes/default", show_default=True)
+@click.option("--index", "index_dir", type=click.Path(), default=str(DEFAULT_INDEX), show_default=True,
+              help="Index directory to answer from.")
 @click.option("--pipeline", default=None, help="pipelines/NAME.yaml or a name (default: the one that built the index).")
 @click.option("--k", type=int, default=None, help="Candidates to retrieve (default: the pipeline's top_k).")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON (schema in the README).")
 def ask(image, question, index_dir, pipeline, k, as_json):
     """Answer QUESTION about IMAGE (DICOM, PNG, JPEG or a DICOM series folder) with cited evidence."""
     from ragmed.pipeline import Pipeline
-    from ragmed.pipeline.render import render_answer
+    from ragmed.cli.render import render_answer
 
     p = Pipeline.for_index(index_dir, pipeline)
     ans = p.ask(image, question, k=k)

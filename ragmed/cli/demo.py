@@ -18,9 +18,8 @@ def demo(out, corpus_dir, pipeline, question):
     from ragmed.config import load_pipeline
     from ragmed.corpus import read_corpus
     from ragmed.demo import QUERY_QUESTION, SYNTHETIC_PHI, scan_for_phi, write_demo_corpus
-    from ragmed.pipeline import Pipeline
-    from ragmed.pipeline.build import build_from_config
-    from ragmed.pipeline.render import render_answer
+    from ragmed.cli.render import render_answer
+    from ragmed.pipeline import Pipeline, build_from_config
 
     out = Path(out)
     corpus_dir = Path(corpus_dir) if corpus_dir else out.with_name(out.name + "-corpus")
@@ -40,6 +39,9 @@ def demo(out, corpus_dir, pipeline, question):
     if hits:
         raise click.ClickException("de-identification failed: identifiers found in the index")
     q = question or QUERY_QUESTION
+    click.echo("loading the models (the first time this converts the default LLM once, ~20 s, so that later "
+               "questions start at once)", err=True)
+    pipe = Pipeline.from_components(cfg, out).warm_up()
     click.echo(f"\n$ ragmed ask {demo_corpus.query} \"{q}\" --index {out}\n")
-    ans = Pipeline(cfg, index=out).ask(demo_corpus.query, q)
+    ans = pipe.ask(demo_corpus.query, q)
     click.echo(render_answer(ans))

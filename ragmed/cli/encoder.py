@@ -31,12 +31,12 @@ def list_cmd(kind):
 @click.option("--text-field", "text_fields", multiple=True,
               help="Also use this metadata column as text (rendered 'field: value'); repeatable.")
 @click.option("--init", default=None, help="Start from a model directory, or 'shipped' for the bundled weights.")
-@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--epochs", default=10, show_default=True, type=int, help="Passes over the corpus.")
 @click.option("--epoch-size", default=None, type=int, help="Samples per epoch (default: the corpus size).")
-@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--batch-size", default=128, show_default=True, type=int, help="Images per contrastive batch.")
 @click.option("--lr", default=None, type=float, help="Learning rate (default 2e-3; 5e-4 with --init).")
 @click.option("--ssl-weight", default=0.0, show_default=True, type=float, help="Weight of the image–image term.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation and sampling.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train_cmd(corpus_path, out, fmt, images, text_fields, init, epochs, epoch_size, batch_size, lr, ssl_weight, seed,
               quiet):
@@ -47,16 +47,14 @@ def train_cmd(corpus_path, out, fmt, images, text_fields, init, epochs, epoch_si
     ``encoders: {image: {name: ragmed-default, params: {path: OUT}}}``.
     """
     from ragmed.corpus import read_corpus
-    from ragmed.encoders import create_encoder
-    from ragmed.encoders.default import shipped_path
-    from ragmed.encoders.tower import PreprocessConfig
-    from ragmed.encoders.train import TrainConfig, build_trainset, samples_from_corpus, train_tower
+    from ragmed.encoders import (PreprocessConfig, TrainConfig, build_trainset, create_encoder, read_model_dir,
+                                 samples_from_corpus, shipped_path, train_tower)
 
     corpus = read_corpus(corpus_path, format=fmt, images=images)
     init_dir = str(shipped_path()) if init == "shipped" else init
     pre = PreprocessConfig()
     if init_dir:
-        pre = PreprocessConfig.from_dict(json.loads((Path(init_dir) / "preprocess.json").read_text()))
+        pre = PreprocessConfig.from_dict(read_model_dir(init_dir)["preprocess"])
     skipped: list = []
     data = build_trainset(samples_from_corpus(corpus, text_fields=text_fields, skipped=skipped), pre.size)
     if not quiet:
@@ -68,7 +66,7 @@ def train_cmd(corpus_path, out, fmt, images, text_fields, init, epochs, epoch_si
                        progress=not quiet,
                        info={"trained_on": f"corpus {Path(corpus_path).name} ({len(data)} images)",
                              "corpus_checksum": corpus.checksum(), "skipped_images": len(skipped)})
-    info = json.loads((Path(path) / "config.json").read_text())
+    info = read_model_dir(path)["config"]
     click.echo(json.dumps({"out": str(path), "id": info["id"], "images": len(data),
                            "seconds": info["training"]["seconds"],
                            "final_loss": (info["training"]["history"] or [{}])[-1].get("loss")}))
@@ -78,10 +76,9 @@ def train_cmd(corpus_path, out, fmt, images, text_fields, init, epochs, epoch_si
 @click.argument("model", default="ragmed-default")
 def info_cmd(model):
     """Show a ragmed-default model directory's config (MODEL: a directory, or 'ragmed-default' for the shipped one)."""
-    from ragmed.encoders.default import check_model_dir, shipped_path
+    from ragmed.encoders import read_model_dir, shipped_path
 
-    d = check_model_dir(shipped_path() if model == "ragmed-default" else model)
-    cfg = json.loads((d / "config.json").read_text())
+    md = read_model_dir(shipped_path() if model == "ragmed-default" else model)
+    cfg = md["config"]
     cfg.get("training", {}).pop("history", None)
-    click.echo(json.dumps({"path": str(d), **cfg, "preprocess": json.loads((d / "preprocess.json").read_text())},
-                          indent=2))
+    click.echo(json.dumps({"path": str(md["path"]), **cfg, "preprocess": md["preprocess"]}, indent=2))

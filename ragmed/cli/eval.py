@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ragmed.eval.retrieval import TASKS
+from ragmed.eval import TASKS
 
 
 @click.group("eval")
@@ -15,7 +15,7 @@ def eval_group():
 
 
 def _finish(result: dict, out: str, predictions: list | None, predictions_path: str | None, plots: bool) -> None:
-    from ragmed.eval.results import write_json
+    from ragmed.eval import write_json
 
     write_json(out, result)
     if predictions_path:
@@ -31,7 +31,7 @@ def _finish(result: dict, out: str, predictions: list | None, predictions_path: 
         if importlib.util.find_spec("matplotlib") is None:  # the results are written; plots are optional
             click.echo("plots skipped: matplotlib is not installed (pip install 'ragmed[eval]')", err=True)
         else:
-            from ragmed.eval.plots import plots_for
+            from ragmed.eval import plots_for
 
             made = plots_for(result, out)
     m = result["metrics"]
@@ -45,7 +45,8 @@ def _finish(result: dict, out: str, predictions: list | None, predictions_path: 
 @click.option("--index", "index_dir", required=True, type=click.Path(), help="Index directory.")
 @click.option("--queries", required=True, type=click.Path(dir_okay=False),
               help="Queries: a corpus manifest (image/report tasks) or a VQA JSON (question tasks).")
-@click.option("--task", required=True, type=click.Choice(TASKS))
+@click.option("--task", required=True, type=click.Choice(TASKS),
+              help="What queries what: image→image, image→report, report→image, question→report ….")
 @click.option("--match", required=True, help="Relevance columns, comma-separated (all must match).")
 @click.option("--exclude-same", "exclude_same", default=None,
               help="Column(s), comma-separated: drop every case sharing the query's value (leave-one-patient-out).")
@@ -65,7 +66,7 @@ def _finish(result: dict, out: str, predictions: list | None, predictions_path: 
 def retrieval(index_dir, queries, task, match, exclude_same, ks, images, fmt, pipeline, exclude_query_image,
               predictions_path, out, plots, quiet):
     """Precision / recall / hit / nDCG @K and MRR of retrieval against metadata relevance."""
-    from ragmed.eval.retrieval import evaluate_retrieval, parse_ks
+    from ragmed.eval import evaluate_retrieval, parse_ks
 
     try:
         klist = parse_ks(ks)
@@ -82,22 +83,23 @@ def retrieval(index_dir, queries, task, match, exclude_same, ks, images, fmt, pi
 
 @eval_group.command("vqa")
 @click.option("--pipeline", default=None, help="pipelines/NAME.yaml or a name (default: the one that built the index).")
-@click.option("--index", "index_dir", required=True, type=click.Path())
+@click.option("--index", "index_dir", required=True, type=click.Path(), help="Index directory to answer from.")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="VQA-RAD or SLAKE JSON.")
-@click.option("--images", required=True, type=click.Path(file_okay=False))
+@click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder holding the question images.")
 @click.option("--format", "fmt", type=click.Choice(["vqa-rad", "slake"]), default=None,
               help="Default: detected from the fields.")
 @click.option("--limit", type=int, default=None, help="Evaluate a seeded random subset of N questions.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit subset.")
 @click.option("--exclude-query-image/--include-query-image", default=True, show_default=True,
               help="Exclude every indexed case holding the question's own image (same content hash).")
-@click.option("--predictions", "predictions_path", default=None, type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
-@click.option("--plots/--no-plots", default=True, show_default=True)
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--predictions", "predictions_path", default=None, type=click.Path(dir_okay=False),
+              help="Write one JSON line per item (id, prediction, gold, correct, evidence ids).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Result JSON.")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="PNG plots beside the JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def vqa(pipeline, index_dir, data, images, fmt, limit, seed, exclude_query_image, predictions_path, out, plots, quiet):
     """Closed accuracy, open recall and token F1 of the pipeline's answers."""
-    from ragmed.eval.vqa import evaluate_vqa
+    from ragmed.eval import evaluate_vqa
 
     preds: list = []
     result = evaluate_vqa(pipeline, index_dir, data, images, fmt=fmt, limit=limit, seed=seed,
@@ -111,11 +113,12 @@ def vqa(pipeline, index_dir, data, images, fmt, limit, seed, exclude_query_image
 @click.option("--ref", required=True, type=click.Path(dir_okay=False), help="Reference reports, same formats.")
 @click.option("--kg", "kg_path", default=None, type=click.Path(),
               help="Knowledge graph for the finding F1 (default: the bundled graph).")
-@click.option("--predictions", "predictions_path", default=None, type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--predictions", "predictions_path", default=None, type=click.Path(dir_okay=False),
+              help="Write one JSON line per item (id, prediction, gold, correct, evidence ids).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Result JSON.")
 def report(pred, ref, kg_path, predictions_path, out):
     """BLEU-1..4, ROUGE-L and clinical-finding F1 (METEOR: not available offline, see eval/README.md)."""
-    from ragmed.eval.report import evaluate_reports
+    from ragmed.eval import evaluate_reports
 
     preds: list = []
     result = evaluate_reports(pred, ref, kg_path=kg_path, predictions=preds)

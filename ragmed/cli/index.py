@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ragmed.settings import DEFAULT_INDEX
+
 
 @click.group()
 def index():
@@ -21,7 +23,11 @@ def index():
 @click.option("--column", "columns", multiple=True, metavar="OURS=THEIRS",
               help="Map a manifest column: --column id=uid; --column image= ignores the image column (text-only).")
 @click.option("--pipeline", "pipeline", default=None, help="pipelines/NAME.yaml or a name (default: default).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Index directory (default: indexes/NAME).")
+@click.option("--out", type=click.Path(file_okay=False), default=str(DEFAULT_INDEX), show_default=True,
+              help="Index directory (the one `ragmed ask`, `index info` and `serve` use by default).")
+@click.option("--fit/--no-fit", "fit", default=None,
+              help="Fit the image tower to the corpus before indexing, or not (default: the pipeline's "
+                   "index.fit_image_encoder).")
 @click.option("--add", is_flag=True, help="Add the corpus's cases to the existing index at --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -31,13 +37,12 @@ def index():
               help="QIDO-RS study filter with --dicomweb, e.g. --query ModalitiesInStudy=CR.")
 @click.option("--reports", "dicomweb_reports", default=None, type=click.Path(dir_okay=False),
               help="With --dicomweb: CSV of reports keyed by StudyInstanceUID (else a study's SR text).")
-def build(corpus_path, fmt, images, columns, pipeline, out, add, as_json, quiet, dicomweb_url, dicomweb_query,
+def build(corpus_path, fmt, images, columns, pipeline, out, fit, add, as_json, quiet, dicomweb_url, dicomweb_query,
           dicomweb_reports):
     """Build an index from a corpus: decode, de-identify, embed, write FAISS + SQLite atomically."""
     if dicomweb_url:  # issue 15: a PACS as the corpus (ragmed.io.dicomweb writes a manifest, then the usual build)
         from ragmed.io.dicomweb import export_from_pacs
 
-        out = out or "indexes/dicomweb"
         corpus_path, pacs_skipped = export_from_pacs(dicomweb_url, Path(images or f"{out}-pacs"), dicomweb_query,
                                                      dicomweb_reports)
         images = None
@@ -47,7 +52,7 @@ def build(corpus_path, fmt, images, columns, pipeline, out, add, as_json, quiet,
         raise click.UsageError("give --corpus MANIFEST or --dicomweb URL")
     from ragmed.config import load_pipeline
     from ragmed.corpus import read_corpus
-    from ragmed.pipeline.build import build_from_config
+    from ragmed.pipeline import build_from_config
 
     cfg = load_pipeline(pipeline)
     mapping = {}
@@ -57,8 +62,11 @@ def build(corpus_path, fmt, images, columns, pipeline, out, add, as_json, quiet,
         ours, theirs = c.split("=", 1)
         mapping[ours] = theirs
     corpus = read_corpus(corpus_path, format=fmt, images=images, columns=mapping)
-    out = Path(out) if out else Path("indexes") / Path(corpus_path).stem
-    report = build_from_config(corpus, out, cfg, add=add, progress=not quiet)
+    out = Path(out)
+    if not quiet:
+        click.echo(f"building {out} from {corpus_path}: {len(corpus)} cases ({len(corpus.skipped)} rows skipped "
+                   f"so far), pipeline {cfg.name}", err=True)
+    report = build_from_config(corpus, out, cfg, add=add, progress=not quiet, fit=fit)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return
@@ -73,8 +81,8 @@ def build(corpus_path, fmt, images, columns, pipeline, out, add, as_json, quiet,
 
 
 @index.command("info")
-@click.argument("directory", type=click.Path(), default="indexes/default")
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("directory", type=click.Path(), default=str(DEFAULT_INDEX))
+@click.option("--json", "as_json", is_flag=True, help="Print the index's manifest and counts as JSON.")
 def info(directory, as_json):
     """Show what built an index and what it holds."""
     from ragmed.index import open_index

@@ -9,71 +9,14 @@ reported the same way) when the index build decodes it.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from ragmed.corpus.records import Case, Corpus, SkippedRow
 from ragmed.corpus.sections import split_sections
 from ragmed.errors import CorpusError
 
 CORE = ("id", "image", "report", "findings", "impression", "indication", "split")
-
-
-@dataclass
-class Case:
-    """One corpus entry: a report (may be empty) and zero or more images."""
-
-    id: str
-    images: list[str] = field(default_factory=list)  # absolute paths
-    report: str = ""
-    sections: dict[str, str] = field(default_factory=dict)
-    metadata: dict[str, str] = field(default_factory=dict)
-    split: str | None = None
-    row: int = 0  # 1-based row (line) in the manifest, for reports; 0 when not from a file
-
-    @property
-    def text(self) -> str:
-        """The text that is embedded and shown: the report, else findings + impression."""
-        if self.report:
-            return self.report
-        return " ".join(v for k, v in self.sections.items() if k in ("findings", "impression")).strip()
-
-
-@dataclass
-class SkippedRow:
-    row: int  # 1-based data row (0 for a whole file)
-    case_id: str | None
-    path: str | None  # image path relative to the manifest
-    reason: str
-
-    def to_dict(self) -> dict:
-        return {"row": self.row, "case_id": self.case_id, "path": self.path, "reason": self.reason}
-
-
-@dataclass
-class Corpus:
-    """An iterable of cases plus the rows that could not be used."""
-
-    source: str
-    root: Path  # images are relative to this directory
-    cases: list[Case]
-    skipped: list[SkippedRow] = field(default_factory=list)
-    format: str = "csv"
-
-    def __iter__(self) -> Iterator[Case]:
-        return iter(self.cases)
-
-    def __len__(self) -> int:
-        return len(self.cases)
-
-    def checksum(self) -> str:
-        """Stable hash of the corpus content (ids, texts, image paths) for the index manifest."""
-        h = hashlib.sha256()
-        for c in self.cases:
-            h.update(json.dumps([c.id, c.text, [Path(p).name for p in c.images], c.metadata], sort_keys=True).encode())
-        return h.hexdigest()[:16]
 
 
 def read_corpus(path: str | Path, *, format: str | None = None, images: str | Path | None = None,
@@ -97,6 +40,7 @@ def read_corpus(path: str | Path, *, format: str | None = None, images: str | Pa
         rows = _read_csv(p, columns or {})
     elif fmt == "jsonl":
         rows = [(i, _rename(r, columns or {})) for i, r in _read_jsonl(p)]
+        _check_image_column(sorted({k for _, r in rows for k in r}), columns or {}, p)
     else:
         raise CorpusError(f"unknown corpus format {fmt!r}; use csv, jsonl, vqa-rad or slake", path=str(p))
     root = Path(images) if images is not None else p.parent
@@ -145,15 +89,51 @@ def _read_csv(p: Path, columns: dict[str, str] | None = None) -> list[tuple[int,
             if "id" not in fields or ("image" not in fields and "report" not in fields and "findings" not in fields):
                 raise CorpusError(f"manifest header must have 'id' and 'image' and/or 'report'; found {reader.fieldnames}",
                                   path=str(p))
+            _check_image_column(fields, columns, p)
             out = []
+            line = reader.line_num
             for i, row in enumerate(reader, start=1):
-                out.append((i, _rename({(k or "").strip().lower(): (v or "") for k, v in row.items() if k is not None},
-                                       columns)))
+                first, line = line + 1, reader.line_num
+                row = _rename({(k or "").strip().lower(): (v or "") for k, v in row.items() if k is not None}, columns)
+                swallowed = _swallowed_rows(row, len(reader.fieldnames), delim) if line > first else []
+                if swallowed:
+                    row = {"__error__": f"unbalanced quote: lines {first}–{line} were read as one row, "
+                                        f"{len(swallowed)} further row(s) inside it ({', '.join(swallowed[:3])}"
+                                        f"{' …' if len(swallowed) > 3 else ''}); fix the quoting and rebuild"}
+                out.append((i, row))
             return out
     except UnicodeDecodeError as e:
         raise CorpusError(f"manifest is not UTF-8 text ({e.reason} at byte {e.start})", path=str(p)) from e
     except csv.Error as e:
         raise CorpusError(f"malformed CSV: {e}", path=str(p)) from e
+
+
+# column names that hold image paths under another name: a manifest using one of them without `--column image=…`
+# would otherwise become a text-only index without a word
+IMAGE_LIKE = ("image_path", "image_paths", "imagepath", "image_file", "image_files", "img", "img_path",
+              "path", "file", "filename", "file_name", "dicom", "dicom_path", "png", "jpg")
+
+
+def _check_image_column(fields: list[str], columns: dict[str, str], p: Path) -> None:
+    if "image" in fields or "images" in fields or "image" in columns:
+        return
+    like = [f for f in fields if f in IMAGE_LIKE]
+    if like:
+        raise CorpusError(f"no 'image' column, but {like[0]!r} looks like image paths; name it 'image', or pass "
+                          f"--column image={like[0]} (or --column image= for a text-only index)", path=str(p))
+
+
+def _swallowed_rows(row: dict, n_fields: int, delim: str) -> list[str]:
+    """Lines inside one field that parse as whole rows of this manifest: an unbalanced quote joined them."""
+    out = []
+    for v in row.values():
+        if "\n" not in (v or ""):
+            continue
+        for ln in v.split("\n")[1:]:
+            cells = next(csv.reader([ln], delimiter=delim), [])
+            if len(cells) == n_fields and cells[0].strip() and " " not in cells[0].strip():
+                out.append(cells[0].strip())
+    return out
 
 
 def _read_jsonl(p: Path) -> list[tuple[int, dict]]:

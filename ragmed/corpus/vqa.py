@@ -6,7 +6,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ragmed.corpus.manifest import Case, Corpus, SkippedRow
+from ragmed.corpus.records import Case, Corpus, SkippedRow
 from ragmed.errors import CorpusError
 
 VQA_RAD_FIELDS = {"qid", "image_name", "question", "answer"}
@@ -27,7 +27,7 @@ class QAItem:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def _load_json(p: Path) -> list[dict]:
+def load_json(p: Path) -> list[dict]:
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -43,7 +43,7 @@ def _load_json(p: Path) -> list[dict]:
 
 
 def detect_vqa_format(p: Path, items: list[dict] | None = None) -> str:
-    items = items if items is not None else _load_json(p)
+    items = items if items is not None else load_json(p)
     keys = set(items[0]) if items else set()
     if VQA_RAD_FIELDS <= keys:
         return "vqa-rad"
@@ -55,7 +55,7 @@ def detect_vqa_format(p: Path, items: list[dict] | None = None) -> str:
 def read_qa(p: str | Path, *, format: str | None = None, language: str = "en") -> list[QAItem]:
     """Read VQA-RAD or SLAKE question–answer items (SLAKE: English only unless ``language`` is ``"all"``)."""
     p = Path(p)
-    raw = _load_json(p)
+    raw = load_json(p)
     fmt = format or detect_vqa_format(p, raw)
     out: list[QAItem] = []
     for i, r in enumerate(raw):

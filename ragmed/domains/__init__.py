@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ragmed.errors import ConfigError, DomainError
+from ragmed.registry import Registry
 
 GENERIC_MODALITIES = frozenset({"OT", "SC", ""})
 DEFAULT_ORDER = ("tags", "classifier", "zero-shot")
@@ -371,63 +372,104 @@ def build_router(cfg, *, image_encoder=None, text_encoder=None, version_dir: str
     classifier = RouterClassifier.load(version_dir) if version_dir is not None else None
     kw = {k: params.pop(k) for k in ("order", "unknown_modality", "temperature", "negatives", "ood_margin",
                                      "build_zero_shot") if k in params}
-    name = cfg.router.name
-    if name not in ("auto", "tags", "zero-shot", "classifier"):
-        raise ConfigError(f"router.name must be auto, tags, zero-shot or classifier, not {name!r}")
-    if "order" not in kw and name in ("zero-shot", "classifier"):
-        kw["order"] = ("tags", name)  # DICOM tags always first; then only the named image step
     if params:
         raise ConfigError(f"router.params: unknown key(s) {sorted(params)}; known: order, unknown_modality, "
                           "temperature, negatives, ood_margin, build_zero_shot, fit_max_per_domain")
-    return DomainRouter(cfg.domains, threshold=cfg.router.threshold, refuse_below=cfg.router.refuse_below,
-                        image_encoder=image_encoder, text_encoder=text_encoder, classifier=classifier, **kw)
+    return ROUTERS.create(cfg.router.name, domains=cfg.domains, threshold=cfg.router.threshold,
+                          refuse_below=cfg.router.refuse_below, image_encoder=image_encoder,
+                          text_encoder=text_encoder, classifier=classifier, **kw)
 
 
-def fit_router(version_dir: str | Path, corpus_root: str | Path, image_encoder, *, domains: list[str],
-               max_per_domain: int = 200, min_per_domain: int = 5, seed: int = 0, C: float = 1.0) -> dict:
-    """Fit the classifier step on the index's own routed images (re-decoded from the corpus, at most
-    ``max_per_domain`` per domain, seeded) and save it beside the index. Returns a summary (or why it was skipped)."""
-    import sqlite3
+def _router(order: tuple[str, ...]):
+    """A router whose evidence order defaults to ``order`` (``router.params.order`` overrides it)."""
+    def factory(domains, **kw):
+        kw.setdefault("order", order)
+        return DomainRouter(domains, **kw)
 
+    return factory
+
+
+ROUTERS = Registry("router")
+ROUTERS.register("auto", _router(DEFAULT_ORDER))
+ROUTERS.register("tags", _router(DEFAULT_ORDER))
+ROUTERS.register("zero-shot", _router(("tags", "zero-shot")))  # DICOM tags always first; then only that step
+ROUTERS.register("classifier", _router(("tags", "classifier")))
+
+
+def fit_router(store, corpus_root: str | Path, image_encoder, *, domains: list[str], max_per_domain: int = 200,
+               min_per_domain: int = 5, seed: int = 0, C: float = 1.0) -> dict:
+    """Fit the classifier step on an index's own routed images, decoding them again from the corpus (for an index
+    whose build did not gather their statistics, e.g. after ``add``). ``store``: an opened index store (or a version
+    directory). Returns a summary (or why it was skipped)."""
     from ragmed.errors import RagmedError
     from ragmed.io import load_image
 
-    vd, root = Path(version_dir), Path(corpus_root)
-    con = sqlite3.connect(f"file:{vd / 'meta.sqlite'}?mode=ro", uri=True)
-    try:
-        rows = con.execute("SELECT source, domain FROM images ORDER BY vec_id").fetchall()
-    finally:
-        con.close()
-    rng = np.random.default_rng(seed)
-    by_dom: dict[str, list[str]] = {}
-    for src, dom in rows:
-        if dom in domains:
-            by_dom.setdefault(dom, []).append(src)
-    usable = {d: s for d, s in by_dom.items() if len(s) >= min_per_domain}
-    if len(usable) < 2:
-        return {"fitted": False, "reason": f"fewer than 2 domains with ≥{min_per_domain} routed images "
-                                           f"({ {d: len(s) for d, s in by_dom.items()} })"}
-    feats, labels, failed = [], [], 0
-    for dom, srcs in sorted(usable.items()):
-        pick = rng.choice(len(srcs), size=min(max_per_domain, len(srcs)), replace=False)
+    if not hasattr(store, "image_rows"):
+        from ragmed.index import IndexStore
+
+        store = IndexStore(store, use_gpu=False)
+    root = Path(corpus_root)
+    rows = [(r["vec_id"], r["domain"]) for r in store.image_rows()]
+    source = {r["vec_id"]: r["source"] for r in store.image_rows()}
+    failed = 0
+
+    def features_of(vec_ids: list[int]) -> list[np.ndarray | None]:
+        nonlocal failed
         ims = []
-        for i in sorted(pick):
-            p = Path(srcs[i])
+        for vid in vec_ids:
+            p = Path(source[vid])
             try:
                 ims.append(load_image(p if p.is_absolute() else root / p, root=root))
             except RagmedError:
                 failed += 1
-        if not ims:
-            continue
-        vecs = image_encoder.encode_images(ims)
-        for im, v in zip(ims, vecs):
-            feats.append(np.concatenate([v, content_features(im)]))
-            labels.append(dom)
-    clf = RouterClassifier.fit(np.stack(feats), labels, image_encoder.id, C=C, seed=seed)
-    clf.save(vd)
-    return {"fitted": True, "classes": clf.classes, "n_per_class": clf.meta["n_per_class"], "decode_failed": failed,
+                ims.append(None)
+        good = [im for im in ims if im is not None]
+        vecs = iter(image_encoder.encode_images(good)) if good else iter(())
+        return [None if im is None else np.concatenate([next(vecs), content_features(im)]) for im in ims]
+
+    out = _fit_router(store.version_dir, rows, features_of, image_encoder.id, domains=domains,
+                      max_per_domain=max_per_domain, min_per_domain=min_per_domain, seed=seed, C=C)
+    if out.get("fitted"):
+        out["decode_failed"] = failed
+    return out
+
+
+def fit_router_from_features(version_dir: str | Path, rows: list[tuple[int, str]], features, encoder_id: str, *,
+                             domains: list[str], max_per_domain: int = 200, min_per_domain: int = 5, seed: int = 0,
+                             C: float = 1.0) -> dict:
+    """Fit the classifier step from features the build already has: ``rows`` (vector id, domain) in vector-id order,
+    ``features(vector id) -> image vector ⊕ content_features``. The same seeded sample as :func:`fit_router`."""
+    out = _fit_router(version_dir, rows, lambda ids: [features(i) for i in ids], encoder_id, domains=domains,
+                      max_per_domain=max_per_domain, min_per_domain=min_per_domain, seed=seed, C=C)
+    if out.get("fitted"):
+        out["decode_failed"] = 0
+    return out
+
+
+def _fit_router(version_dir, rows, features_of, encoder_id: str, *, domains, max_per_domain, min_per_domain, seed,
+                C) -> dict:
+    rng = np.random.default_rng(seed)
+    by_dom: dict[str, list[int]] = {}
+    for vid, dom in rows:
+        if dom in domains:
+            by_dom.setdefault(dom, []).append(vid)
+    usable = {d: s for d, s in by_dom.items() if len(s) >= min_per_domain}
+    if len(usable) < 2:
+        return {"fitted": False, "reason": f"fewer than 2 domains with ≥{min_per_domain} routed images "
+                                           f"({ {d: len(s) for d, s in by_dom.items()} })"}
+    feats, labels = [], []
+    for dom, vids in sorted(usable.items()):
+        pick = rng.choice(len(vids), size=min(max_per_domain, len(vids)), replace=False)
+        for f in features_of([vids[i] for i in sorted(pick)]):
+            if f is not None:
+                feats.append(f)
+                labels.append(dom)
+    clf = RouterClassifier.fit(np.stack(feats), labels, encoder_id, C=C, seed=seed)
+    clf.save(version_dir)
+    return {"fitted": True, "classes": clf.classes, "n_per_class": clf.meta["n_per_class"],
             "train_accuracy": clf.meta["train_accuracy"], "ood_floor": clf.ood_floor}
 
 
-__all__ = ["DomainRouter", "Route", "RouterClassifier", "build_router", "fit_router", "content_features",
+__all__ = ["ROUTERS", "DomainRouter", "Route", "RouterClassifier", "build_router", "fit_router", "fit_router_from_features",
+           "content_features",
            "check_content", "check_not_blank", "UNROUTED"]

@@ -12,7 +12,8 @@ Registered names (``ragmed encoder list`` prints them):
 from __future__ import annotations
 
 from ragmed.encoders.base import BaseImageEncoder, BaseTextEncoder, ImageEncoder, TextEncoder, l2_normalise
-from ragmed.encoders.registry import create_encoder, encoder_kind, list_encoders, register_encoder
+from ragmed.encoders.registry import (ENCODERS, check_encoder_params, create_encoder, encoder_kind, list_encoders,
+                                     register_encoder)
 
 
 def _minilm(**kw):
@@ -57,12 +58,32 @@ def _two_tower(name: str):
     return factory
 
 
-register_encoder("minilm", "text", _minilm)
+# where each built-in's parameters are declared (modules that import no torch at module level)
+register_encoder("minilm", "text", _minilm, signature="ragmed.encoders.text:SentenceTransformerTextEncoder.__init__",
+                 hidden=("path",))
 for _name in ("biomedclip", "unimed-clip", "siglip", "clip", "medimageinsight"):
-    register_encoder(_name, "both", _two_tower(_name))
-register_encoder("ragmed-default", "image", _ragmed_default)
-register_encoder("sentence-transformers", "text", _st)
-register_encoder("classic", "image", _classic)
+    register_encoder(_name, "both", _two_tower(_name), signature=f"ragmed.encoders.clip:{_name.replace('-', '_')}")
+register_encoder("ragmed-default", "image", _ragmed_default,
+                 signature="ragmed.encoders.default:RagmedImageEncoder.__init__")
+register_encoder("sentence-transformers", "text", _st,
+                 signature="ragmed.encoders.text:SentenceTransformerTextEncoder.__init__")
+register_encoder("classic", "image", _classic, signature="ragmed.encoders.classic:ClassicDescriptor.__init__")
+
+# heavier public names, imported on first use (``import ragmed.encoders`` stays light)
+_LAZY = {"shipped_path": "ragmed.encoders.default", "check_model_dir": "ragmed.encoders.default",
+         "read_model_dir": "ragmed.encoders.default", "RagmedImageEncoder": "ragmed.encoders.default",
+         "PreprocessConfig": "ragmed.encoders.tower", "TowerConfig": "ragmed.encoders.tower",
+         "TrainConfig": "ragmed.encoders.train", "build_trainset": "ragmed.encoders.train",
+         "samples_from_corpus": "ragmed.encoders.train", "train_tower": "ragmed.encoders.train"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ragmed.encoders' has no attribute {name!r}")
+
 
 __all__ = ["ImageEncoder", "TextEncoder", "BaseImageEncoder", "BaseTextEncoder", "l2_normalise",
-           "create_encoder", "list_encoders", "register_encoder", "encoder_kind", "fit_to_corpus"]
+           "create_encoder", "list_encoders", "register_encoder", "encoder_kind", "ENCODERS", "check_encoder_params", "fit_to_corpus", *_LAZY]

@@ -360,8 +360,6 @@ def load_unimed_clip(path: str | None = None, *, arch: str = "ViT-B-16", text_mo
 # --- transformers: SigLIP (MedSigLIP) and CLIP -------------------------------------------------------------------
 class HFClipBackend(TwoTowerBackend):
     def __init__(self, name: str, root: Path):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
         try:

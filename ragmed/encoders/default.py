@@ -52,16 +52,27 @@ def check_model_dir(path: str | Path) -> Path:
     return p
 
 
+def read_model_dir(path: str | Path) -> dict[str, Any]:
+    """The one reader of a ragmed-default model directory's JSON: ``{"path", "config", "preprocess"}`` (dicts)."""
+    p = check_model_dir(path)
+    try:
+        return {"path": p, "config": json.loads((p / "config.json").read_text()),
+                "preprocess": json.loads((p / "preprocess.json").read_text())}
+    except (OSError, json.JSONDecodeError) as e:
+        raise EncoderError(f"unreadable model configuration: {e}", path=str(p)) from e
+
+
 class RagmedImageEncoder(BaseImageEncoder):
     """The ragmed-default image tower, loaded from a model directory."""
 
     def __init__(self, path: str | Path | None = None, *, batch_size: int = 64, threads: int | None = None,
                  preprocess_workers: int = 2):
-        self.path = check_model_dir(path if path is not None else shipped_path())
+        md = read_model_dir(path if path is not None else shipped_path())
+        self.path = md["path"]
         try:
-            self.config: dict[str, Any] = json.loads((self.path / "config.json").read_text())
-            self.preprocess_config = PreprocessConfig.from_dict(json.loads((self.path / "preprocess.json").read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as e:
+            self.config: dict[str, Any] = md["config"]
+            self.preprocess_config = PreprocessConfig.from_dict(md["preprocess"])
+        except TypeError as e:
             raise EncoderError(f"unreadable model configuration: {e}", path=str(self.path)) from e
         self.tower_config = TowerConfig.from_dict(self.config.get("tower", {}))
         self.dim = int(self.tower_config.embed_dim)
@@ -170,7 +181,7 @@ def save_model_dir(model, out: str | Path, *, tower: TowerConfig, preprocess: Pr
 
     from safetensors.torch import save_file
 
-    from ragmed import __version__
+    from ragmed.version import __version__
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,10 @@
-"""Encoder registry: name → factory. Pipelines name encoders by registered name, never by import path.
+"""Encoder registry: name → factory (a :class:`ragmed.registry.Registry`). Pipelines name encoders by registered name,
+never by import path.
 
-``create_encoder(name, **params)`` builds one; ``list_encoders()`` lists names. Factories import their heavy
-dependencies lazily. Backends register themselves here (see ``ragmed/encoders/__init__.py``).
+``create_encoder(name, **params)`` builds one; ``list_encoders(kind)`` lists names. Each entry records its kind
+(``image`` / ``text`` / ``both`` towers) and where its parameters are declared (``signature``: a module that imports no
+torch), so a pipeline's encoder parameters are checked when the YAML loads. Backends register themselves in
+``ragmed/encoders/__init__.py``.
 """
 from __future__ import annotations
 
@@ -9,24 +12,32 @@ from collections.abc import Callable
 from typing import Any
 
 from ragmed.errors import ConfigError
+from ragmed.registry import Registry
 
-_FACTORIES: dict[str, tuple[str, Callable[..., Any]]] = {}  # name -> (kind "image"|"text"|"both", factory)
+ENCODERS = Registry("encoder")
 
 
-def register_encoder(name: str, kind: str, factory: Callable[..., Any]) -> None:
+def register_encoder(name: str, kind: str, factory: Callable[..., Any] | str, *, signature: str | None = None,
+                     hidden: tuple[str, ...] = ()) -> None:
     if kind not in ("image", "text", "both"):
         raise ValueError(f"kind must be image, text or both, not {kind!r}")
-    _FACTORIES[name] = (kind, factory)
+    ENCODERS.register(name, factory, kind=kind, signature=signature, implicit=("role",), hidden=hidden)
 
 
 def list_encoders(kind: str | None = None) -> list[str]:
-    return sorted(n for n, (k, _) in _FACTORIES.items() if kind is None or k == kind or k == "both")
+    if kind is None:
+        return ENCODERS.names()
+    return sorted(set(ENCODERS.names(kind=kind)) | set(ENCODERS.names(kind="both")))
 
 
 def encoder_kind(name: str) -> str:
-    if name not in _FACTORIES:
-        raise ConfigError(f"unknown encoder {name!r}; registered: {', '.join(list_encoders())}")
-    return _FACTORIES[name][0]
+    return ENCODERS.info(name)["kind"]
+
+
+def check_encoder_params(name: str, params: dict[str, Any]) -> None:
+    """Parameter names are checked at load time (values such as weight paths only when the encoder is built)."""
+    if ENCODERS.info(name).get("signature"):
+        ENCODERS.check_params(name, params)
 
 
 def create_encoder(name: str, role: str | None = None, **params: Any):
@@ -35,8 +46,4 @@ def create_encoder(name: str, role: str | None = None, **params: Any):
     if role is not None and kind not in (role, "both"):
         raise ConfigError(f"encoder {name!r} is a {kind} encoder and cannot be used as the {role} encoder; "
                           f"{role} encoders: {', '.join(list_encoders(role))}")
-    factory = _FACTORIES[name][1]
-    try:
-        return factory(role=role, **params) if kind == "both" else factory(**params)
-    except TypeError as e:
-        raise ConfigError(f"bad parameters for encoder {name!r}: {e}") from e
+    return ENCODERS.create(name, role=role, **params) if kind == "both" else ENCODERS.create(name, **params)

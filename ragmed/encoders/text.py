@@ -29,7 +29,9 @@ def set_torch_threads(n: int | None = None) -> None:
     """Set torch's intra-op threads: ``n``, else ``$RAGMED_THREADS``, else the usable CPU count."""
     import torch
 
-    n = n or int(os.environ.get("RAGMED_THREADS", "0") or 0) or _usable_cpus()
+    from ragmed.settings import settings
+
+    n = n or settings().threads or _usable_cpus()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
 
@@ -88,8 +90,6 @@ class SentenceTransformerTextEncoder(BaseTextEncoder):
                         set_torch_threads()
                         self._model = bert_lite.BertLite(self.path, max_seq_length=self.max_seq_length or 512)
                         return self._model
-                    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                     from sentence_transformers import SentenceTransformer
 
                     set_torch_threads()

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ragmed.encoders.tower import PreprocessConfig, TowerConfig, letterbox_uint8
-from ragmed.errors import EncoderError
+from ragmed.errors import EncoderError, RagmedError
 
 log = logging.getLogger("ragmed.encoders.train")
 
@@ -248,7 +248,7 @@ def train_tower(data: TrainSet, out: str | Path, text_encoder, *, config: TrainC
     import torch
     from tqdm import tqdm
 
-    from ragmed.encoders.default import check_model_dir, save_model_dir
+    from ragmed.encoders.default import read_model_dir, save_model_dir
     from ragmed.encoders.text import set_torch_threads
     from ragmed.encoders.tower import build_tower
 
@@ -257,10 +257,10 @@ def train_tower(data: TrainSet, out: str | Path, text_encoder, *, config: TrainC
     if len(data) < 2:
         raise EncoderError("need at least two images with text to train", path=str(out))
     if init is not None:
-        init_dir = check_model_dir(init)
-        init_cfg = json.loads((init_dir / "config.json").read_text())
-        tower = TowerConfig.from_dict(init_cfg["tower"])
-        preprocess = PreprocessConfig.from_dict(json.loads((init_dir / "preprocess.json").read_text()))
+        md = read_model_dir(init)
+        init_dir = md["path"]
+        tower = TowerConfig.from_dict(md["config"]["tower"])
+        preprocess = PreprocessConfig.from_dict(md["preprocess"])
     tower = tower or TowerConfig()
     preprocess = preprocess or PreprocessConfig()
     if data.arrays.shape[1] != preprocess.size:
@@ -282,8 +282,9 @@ def train_tower(data: TrainSet, out: str | Path, text_encoder, *, config: TrainC
     t_text = time.perf_counter() - t_text
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # parameter initialisation only; sampling uses its own generators
-    model = build_tower(tower)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's global RNG
+        torch.manual_seed(cfg.seed)  # parameter initialisation only; sampling uses its own generators
+        model = build_tower(tower)
     if init is not None:
         from ragmed.encoders.default import load_tower
 
@@ -447,7 +448,7 @@ def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 10, work_dir: str
     """
     import tempfile
 
-    from ragmed.encoders.default import RagmedImageEncoder
+    from ragmed.encoders.default import RagmedImageEncoder, read_model_dir
     from ragmed.errors import ConfigError
 
     if not isinstance(encoder, RagmedImageEncoder):
@@ -463,11 +464,11 @@ def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 10, work_dir: str
                "ssl_weight": float(ssl_weight), "ssl_aug_strength": float(ssl_aug_strength),
                "batch_size": int(batch_size), "min_steps": int(min_steps), "max_steps": int(max_steps),
                "max_images": max_images}
-    if (target / "config.json").exists():
+    if target.exists():
         try:
-            if json.loads((target / "config.json").read_text()).get("fit") == fit_rec:
+            if read_model_dir(target)["config"].get("fit") == fit_rec:
                 return RagmedImageEncoder(target, batch_size=encoder.batch_size, threads=encoder.threads)
-        except (OSError, json.JSONDecodeError):
+        except RagmedError:  # an incomplete or unreadable earlier fit: fit again
             pass
     skipped: list = []
     ssl = ssl_weight > 0

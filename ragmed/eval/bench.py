@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ragmed.settings import settings
+
 RESULTS_DIR = Path(__file__).resolve().parent.parent.parent / "eval" / "results"
-CACHE_DIR = Path(os.environ.get("RAGMED_BENCH_CACHE") or Path(__file__).resolve().parent.parent.parent / "eval" / ".cache")
+CACHE_DIR = settings().bench_cache or Path(__file__).resolve().parent.parent.parent / "eval" / ".cache"
 
 
 def machine() -> dict[str, Any]:

@@ -151,7 +151,7 @@ def pair_reports(pred: list[tuple[str | None, str]], ref: list[tuple[str | None,
 
 def evaluate_reports(pred_path: str | Path, ref_path: str | Path, *, kg_path: str | Path | None = None,
                      linker=None, predictions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    from ragmed import __version__
+    from ragmed.version import __version__
     from ragmed.eval.results import make_result
 
     t0 = time.perf_counter()

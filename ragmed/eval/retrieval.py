@@ -264,7 +264,7 @@ def evaluate_retrieval(index: str | Path, queries_path: str | Path, task: str, m
                        fmt: str | None = None, exclude_query_image: bool = True, progress: bool = False,
                        predictions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run a retrieval evaluation and return the schema-1 result object."""
-    from ragmed import __version__
+    from ragmed.version import __version__
     from ragmed.eval.results import make_result
     from ragmed.pipeline import Pipeline
 

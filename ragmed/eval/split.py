@@ -12,12 +12,12 @@ import json
 import random
 from pathlib import Path
 
-from ragmed.corpus.vqa import _load_json, detect_vqa_format
+from ragmed.corpus.vqa import load_json, detect_vqa_format
 
 
 def split_by_image(data: str | Path, out: str | Path, *, seed: int = 0, index_fraction: float = 0.8) -> dict:
     p = Path(data)
-    rows = _load_json(p)
+    rows = load_json(p)
     fmt = detect_vqa_format(p, rows)
     key = "image_name" if fmt == "vqa-rad" else "img_name"
     images = sorted({str(r[key]) for r in rows})

@@ -98,7 +98,7 @@ def evaluate_vqa(pipeline_path: str | Path | None, index: str | Path, data: str 
     """Ask the pipeline every question (its own image excluded from retrieval by default) and score the answers."""
     from tqdm import tqdm
 
-    from ragmed import __version__
+    from ragmed.version import __version__
     from ragmed.corpus.vqa import read_qa
     from ragmed.errors import RagmedError
     from ragmed.eval.results import make_result

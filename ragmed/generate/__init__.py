@@ -5,11 +5,10 @@ Model backends (``gguf``, ``transformers``, ``openai``) register themselves from
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ragmed.errors import ConfigError
+from ragmed.registry import Registry
 from ragmed.types import Evidence, Generation, KnowledgeEvidence
 
 
@@ -22,35 +21,21 @@ class Generator(Protocol):
                  image=None, domain: str | None = None, task: str = "open") -> Generation: ...
 
 
-_GENERATORS: dict[str, str | Callable[..., Generator]] = {
-    "extractive": "ragmed.generate.extractive:ExtractiveGenerator",
-    "gguf": "ragmed.generate.gguf:GGUFGenerator",
-    "transformers": "ragmed.generate.hf:TransformersGenerator",
-    "openai": "ragmed.generate.openai_backend:OpenAIGenerator",
-    "vote": "ragmed.generate.vote:VoteGenerator",
-}
+GENERATORS = Registry("generator")
+GENERATORS.register("extractive", "ragmed.generate.extractive:ExtractiveGenerator")
+GENERATORS.register("gguf", "ragmed.generate.gguf:GGUFGenerator", extra="llm")
+GENERATORS.register("transformers", "ragmed.generate.hf:TransformersGenerator", extra="llm")
+GENERATORS.register("openai", "ragmed.generate.openai_backend:OpenAIGenerator")
+GENERATORS.register("vote", "ragmed.generate.vote:VoteGenerator")
 
 
-def register_generator(name: str, factory: Callable[..., Generator] | str) -> None:
-    _GENERATORS[name] = factory
+def register_generator(name: str, factory: Callable[..., Generator] | str, **info: Any) -> None:
+    GENERATORS.register(name, factory, **info)
 
 
 def list_generators() -> list[str]:
-    out = []
-    for name, f in _GENERATORS.items():
-        if callable(f) or importlib.util.find_spec(f.split(":")[0]) is not None:
-            out.append(name)
-    return sorted(out)
+    return GENERATORS.names()
 
 
 def create_generator(name: str, **params: Any) -> Generator:
-    if name not in list_generators():
-        raise ConfigError(f"unknown generator {name!r}; available: {', '.join(list_generators())}")
-    f = _GENERATORS[name]
-    if isinstance(f, str):
-        mod, attr = f.split(":")
-        f = getattr(importlib.import_module(mod), attr)
-    try:
-        return f(**params)
-    except TypeError as e:
-        raise ConfigError(f"bad parameters for generator {name!r}: {e}") from e
+    return GENERATORS.create(name, **params)

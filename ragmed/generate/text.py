@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from ragmed.text.normalize import NO, YES, answer_key  # noqa: F401 - YES / NO re-exported (old import path)
+
 WORD = re.compile(r"[a-z0-9]+")
 _SENT = re.compile(r"(?<=[.!?;])\s+|\n+")
 _QA = re.compile(r"Q:\s*(?P<q>.+?)\s*A:\s*(?P<a>.+?)\s*(?=(?:\bQ:\s)|$)", re.S)
@@ -17,8 +19,6 @@ GENERIC = frozenset(
     "suggesting suggestive case cases similar report reports finding findings result results based according "
     "given number numbered answer question also both each other mild small large new well within side area region "
     "normal abnormal abnormality seen identified demonstrated demonstrate".split())
-YES = frozenset({"yes", "y", "true", "present", "positive", "yes it is", "yes there is"})
-NO = frozenset({"no", "n", "false", "absent", "negative", "none", "no there is not", "not seen"})
 # NegEx-style triggers (Chapman et al. 2001): a finding after a pre-trigger, or before a post-trigger, in the same
 # clause is denied.
 PRE_NEG = ("no evidence of", "no signs of", "no sign of", "negative for", "free of", "absence of", "without", "no",
@@ -65,15 +65,7 @@ def qa_pairs(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def normalize_answer(a: str) -> str:
-    """Case-folded, punctuation and leading articles removed, yes/no synonyms collapsed."""
-    t = " ".join(words(a))
-    t = re.sub(r"^(the|a|an)\s+", "", t)
-    if t in YES:
-        return "yes"
-    if t in NO:
-        return "no"
-    return t
+normalize_answer = answer_key  # the generators' matching key (ragmed.text.normalize explains the two normalisers)
 
 
 def yes_no(text: str) -> str | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ragmed import __version__
+from ragmed.version import __version__
 from ragmed.corpus import Case, Corpus, SkippedRow
 from ragmed.errors import EncoderMismatchError, IndexStoreError, RagmedError
 
@@ -57,7 +57,7 @@ class BuildReport:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
-    post_build: dict[str, Any] = field(default_factory=dict)  # BM25 / calibration / router written after the swap
+    post_build: dict[str, Any] = field(default_factory=dict)  # BM25 / calibration / router, written before the swap
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -94,11 +94,19 @@ def should_fit(icfg, corpus) -> bool:
 
 def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=None, text_encoder=None,
                 router: Router | None = None, add: bool = False, progress: bool = True,
-                stop_after_batches: int | None = None) -> BuildReport:
-    """Build (or, with ``add``, extend) the index at ``out`` from ``corpus``.
+                stop_after_batches: int | None = None, fit: bool | None = None,
+                on_images: Callable[[list], None] | None = None,
+                before_publish: Callable[..., dict] | None = None) -> BuildReport:
+    """Build (or, with ``add``, extend) the index at ``out`` from ``corpus``, in one pass over the images.
 
     ``config``: a :class:`ragmed.config.PipelineConfig` (default pipeline when ``None``).
     ``router(case, images) -> domain`` assigns each case a domain sub-index (``"all"`` when ``None``).
+    ``fit``: fit the image tower to the corpus (True / False); None: as ``index.fit_image_encoder`` says.
+    ``on_images([(vector id, domain, MedicalImage), …])``: called for each committed batch's images (decoded once,
+    here), e.g. to collect what a router is fitted on.
+    ``before_publish(store, image_encoder=…, text_encoder=…) -> dict``: called on the complete staging version
+    (vectors, FAISS, metadata, BM25 and calibration written), before the swap; what it writes is published with the
+    rest, and its summary is the report's ``post_build``.
     ``stop_after_batches``: for tests, stop (as if killed) after that many committed batches.
     """
     from ragmed.config import PipelineConfig
@@ -133,11 +141,12 @@ def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=N
             if enc is not None and rec is not None and (rec["id"] != enc.id or int(rec["dim"]) != int(enc.dim)):
                 raise EncoderMismatchError(f"cannot add: the index's {role} encoder is {rec['id']!r} ({rec['dim']}-d), "
                                       f"this pipeline's is {enc.id!r} ({enc.dim}-d)", path=str(out))
-    if image_encoder is not None and base_dir is None and should_fit(icfg, corpus):  # new builds only
+    if image_encoder is not None and base_dir is None and (should_fit(icfg, corpus) if fit is None else fit):
         from ragmed.encoders import fit_to_corpus  # provided by the trained default encoder (issue B)
 
-        if progress:
-            log.info("fitting the image encoder to the corpus (index.fit_image_encoder: %s)", icfg.fit_image_encoder)
+        if progress:  # the fit decodes the corpus's images first: say so at once (it takes minutes)
+            _say(f"fitting the image encoder to the corpus ({sum(len(c.images) for c in corpus.cases)} images; "
+                 f"index.fit_image_encoder: {icfg.fit_image_encoder}; --no-fit skips it)")
         image_encoder = fit_to_corpus(image_encoder, corpus, text_encoder, epochs=icfg.fit_epochs,
                                       ssl_weight=icfg.fit_ssl_weight, min_steps=icfg.fit_min_steps,
                                       max_steps=icfg.fit_max_steps, max_images=icfg.fit_max_images,
@@ -150,25 +159,8 @@ def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=N
             enc_ids["image"]["model_dir"] = "image_encoder"
     key = _key(corpus, cfg.to_dict(), enc_ids, base_dir.name if base_dir else None)
 
-    staging = out / ".staging"
-    state_file = staging / "state.json"
+    staging = _open_staging(out, key, base_dir)
     resumed_from = 0
-    if staging.exists():
-        try:
-            state = json.loads(state_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            state = {}
-        if state.get("key") != key:
-            shutil.rmtree(staging)
-    if not staging.exists():
-        tmp = out / f".staging-new-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        if base_dir is not None:
-            shutil.copy2(base_dir / "meta.sqlite", tmp / "meta.sqlite")
-            shutil.copytree(base_dir / "vectors", tmp / "vectors", copy_function=os.link)
-        (tmp / "state.json").write_text(json.dumps({"key": key, "started": time.time()}))
-        os.replace(tmp, staging)
     con = _connect(staging / "meta.sqlite")
     vec_root = staging / "vectors"
     _drop_uncommitted_parts(con, vec_root)
@@ -215,7 +207,8 @@ def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=N
             decoded = [f.result() for f in pending]
             timings["decode"] += time.perf_counter() - td
             pending = submit(batches[bi + 1]) if bi + 1 < len(batches) else None  # decode ahead while encoding
-            added += _commit_batch(con, vec_root, next_part, decoded, router, image_encoder, text_encoder, timings, root)
+            added += _commit_batch(con, vec_root, next_part, decoded, router, image_encoder, text_encoder, timings, root,
+                                   on_images)
             next_part += 1
             bar.update(len(batch))
             if stop_after_batches is not None and bi + 1 >= stop_after_batches:
@@ -226,19 +219,83 @@ def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=N
     tf = time.perf_counter()
     if fitted_dir is not None:
         shutil.copytree(fitted_dir, staging / "image_encoder", dirs_exist_ok=True)
-    manifest = _finalize(con, staging, cfg, enc_ids, corpus, text_encoder, image_encoder)
+    manifest = _finalize(con, staging, cfg, enc_ids, corpus)
     timings["finalize"] = time.perf_counter() - tf
     n_cases = con.execute("SELECT COUNT(*) FROM cases").fetchone()[0]
     n_images = con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
     skipped = [dict(zip(("row", "case_id", "path", "reason"), r))
                for r in con.execute("SELECT row, case_id, path, reason FROM skipped ORDER BY row, rowid")]
-    con.execute("DROP TABLE done")
-    con.commit()
-    con.close()
-    version = _swap_in(out, staging, manifest)
+    tp = time.perf_counter()
+    try:  # (a build killed in here resumes with every case done: it redoes only these steps)
+        post = _derived(staging, text_encoder, image_encoder, enc_ids, progress)
+        if before_publish is not None:
+            from ragmed.index.store import IndexStore
+
+            post.update(before_publish(IndexStore(staging, use_gpu=False), image_encoder=image_encoder,
+                                       text_encoder=text_encoder) or {})
+        con.execute("DROP TABLE done")
+        con.commit()
+    finally:
+        con.close()
+    timings["post_build"] = time.perf_counter() - tp
+    version = _swap_in(out, staging, manifest)  # every artefact is written: publish
+    shutil.rmtree(out / ".fit", ignore_errors=True)  # the fitted tower now lives in the version (image_encoder/)
+    log.info("post-build: %s", post)
     return BuildReport(path=str(out), version=version, n_cases=n_cases, n_images=n_images, n_text=n_cases,
                        added=added, resumed_from=resumed_from, skipped=skipped,
-                       seconds=time.perf_counter() - t0, timings=timings)
+                       seconds=time.perf_counter() - t0, timings=timings, post_build=post)
+
+
+def _say(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def _derived(staging: Path, text_encoder, image_encoder, enc_ids: dict, progress: bool) -> dict:
+    """BM25 over the report text and the retrieval calibration (channel quantiles + evidence floors), written into
+    the staging version."""
+    from ragmed.index.bm25 import BM25Channel
+    from ragmed.index.calibrate import Calibrator, calibrate
+    from ragmed.index.store import IndexStore
+
+    if progress:
+        _say("indexing the report text (BM25) and calibrating retrieval scores")
+    store = IndexStore(staging, use_gpu=False)
+    summary: dict = {}
+    bm25 = BM25Channel.build(store)
+    if bm25 is not None:
+        bm25.save(staging)
+        summary["bm25_docs"] = len(bm25.case_ids)
+    cal = calibrate(store, text_encoder=text_encoder, image_encoder_space=enc_ids.get("image", {}).get("space"),
+                    bm25=bm25)
+    Calibrator(cal).save(staging)
+    summary["calibrated"] = {d: sorted(v) for d, v in cal["domains"].items()}
+    return summary
+
+
+def _open_staging(out: Path, key: str, base_dir: Path | None) -> Path:
+    """``out/.staging``: resumed when an interrupted build with the same inputs (``key``) left it, else started afresh
+    (from a copy of ``base_dir``'s metadata and hard links to its vector parts when adding)."""
+    staging = out / ".staging"
+    state_file = staging / "state.json"
+    if staging.exists():
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            state = {}
+        if state.get("key") != key:
+            shutil.rmtree(staging)
+    if not staging.exists():
+        tmp = out / f".staging-new-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        if base_dir is not None:
+            shutil.copy2(base_dir / "meta.sqlite", tmp / "meta.sqlite")
+            shutil.copytree(base_dir / "vectors", tmp / "vectors", copy_function=os.link)
+        (tmp / "state.json").write_text(json.dumps({"key": key, "started": time.time()}))
+        os.replace(tmp, staging)
+    return staging
 
 
 def _record_skips(con, rows: list[SkippedRow]) -> None:
@@ -263,7 +320,8 @@ def _drop_uncommitted_parts(con, vec_root: Path) -> None:
         p.unlink()
 
 
-def _commit_batch(con, vec_root, part_no, decoded, router, image_encoder, text_encoder, timings, root) -> int:
+def _commit_batch(con, vec_root, part_no, decoded, router, image_encoder, text_encoder, timings, root,
+                  on_images=None) -> int:
     from ragmed.index.parts import write_part
 
     rows_ok = []
@@ -292,6 +350,7 @@ def _commit_batch(con, vec_root, part_no, decoded, router, image_encoder, text_e
         by_domain_img: dict[str, tuple[list[int], list[int]]] = {}
         by_domain_txt: dict[str, tuple[list[int], list[int]]] = {}
         k = 0
+        committed_images = []
         for case, images, domain in rows_ok:
             cur = con.execute("INSERT INTO cases(case_id, text, sections, metadata, split, domain) VALUES (?,?,?,?,?,?)",
                               (case.id, case.text, json.dumps(case.sections), json.dumps(case.metadata), case.split,
@@ -306,6 +365,7 @@ def _commit_batch(con, vec_root, part_no, decoded, router, image_encoder, text_e
                                   " VALUES (?,?,?,?,?,?,?)", (case.id, im.source, im.content_hash, im.modality,
                                                              im.body_part, im.view, domain))
                 by_domain_img.setdefault(domain, ([], []))[0].append(cur.lastrowid)
+                committed_images.append((cur.lastrowid, domain, im))
                 by_domain_img[domain][1].append(k)
                 k += 1
         for domain, (ids, pos) in by_domain_img.items():
@@ -321,11 +381,12 @@ def _commit_batch(con, vec_root, part_no, decoded, router, image_encoder, text_e
         con.rollback()
         raise
     timings["write"] += time.perf_counter() - tw
+    if on_images is not None and committed_images:
+        on_images(committed_images)
     return len(rows_ok)
 
 
-def _finalize(con, staging: Path, cfg, enc_ids, corpus, text_encoder, image_encoder) -> dict:
-    from ragmed.index.calibrate import calibrate
+def _finalize(con, staging: Path, cfg, enc_ids, corpus) -> dict:
     from ragmed.index.faiss_utils import build_faiss, resolve_factory
     from ragmed.index.parts import domains_in, load_parts
 
@@ -363,8 +424,6 @@ def _finalize(con, staging: Path, cfg, enc_ids, corpus, text_encoder, image_enco
         "corpus": {"source": Path(corpus.source).name, "format": corpus.format, "checksum": corpus.checksum(),
                    "n_cases": n_cases},
     }
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    manifest["calibration"] = calibrate(staging, manifest, con, text_encoder)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 

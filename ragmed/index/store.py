@@ -14,38 +14,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ragmed.errors import EncoderMismatchError, IndexStoreError
+from ragmed.index.records import CaseRecord, Hit
+from ragmed.registry import Registry
 
 SCHEMA = 1
-
-
-@dataclass
-class Hit:
-    """One retrieved item at the index boundary."""
-
-    case_id: str
-    score: float
-    channel: str  # "image-image", "image-report", "question-report", "question-image", "bm25" …
-    domain: str = "all"
-    image: str | None = None  # source path of the matched image (image channels)
-    vector_id: int = -1
-
-
-@dataclass
-class CaseRecord:
-    case_id: str
-    text: str
-    sections: dict[str, str]
-    metadata: dict[str, str]
-    split: str | None
-    domain: str
-    images: list[dict[str, Any]] = field(default_factory=list)  # source, content_hash, modality, body_part, view
 
 
 def resolve_version_dir(path: str | Path) -> Path:
@@ -61,16 +39,28 @@ def resolve_version_dir(path: str | Path) -> Path:
                           remedy="rebuild it with `ragmed index build`")
 
 
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The one reader of an index's ``manifest.json`` (``path``: the index directory or a version directory)."""
+    vd = resolve_version_dir(path)
+    try:
+        return json.loads((vd / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise IndexStoreError(f"cannot read manifest.json: {e}", path=str(vd)) from e
+
+
 class IndexStore:
     """A loaded index: thread-safe for searching (FAISS search is re-entrant; SQLite per thread)."""
 
     def __init__(self, path: str | Path, *, use_gpu: bool = True):
         self.path = Path(path)
         self.version_dir = resolve_version_dir(path)
-        try:
-            self.manifest = json.loads((self.version_dir / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise IndexStoreError(f"cannot read manifest.json: {e}", path=str(self.version_dir)) from e
+        self.manifest = read_manifest(self.version_dir)
+        if "calibration" not in self.manifest:  # the evidence floors live in the calibration artefact
+            from ragmed.index.calibrate import Calibrator
+
+            cal = Calibrator.load(self.version_dir)
+            if cal is not None:
+                self.manifest["calibration"] = cal.floors()
         if self.manifest.get("schema", 0) > SCHEMA:
             raise IndexStoreError(f"index schema {self.manifest.get('schema')} is newer than this ragmed supports",
                                   path=str(self.path), remedy="upgrade ragmed")
@@ -126,6 +116,40 @@ class IndexStore:
 
     def case_ids_with_hash(self, content_hash: str) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT case_id FROM images WHERE content_hash=?", (content_hash,))}
+
+    def texts(self, domain: str | None = None) -> list[tuple[str, str, str]]:
+        """(case id, report text, domain) of every case with text, in index order (one domain's, or all)."""
+        if domain is None:
+            q, args = "SELECT case_id, text, domain FROM cases WHERE text != '' ORDER BY rowid", ()
+        else:
+            q, args = "SELECT case_id, text, domain FROM cases WHERE domain=? AND text != '' ORDER BY rowid", (domain,)
+        return [(r[0], r[1], r[2]) for r in self.db.execute(q, args)]
+
+    def text_vector_cases(self, domain: str) -> dict[int, str]:
+        """Text vector id → case id for one domain's text sub-index."""
+        vec_ids, case_ids, _, _ = self._id_map(domain, "text")
+        return dict(zip(vec_ids.tolist(), case_ids))
+
+    def calibrator(self):
+        """The index's :class:`~ragmed.index.calibrate.Calibrator` (None for an index built without one)."""
+        from ragmed.index.calibrate import Calibrator
+
+        return Calibrator.load(self.version_dir)
+
+    def bm25(self):
+        """The index's BM25 channel (None for an index built without one)."""
+        from ragmed.index.bm25 import BM25Channel
+
+        return BM25Channel.load(self.version_dir)
+
+    def image_rows(self, domain: str | None = None) -> list[dict[str, Any]]:
+        """One dict per image vector (vec_id, case_id, source, content_hash, modality, body_part, view, domain),
+        in vector-id order (one domain's, or all)."""
+        if domain is None:
+            rows = self.db.execute("SELECT * FROM images ORDER BY vec_id")
+        else:
+            rows = self.db.execute("SELECT * FROM images WHERE domain=? ORDER BY vec_id", (domain,))
+        return [dict(r) for r in rows]
 
     def skipped(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute("SELECT row, case_id, path, reason FROM skipped ORDER BY row")]
@@ -252,5 +276,10 @@ class IndexStore:
         return m
 
 
-def open_index(path: str | Path) -> IndexStore:
-    return IndexStore(path)
+STORES = Registry("index store")  # backend name -> store class opening an index directory (issue H adds more)
+STORES.register("faiss", IndexStore)
+
+
+def open_index(path: str | Path, *, backend: str = "faiss", **options: Any) -> IndexStore:
+    """Open a built index with the named store backend (``faiss``: FAISS files + SQLite metadata)."""
+    return STORES.create(backend, path=path, **options)

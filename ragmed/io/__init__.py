@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ragmed.io.deid import RETAINED_KEYWORDS, deidentify
 from ragmed.io.image import MedicalImage, content_hash
-from ragmed.io.readers import READERS, load_image, load_series
+from ragmed.io.readers import READER_REGISTRY, READERS, load_image, load_series, register_reader
 
-__all__ = ["MedicalImage", "content_hash", "load_image", "load_series", "READERS", "deidentify", "RETAINED_KEYWORDS"]
+__all__ = ["MedicalImage", "content_hash", "load_image", "load_series", "READERS", "READER_REGISTRY", "register_reader",
+           "deidentify", "RETAINED_KEYWORDS"]

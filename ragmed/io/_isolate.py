@@ -28,8 +28,9 @@ import time
 
 import numpy as np
 
-DEFAULT_TIMEOUT_S = 60.0
-DEFAULT_MEMORY_MB = 4096
+from ragmed.settings import DEFAULT_DECODE_MEMORY_MB as DEFAULT_MEMORY_MB  # noqa: F401 - old names
+from ragmed.settings import DEFAULT_DECODE_TIMEOUT_S as DEFAULT_TIMEOUT_S  # noqa: F401
+
 _LEN = struct.Struct(">Q")
 MAX_HEADER = 1 << 20
 
@@ -57,17 +58,15 @@ def available() -> bool:
 
 
 def timeout_s() -> float:
-    try:
-        return float(os.environ.get("RAGMED_DECODE_TIMEOUT", DEFAULT_TIMEOUT_S))
-    except ValueError:
-        return DEFAULT_TIMEOUT_S
+    from ragmed.settings import settings
+
+    return settings().decode_timeout_s
 
 
 def memory_mb() -> int:
-    try:
-        return int(os.environ.get("RAGMED_DECODE_MEMORY_MB", DEFAULT_MEMORY_MB))
-    except ValueError:
-        return DEFAULT_MEMORY_MB
+    from ragmed.settings import settings
+
+    return settings().decode_memory_mb
 
 
 class _Worker:
@@ -124,9 +123,8 @@ _BOOT = "import sys; sys.path.insert(0, sys.argv[1]); import ragmed.io._isolate 
 
 
 def _package_parent() -> str:
-    import ragmed
-
-    return os.path.dirname(os.path.dirname(os.path.abspath(ragmed.__file__)))
+    # this file is ragmed/io/_isolate.py: the directory holding the ragmed package is three levels up
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _read_exact(fd: int, n: int, deadline: float, proc: subprocess.Popen) -> bytes:
@@ -250,7 +248,7 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
     import pydicom
     from pydicom.pixels import pixel_array
 
-    from ragmed.io.dicom import classify_decode_error
+    from ragmed.io.decode_errors import classify_decode_error
 
     while True:
         head = inp.read(_LEN.size)

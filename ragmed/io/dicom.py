@@ -44,30 +44,11 @@ from ragmed.io._quiet import parse_stops
 from ragmed.io.deid import clean_code, uid_name
 from ragmed.io.image import MedicalImage, content_hash
 from ragmed.io.windowing import minmax_normalise
+from ragmed.io.decode_errors import classify_decode_error  # noqa: F401 - re-exported
 
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 DEFAULT_MAX_PIXELS = 1 << 27  # samples in the one frame decoded (~512 MB as float32)
 ISOLATE_CHOICES = ("auto", "always", "never")
-
-
-def classify_decode_error(e: BaseException) -> str:
-    """A reason from ragmed's vocabulary for a decoder exception. The exception's text is read, never repeated."""
-    if isinstance(e, MemoryError):
-        return "decoder ran out of memory"
-    msg = str(e).lower()
-    if "missing dependencies" in msg or "no pixel data decoders" in msg or "not supported" in msg \
-            or "unable to decompress" in msg or "no decoder" in msg or isinstance(e, NotImplementedError):
-        return "no installed decoder supports it"
-    if "transfer syntax" in msg and ("missing" in msg or "no (0002,0010)" in msg or "has no" in msg):
-        return "the file has no transfer syntax"
-    if "less than expected" in msg or "insufficient" in msg or "truncat" in msg:
-        return "pixel data shorter than the image pixel module declares"
-    if "frame" in msg and ("index" in msg or "offset" in msg or "fragment" in msg or "number" in msg):
-        return "frames cannot be located in the pixel data"
-    if "missing required element" in msg or "missing required" in msg or "attributeerror" in msg \
-            or isinstance(e, (AttributeError, KeyError)):
-        return "image pixel module incomplete"
-    return "corrupt or unsupported pixel data"
 
 
 def read_dicom(path: Path, shown: str, *, allow_burned_in: bool = False, frame: int | str = "middle",
@@ -546,7 +527,7 @@ def _apply_voi(ds, a: np.ndarray) -> np.ndarray | None:
 # ----------------------------------------------------------------------------------------------- series
 
 
-def read_series(directory: Path, shown: str, *, root=None, **options) -> MedicalImage:
+def read_series(directory: Path, shown: str, *, load, root=None, **options) -> MedicalImage:
     """One representative image of the DICOM series in ``directory``.
 
     The directory's largest series (by Series Instance UID) is used. Its files are ordered by position along the slice
@@ -559,7 +540,8 @@ def read_series(directory: Path, shown: str, *, root=None, **options) -> Medical
     import pydicom.pixels  # noqa: F401
 
     from ragmed.io._quiet import quiet
-    from ragmed.io.readers import load_image
+
+    load_image = load  # readers.load_image, passed in (this module never imports readers)
 
     try:
         files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -608,3 +590,4 @@ def read_series(directory: Path, shown: str, *, root=None, **options) -> Medical
     from dataclasses import replace
 
     return replace(img, meta=meta)
+

@@ -18,12 +18,15 @@ from ragmed.errors import (
 )
 from ragmed.io.dicom import DEFAULT_MAX_PIXELS
 from ragmed.io.image import MedicalImage, content_hash
+from ragmed.registry import Registry
 
 MAX_PIXELS = DEFAULT_MAX_PIXELS  # samples of the one frame decoded at once (~512 MB as float32)
 
 
 class Reader(Protocol):
     name: str
+
+    def sniff(self, head: bytes) -> bool: ...
 
     def can_read(self, path: Path, head: bytes) -> bool: ...
 
@@ -42,6 +45,9 @@ def _shown(path: Path, root: str | Path | None) -> str:
 
 class DicomReader:
     name = "dicom"
+
+    def sniff(self, head: bytes) -> bool:
+        return _sniff_dicom(head)
 
     def can_read(self, path: Path, head: bytes) -> bool:
         return len(head) >= 132 and head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom")
@@ -63,6 +69,9 @@ class PillowReader:
 
     name = "pillow"
     _SIGS = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
+
+    def sniff(self, head: bytes) -> bool:
+        return any(head.startswith(s) for s in self._SIGS)
 
     def can_read(self, path: Path, head: bytes) -> bool:
         return any(head.startswith(s) for s in self._SIGS) or path.suffix.lower() in (".png", ".jpg", ".jpeg")
@@ -128,7 +137,17 @@ def _is_gray_rgb(arr: np.ndarray, tol: float = 2.0 / 255) -> bool:
     return bool(np.abs(sub[..., 0] - sub[..., 1]).max() <= tol and np.abs(sub[..., 1] - sub[..., 2]).max() <= tol)
 
 
-READERS: list[Reader] = [DicomReader(), PillowReader()]
+READER_REGISTRY = Registry("image reader")  # in the order load_image tries them
+READER_REGISTRY.register("dicom", DicomReader)
+READER_REGISTRY.register("pillow", PillowReader)
+READERS: list[Reader] = [DicomReader(), PillowReader()]  # instances, in that order
+
+
+def register_reader(name: str, reader: Reader) -> None:
+    """Add a format: ``reader`` has ``name``, ``sniff(head)``, ``can_read(path, head)`` and ``read(path, shown, …)``;
+    it is tried after the built-in ones."""
+    READER_REGISTRY.register(name, type(reader))
+    READERS.append(reader)
 
 
 def load_image(
@@ -165,11 +184,12 @@ def load_image(
             head = f.read(256)
         if not head:
             raise UnsupportedFormatError("empty file", path=shown)
-        # Content sniffing first, suffix second.
-        if _sniff_dicom(head):
-            return DicomReader().read(p, shown, isolate=isolate, **opts)
-        if any(head.startswith(s) for s in PillowReader._SIGS):
-            return PillowReader().read(p, shown, **opts)
+        # Content sniffing first (every registered reader), suffix second.
+        for reader in READERS:
+            if reader.sniff(head):
+                if isinstance(reader, DicomReader):
+                    return reader.read(p, shown, isolate=isolate, **opts)
+                return reader.read(p, shown, **opts)
         for reader in READERS:
             if reader.can_read(p, head):
                 if isinstance(reader, DicomReader):  # by suffix: no DICM preamble
@@ -200,7 +220,7 @@ def load_series(directory: str | Path, *, root: str | Path | None = None, **opti
     shown = _shown(d, root)
     if not d.is_dir():
         raise ImageError("not a directory", path=shown)
-    return read_series(d, shown, root=root, **options)
+    return read_series(d, shown, root=root, load=load_image, **options)
 
 
-__all__ = ["load_image", "load_series", "READERS", "BurnedInAnnotationError", "NoPixelDataError"]
+__all__ = ["load_image", "load_series", "READERS", "READER_REGISTRY", "register_reader", "BurnedInAnnotationError", "NoPixelDataError"]

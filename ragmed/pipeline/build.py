@@ -1,69 +1,88 @@
-"""Index building from a pipeline config.
+"""The build flow: a corpus and a pipeline config in, a published index version out, in one pass over the images.
 
-``build_from_config`` builds the index (the router, when ``domains:`` is configured, assigns each case its domain
-sub-index), then runs :func:`post_build` on the live version: the BM25 index over the report text, the per-domain
-retrieval calibration (``retrieval_calibration.json``) and, with domains, the router's classifier
-(``router.json`` / ``router.npz``).
+read corpus → decode each image once → route (domain sub-index) → encode → write vectors + metadata → FAISS →
+BM25 + one calibration artefact (channel quantiles and evidence floors) → router classifier fitted from the vectors
+and image statistics gathered during that same pass → publish (the ``current`` swap happens only when every artefact
+is written, so a build killed at any point leaves the previous version whole).
+
+``build_from_config(corpus, out, cfg)``: see :func:`ragmed.index.build_index` for the index part; the report's
+``post_build`` summarises BM25, calibration and the router fit. Adding to an index (``add=True``) fits the router on
+the whole index, so the images already indexed are decoded again for it (their statistics are not stored).
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger("ragmed.pipeline")
 
 
-def build_from_config(corpus, out: str | Path, cfg, *, add: bool = False, progress: bool = True, **kw):
+class RouterSamples:
+    """Image statistics per vector id, gathered while the index is built (``on_images``), for the router fit."""
+
+    def __init__(self, domains: list[str]):
+        self.domains = set(domains)
+        self.features: dict[int, np.ndarray] = {}
+        self.domain_of: dict[int, str] = {}
+
+    def __call__(self, batch: list) -> None:
+        from ragmed.domains import content_features
+
+        for vec_id, domain, image in batch:
+            if domain in self.domains:
+                self.features[int(vec_id)] = content_features(image)
+                self.domain_of[int(vec_id)] = domain
+
+
+def build_from_config(corpus, out: str | Path, cfg, *, add: bool = False, progress: bool = True,
+                      fit: bool | None = None, **kw):
+    """Index ``corpus`` at ``out`` with the pipeline ``cfg`` (``fit``: override ``index.fit_image_encoder``)."""
     from ragmed.index import build_index
+    from ragmed.pipeline.components import Components
 
-    from ragmed.pipeline import Pipeline
-
-    pipe = Pipeline(cfg, index=out)
-    text_encoder = kw.pop("text_encoder", None) or pipe.text_encoder
+    comps = Components.from_config(cfg, out)
+    text_encoder = kw.pop("text_encoder", None) or comps.text_encoder
     image_encoder = kw.pop("image_encoder", None)
-    if image_encoder is None and not cfg.index.fit_image_encoder:
-        image_encoder = pipe.image_encoder  # (a fitted tower is created by build_index and loaded from the index)
-    router = None
+    fitting = cfg.index.fit_image_encoder if fit is None else fit
+    if image_encoder is None and not fitting:
+        image_encoder = comps.image_encoder  # (a fitted tower is created by build_index and loaded from the index)
+    router = samples = None
     if cfg.domains:
         from ragmed.domains import build_router
 
         router = build_router(cfg, image_encoder=image_encoder, text_encoder=text_encoder).route_case
-    report = build_index(corpus, out, cfg, router=router, add=add, progress=progress, text_encoder=text_encoder,
-                         image_encoder=image_encoder, **kw)
-    if image_encoder is None and cfg.encoders.image is not None:  # built by build_index (fitted or not)
-        image_encoder = Pipeline(cfg, index=out).image_encoder
-    report.post_build = post_build(out, cfg, corpus_root=corpus.root, text_encoder=text_encoder,
-                                   image_encoder=image_encoder)
-    return report
+        samples = RouterSamples([d.name for d in cfg.domains]) if not add else None
+
+    def before_publish(store, *, image_encoder, text_encoder) -> dict:
+        return fit_router_step(store, cfg, samples, image_encoder, corpus_root=corpus.root)
+
+    return build_index(corpus, out, cfg, router=router, add=add, progress=progress, text_encoder=text_encoder,
+                       image_encoder=image_encoder, fit=fit, on_images=samples,
+                       before_publish=before_publish if cfg.domains else None, **kw)
 
 
-def post_build(index: str | Path, cfg, *, corpus_root: str | Path | None, text_encoder=None, image_encoder=None
-               ) -> dict:
-    """BM25 + retrieval calibration + router classifier, written into the index's live version directory."""
-    from ragmed.index.store import IndexStore
-    from ragmed.pipeline.hybrid import BM25Channel, Calibrator, calibrate_channels
+def fit_router_step(store, cfg, samples: RouterSamples | None, image_encoder, *, corpus_root) -> dict:
+    """Fit the router's classifier into the (staging) version: from the build's own vectors and image statistics
+    when it gathered them, else (adding to an index) by decoding the indexed images again."""
+    from ragmed.domains import fit_router, fit_router_from_features
 
-    store = IndexStore(index, use_gpu=False)
-    summary: dict = {}
-    bm25 = BM25Channel.build(store)
-    if bm25 is not None:
-        bm25.save(store.version_dir)
-        summary["bm25_docs"] = len(bm25.case_ids)
-    img_rec = store.encoders.get("image", {})
-    same_image_encoder = image_encoder is not None and img_rec.get("id") == image_encoder.id
-    cal = calibrate_channels(store, text_encoder=text_encoder,
-                             image_encoder_space=img_rec.get("space"), bm25=bm25)
-    Calibrator(cal).save(store.version_dir)
-    summary["calibrated"] = {d: sorted(v) for d, v in cal["domains"].items()}
-    if cfg.domains and corpus_root is not None and same_image_encoder:
-        from ragmed.domains import fit_router
+    if image_encoder is None:
+        return {"router": {"fitted": False, "reason": "no image encoder"}}
+    params = cfg.router.params
+    max_per_domain = int(params.get("fit_max_per_domain", 200))
+    domains = [d.name for d in cfg.domains]
+    if samples is None:
+        return {"router": fit_router(store, corpus_root, image_encoder, domains=domains,
+                                     max_per_domain=max_per_domain)}
+    vec_by_id: dict[int, np.ndarray] = {}
+    for dom in store.domains:
+        if dom in samples.domains:
+            ids, vecs = store.vectors(dom, "image")
+            vec_by_id.update({int(i): v for i, v in zip(ids, vecs)})
+    rows = [(vid, samples.domain_of[vid]) for vid in sorted(samples.features) if vid in vec_by_id]
+    return {"router": fit_router_from_features(store.version_dir, rows,
+                                               lambda vid: np.concatenate([vec_by_id[vid], samples.features[vid]]),
+                                               image_encoder.id, domains=domains, max_per_domain=max_per_domain)}
 
-        params = cfg.router.params
-        summary["router"] = fit_router(store.version_dir, corpus_root, image_encoder,
-                                       domains=[d.name for d in cfg.domains],
-                                       max_per_domain=int(params.get("fit_max_per_domain", 200)))
-    elif cfg.domains:
-        summary["router"] = {"fitted": False, "reason": "the index's image encoder differs from the pipeline's"
-                             if image_encoder is not None else "no image encoder"}
-    log.info("post-build: %s", summary)
-    return summary

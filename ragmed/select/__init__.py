@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ragmed.errors import ConfigError
+from ragmed.registry import Registry
 from ragmed.types import Evidence, Selection
 
 
@@ -93,27 +94,20 @@ def _cut(scores: list[float], gamma: float, min_k: int, max_k: int, eps: float) 
     return len(s), False, None
 
 
-def _ltt(**kw):
-    from ragmed.select.ltt import LTTSelector
-
-    return LTTSelector(**kw)
-
-
-_SELECTORS: dict[str, Callable[..., Selector]] = {"fixed": FixedK, "gap": GapSelector, "rule": _ltt, "ltt": _ltt}
+SELECTORS = Registry("selector")
+SELECTORS.register("fixed", FixedK)
+SELECTORS.register("gap", GapSelector)
+SELECTORS.register("rule", "ragmed.select.ltt:LTTSelector")
+SELECTORS.register("ltt", "ragmed.select.ltt:LTTSelector")
 
 
-def register_selector(name: str, factory: Callable[..., Selector]) -> None:
-    _SELECTORS[name] = factory
+def register_selector(name: str, factory: Callable[..., Selector] | str) -> None:
+    SELECTORS.register(name, factory)
 
 
 def list_selectors() -> list[str]:
-    return sorted(_SELECTORS)
+    return SELECTORS.names()
 
 
 def create_selector(name: str, **params: Any) -> Selector:
-    if name not in _SELECTORS:
-        raise ConfigError(f"unknown selector {name!r}; registered: {', '.join(list_selectors())}")
-    try:
-        return _SELECTORS[name](**params)
-    except TypeError as e:
-        raise ConfigError(f"bad parameters for selector {name!r}: {e}") from e
+    return SELECTORS.create(name, **params)

@@ -1,0 +1,74 @@
+"""Components are built once from the config or injected; the query flow's stages run one by one (issue 11)."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ragmed.config import PipelineConfig
+from ragmed.corpus import read_corpus
+from ragmed.pipeline import Components, Pipeline
+from ragmed.types import Generation
+from tests.corpus_utils import png_corpus
+
+CFG = {"encoders": {"text": {"name": "minilm"}, "image": {"name": "classic"}},
+       "select": {"name": "fixed", "params": {"k": 2}}}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, text_encoder):
+    from ragmed.pipeline import build_from_config
+
+    root = tmp_path_factory.mktemp("components")
+    cfg = PipelineConfig.from_dict(CFG)
+    build_from_config(read_corpus(png_corpus(root / "c", 8)), root / "idx", cfg, progress=False,
+                      text_encoder=text_encoder)
+    return root, cfg
+
+
+def test_unknown_component_names_the_available_ones():
+    with pytest.raises(TypeError, match="unknown component.*'generatr'.*available: store, text_encoder"):
+        Components(PipelineConfig(), "x", generatr=object())
+
+
+def test_given_components_are_used_and_the_rest_built_once(built, text_encoder):
+    root, cfg = built
+
+    class Counting:
+        id = "counting"
+        calls = 0
+
+        def warm_up(self):
+            pass
+
+        def generate(self, question, evidence, knowledge, *, image=None, domain=None, task="open"):
+            Counting.calls += 1
+            return Generation(text=f"{len(evidence)} cases [1]", citations=["[1]"], model=self.id)
+
+    p = Pipeline.from_components(cfg, root / "idx", text_encoder=text_encoder, generator=Counting())
+    assert p.text_encoder is text_encoder and p.generator.id == "counting"
+    stores = []
+    threads = [threading.Thread(target=lambda: stores.append(p.store)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(s) for s in stores}) == 1  # built once under concurrency
+    a = p.ask(root / "c" / "img3.png", "Is there a pneumothorax?")
+    assert a.models["generator"] == "counting" and Counting.calls == 1 and a.text.startswith("2 cases")
+
+
+def test_stages_one_by_one(built, text_encoder):
+    root, cfg = built
+    p = Pipeline.from_components(cfg, root / "idx", text_encoder=text_encoder)
+    r = p.retrieve(root / "c" / "img3.png", "Is there a pneumothorax?", k=5)
+    assert len(r.candidates) == 5 and r.image is not None
+    sel = p.select(r.candidates)
+    assert [e.ref for e in sel.kept] == ["[1]", "[2]"]
+    assert len(sel.kept) == 2 and all(e.case_id in {c.case_id for c in r.candidates} for e in sel.kept)
+    g = p.generate("Is there a pneumothorax?", sel.kept, image=root / "c" / "img5.png")  # another image
+    assert isinstance(g, Generation) and g.text and set(g.citations) <= {"[1]", "[2]"}
+    g0 = p.generate("Is there a pneumothorax?", [], image=None)  # no evidence at all: the generator alone
+    assert isinstance(g0, Generation) and not g0.citations
+    a = p.answer(r, "Is there a pneumothorax?")
+    assert a.evidence and a.evidence[0].case_id == sel.kept[0].case_id
