@@ -41,7 +41,7 @@ def build(corpus_path, fmt, images, columns, pipeline, out, fit, add, as_json, q
           dicomweb_reports):
     """Build an index from a corpus: decode, de-identify, embed, write FAISS + SQLite atomically."""
     if dicomweb_url:  # issue 15: a PACS as the corpus (ragmed.io.dicomweb writes a manifest, then the usual build)
-        from ragmed.io.dicomweb import export_from_pacs
+        from ragmed.api import export_from_pacs
 
         corpus_path, pacs_skipped = export_from_pacs(dicomweb_url, Path(images or f"{out}-pacs"), dicomweb_query,
                                                      dicomweb_reports)

@@ -43,7 +43,7 @@ def serve_openai(gen_name, params, pipeline, host, port, model_name, api_key_env
 
     from ragmed.errors import ConfigError
     from ragmed.generate import create_generator
-    from ragmed.serve.openai_server import run
+    from ragmed.serve import run_openai as run
 
     kw = {}
     if pipeline:
@@ -106,12 +106,12 @@ def serve_api(index_dir, pipeline, host, port, api_key_env, api_key_file, no_aut
     import os
 
     from ragmed.pipeline import Pipeline
-    from ragmed.serve.api import ServiceSettings, read_api_keys, run
+    from ragmed.serve import ServiceSettings, read_api_keys, run
 
     keys = read_api_keys(os.environ.get(api_key_env) if api_key_env else None, api_key_file)
     cds = None
     if cds_jwks:
-        from ragmed.serve.cds import CdsSettings
+        from ragmed.serve import CdsSettings
 
         cds = CdsSettings.load(jwks=cds_jwks, issuers=cds_issuers, audience=cds_audience, config=cds_config)
     s = ServiceSettings(api_keys=keys, no_auth=no_auth, host=host, max_upload_mb=max_upload_mb,

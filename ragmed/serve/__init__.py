@@ -10,3 +10,17 @@
 - ``ragmed.serve.openai_server``: an OpenAI-compatible chat-completions server for ragmed's local generators
   (``ragmed serve openai``);
 - ``ragmed.serve.process``: either one as a child process on 127.0.0.1."""
+
+
+def __getattr__(name: str):
+    """The names ``ragmed serve`` (the CLI) uses, resolved on first use so that ``import ragmed.serve`` stays cheap."""
+    if name in ("ServiceSettings", "read_api_keys", "run", "create_app"):
+        from ragmed.serve import api
+        return getattr(api, name)
+    if name == "CdsSettings":
+        from ragmed.serve.cds import CdsSettings
+        return CdsSettings
+    if name == "run_openai":
+        from ragmed.serve.openai_server import run
+        return run
+    raise AttributeError(f"module 'ragmed.serve' has no attribute {name!r}")

@@ -417,7 +417,7 @@ def create_app(pipeline, settings: ServiceSettings | None = None, *, factory: Ca
     # --- loading the request's image ----------------------------------------------------------------------------
     def load_request_image(work: Path, upload: UploadFile | None, study: str | None, series: str | None,
                            instance: str | None):
-        from ragmed.io import load_image  # the service decodes uploads itself: it enforces the pixel limit
+        from ragmed.api import load_image  # the service decodes uploads itself: it enforces the pixel limit
 
         if upload is not None and upload.filename is not None:
             path = work / "upload"
@@ -434,7 +434,7 @@ def create_app(pipeline, settings: ServiceSettings | None = None, *, factory: Ca
             ref = study_reference(study, series, instance)
             if not s.dicomweb_url:
                 raise ConfigError("this service has no PACS configured (--dicomweb URL) for study references")
-            from ragmed.io.dicomweb import DicomWebSource
+            from ragmed.api import DicomWebSource
 
             img = DicomWebSource(s.dicomweb_url).load_reference(ref, work, max_instances=s.max_study_instances,
                                                                    max_pixels=s.max_image_pixels)
@@ -455,7 +455,7 @@ def create_app(pipeline, settings: ServiceSettings | None = None, *, factory: Ca
         except ConfigError as e:
             return error(400, "invalid_request", str(e))
         except RagmedError as e:
-            from ragmed.io.dicomweb import StudyNotFoundError, PacsError
+            from ragmed.api import StudyNotFoundError, PacsError
 
             if isinstance(e, StudyNotFoundError):
                 return error(404, "study_not_found", str(e))
@@ -606,7 +606,7 @@ def create_app(pipeline, settings: ServiceSettings | None = None, *, factory: Ca
             return error(404, "not_found", "unknown image")
         from PIL import Image
 
-        from ragmed.io import load_image
+        from ragmed.api import load_image
 
         root = Path(s.corpus_root)
         try:
@@ -665,7 +665,7 @@ def _mount_docs(app) -> None:
 
 
 def study_reference(study: str, series: str | None = None, instance: str | None = None):
-    from ragmed.io.dicomweb import StudyRef
+    from ragmed.api import StudyRef
 
     return StudyRef.parse(study, series, instance)
 
