@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 from ragmed.config import PipelineConfig, load_pipeline
 from ragmed.errors import ConfigError, IndexStoreError, RagmedError
+from ragmed.text.questions import guess_task, validate_question  # guess_task re-exported: ragmed.pipeline.guess_task
 from ragmed.types import Answer, Evidence, KnowledgeEvidence, Selection
 
 DEFAULT_INDEX = Path("indexes/default")
@@ -326,8 +326,10 @@ class Pipeline:
     # --- answering -----------------------------------------------------------------------------------------
     def ask(self, image=None, question: str = "", *, k: int | None = None, exclude_hashes: set[str] | None = None,
             task: str | None = None, domains: list[str] | None = None) -> Answer:
-        """Route, retrieve, select, add knowledge, generate: one cited :class:`Answer`. Thread-safe."""
+        """Route, retrieve, select, add knowledge, generate: one cited :class:`Answer`. Thread-safe. An empty
+        question is refused (:class:`ragmed.text.questions.QuestionError`) unless ``task="report"``."""
         t0 = time.perf_counter()
+        question = validate_question(question, task=task)
         task = task or guess_task(question)
         gen = self.generator
         if task != "closed" and hasattr(gen, "warm_up_async") and not getattr(gen, "_ready", True):
@@ -501,20 +503,6 @@ def fuse(channels: dict[str, list], exclude: set[str], *, method: str = "rrf", r
         e.similarity = round(csum[cid] / wsum, 6)
         e.score = round(rrf[cid] if method == "rrf" else e.similarity, 6)
     return sorted(merged.values(), key=lambda e: (-e.score, -(e.similarity or 0.0)))[:k]
-
-
-_CLOSED_START = ("is ", "are ", "was ", "were ", "does ", "do ", "did ", "can ", "could ", "has ", "have ", "will ",
-                 "should ", "would ", "may ")
-
-
-def guess_task(question: str) -> str:
-    """``closed`` for a yes/no or either/or question, ``open`` otherwise, ``report`` for no question. Templated
-    auxiliaries such as "Is/Are there …" or "Does/Do …" count as their first form."""
-    q = (question or "").strip().lower()
-    if not q:
-        return "report"
-    q = re.sub(r"^([a-z]+)/[a-z]+\b", r"\1", q)
-    return "closed" if q.startswith(_CLOSED_START) or " or " in q and q.endswith("?") else "open"
 
 
 __all__ = ["Pipeline", "Answer", "Retrieval", "fuse", "guess_task", "read_questions"]
