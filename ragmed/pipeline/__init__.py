@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ragmed.config import PipelineConfig, load_pipeline
+from ragmed.domains.ood import check_image
 from ragmed.errors import ConfigError, IndexStoreError, RagmedError
 from ragmed.text.questions import guess_task, validate_question  # guess_task re-exported: ragmed.pipeline.guess_task
 from ragmed.types import Answer, Evidence, KnowledgeEvidence, Selection
@@ -220,6 +221,8 @@ class Pipeline:
         """The router's decision for one image (:class:`ragmed.domains.Route`); None without configured domains.
         Raises :class:`ragmed.errors.DomainError` for an image that fits no configured domain."""
         img = self._load(image)
+        if img is not None:
+            check_image(img)  # every pipeline refuses what is not a medical image (issue S)
         return None if self.router is None or img is None else self.router.route(img)
 
     def retrieve(self, image=None, question: str | None = None, *, k: int | None = None,
@@ -231,6 +234,8 @@ class Pipeline:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         img = self._load(image)
+        if img is not None:
+            check_image(img)  # every pipeline refuses what is not a medical image (issue S)
         timings["load_image"] = time.perf_counter() - t
         if img is None and not question:
             raise ConfigError("give an image, a question or both")
