@@ -110,6 +110,16 @@ def finding_terms(question: str) -> list[str]:
     return [stem(w) for w in ws if w not in STOP and w not in ("image", "film", "scan", "study", "radiograph")]
 
 
+def same_finding(question: str, other: str) -> bool:
+    """Whether two yes/no questions ask about the same finding: their finding words overlap by at least half
+    (Jaccard ≥ 0.5). "Is there a pleural effusion?" and "Is there an effusion?" do; "Is there a pneumothorax?" and
+    "Is there a pleural effusion?" do not, however similar the sentences are."""
+    a, b = set(finding_terms(question)), set(finding_terms(other))
+    if not a or not b:
+        return False
+    return len(a & b) / len(a | b) >= 0.5
+
+
 def report_asserts(question: str, text: str) -> str | None:
     """What report text says of the question's finding: "yes" when it asserts it, "no" when it denies it, None when
     it does not mention it or only hedges ("possible effusion"). Negation is scoped to the finding's own words

@@ -14,6 +14,7 @@ from typing import Any
 
 from ragmed.config import PipelineConfig, load_pipeline
 from ragmed.domains.ood import check_image
+from ragmed.generate.vote import abstain_below, own_case_first
 from ragmed.errors import ConfigError, IndexStoreError, RagmedError
 from ragmed.text.questions import guess_task, validate_question  # guess_task re-exported: ragmed.pipeline.guess_task
 from ragmed.types import Answer, Evidence, KnowledgeEvidence, Selection
@@ -291,6 +292,8 @@ class Pipeline:
         t = time.perf_counter()
         fused = fuse(channels, exclude_case_ids, method=rc.fusion, rrf_k=rc.rrf_k, weights=rc.weights, k=k,
                      calibrate=cal)
+        if img is not None:  # the query's own case is kept as evidence (issue S; evaluation excludes it by hash)
+            fused = own_case_first(fused, store.case_ids_with_hash(img.content_hash) - exclude_case_ids, channels)
         records = store.cases([e.case_id for e in fused])
         for e in fused:
             r = records.get(e.case_id)
@@ -341,7 +344,9 @@ class Pipeline:
             gen.warm_up_async()  # a model generator loads its weights while retrieval runs (cold start)
         if not self._kg_loaded and self.config.knowledge.path:  # and so does the knowledge graph
             threading.Thread(target=self._prefetch_knowledge, name="load knowledge graph", daemon=True).start()
-        r = self.retrieve(image, question, k=k, exclude_hashes=exclude_hashes, domains=domains)
+        image_votes = (task == "closed" and image is not None and self.image_encoder is not None
+                       and "image" in self.store.encoders)  # issue S: closed answers rest on the image-matched cases
+        r = self.retrieve(image, None if image_votes else question, k=k, exclude_hashes=exclude_hashes, domains=domains)
         a = self.answer(r, question, task=task)
         a.timings["total"] = time.perf_counter() - t0
         return a
@@ -381,6 +386,7 @@ class Pipeline:
         else:
             g = (generator or self.generator).generate(question, sel.kept, knowledge, image=r.image, domain=r.domain,
                                                        task=task)
+            g = abstain_below(g, question, sel.kept, task=task, text_encoder=self.text_encoder)  # issue S
             gen_text, citations, flags, model, insufficient = g.text, g.citations, g.flags, g.model, g.insufficient
         timings["generate"] = time.perf_counter() - t
         timings["total"] = sum(v for kk, v in timings.items() if kk != "total")

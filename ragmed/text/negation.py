@@ -102,7 +102,7 @@ PSEUDO_NEGATION = [
 ]
 TERMINATORS = [
     "but", "however", "although", "though", "except", "aside from", "apart from", "which", "whereas", "yet",
-    "still", "otherwise", "there is", "there are", "with the exception of", "other than",
+    "still", "otherwise", "there is", "there are", "with the exception of", "other than", "with",
 ]
 PRE_UNCERTAIN = [
     "possible", "possibly", "probable", "probably", "may represent", "may be", "may reflect", "may indicate",
@@ -114,7 +114,8 @@ PRE_UNCERTAIN = [
 POST_UNCERTAIN = [
     "is possible", "are possible", "not excluded", "cannot be excluded", "can not be excluded",
     "not been excluded", "is suspected", "are suspected", "is questionable", "versus", "vs", "is likely",
-    "are likely", "is not excluded", "not ruled out",
+    "are likely", "is not excluded", "not ruled out", "could have this appearance", "can have this appearance",
+    "could account for", "could be present", "may be present", "is not excluded", "cannot be entirely excluded",
 ]
 
 
