@@ -4,15 +4,16 @@ the opposite.
     python eval/safety_contradiction.py --out eval/results/safety_contradiction.json [--label after] [--model]
 
 The set is written from real report text: Indiana University chest X-ray reports (``$RAGMED_DATA/reports/iu-xray``,
-findings + impression). For each of 13 findings (pleural effusion, pneumothorax, cardiomegaly, …) and 20 seeded
+findings + impression). For each of 16 findings (pleural effusion, pneumothorax, cardiomegaly, …) and 25 seeded
 draws, five reports form the evidence of one yes/no question ("Is there a pleural effusion?"): 0–3 reports whose
 MeSH indexing lists the finding (the report asserts it), 0–3 whose MeSH indexing does not list it although their text
-names it (the report denies or doubts it: "No pleural effusion"), the rest silent, shuffled and scored in random
-order. 260 items.
+names it with an explicit negation ("No pleural effusion"), the rest silent (the finding not named), shuffled and
+scored in random order. the findings with at least 3 reports each way, × 25 draws (≥ 200 items; the count is in the result).
 
-The judge is independent of ragmed's text parsing: the human MeSH indexing of each IU report. An answer "yes"
-contradicts a cited report that names the finding without MeSH listing it; an answer "no" contradicts a cited report
-whose MeSH lists it. Answerers: the vote generator and the extractive generator (no model), and with ``--model`` the
+The judge is independent of ragmed's negation detector: a report asserts the finding when its human MeSH indexing
+lists it *and* every sentence naming it does so without a negation or hedge cue; it denies the finding when MeSH does
+not list it *and* every sentence naming it has a negation cue before it (no hedge). Reports where the two disagree, or
+that hedge, are left out of the set. An answer "yes" contradicts a cited denying report; "no" a cited asserting one. Answerers: the vote generator and the extractive generator (no model), and with ``--model`` the
 default pipeline's SmolLM2-135M asked directly (``closed="model"``, then ragmed's ``ground()`` check). Run the same
 script on the pre-issue code for the "before" column (``PYTHONPATH=<old checkout> python eval/safety_contradiction.py
 --label before``).
@@ -46,6 +47,9 @@ FINDINGS = {  # question -> (MeSH heading, words that name it in report text)
     "Is there scoliosis?": ("Scoliosis", r"\bscoliosis\b"),
     "Is there a hiatal hernia?": ("Hernia, Hiatal", r"\bhernia\b"),
     "Is there an infiltrate?": ("Infiltrate", r"\binfiltrat"),
+    "Is there a granuloma?": ("Granuloma", r"\bgranuloma"),
+    "Is there airspace disease?": ("Airspace Disease", r"\bairspace disease\b"),
+    "Is there an opacity?": ("Opacity", r"\bopacit"),
 }
 
 
@@ -62,15 +66,40 @@ def reports() -> list[dict]:
     return out
 
 
-def build_items(n_per_finding: int = 20, seed: int = 0) -> list[dict]:
+_NEG_CUE = re.compile(r"\b(no|not|without|negative|free of|clear of|resolved|absent)\b", re.I)
+_HEDGE_CUE = re.compile(r"\b(may|might|could|possibl\w*|probabl\w*|question\w*|suspect\w*|suggest\w*|versus|vs|"
+                        r"likely|cannot|if|borderline|xxxx)\b", re.I)
+
+
+def _listed(mesh: str, headings: set[str]) -> bool:
+    """The MeSH indexing lists the finding (any heading that contains it: "Pulmonary Emphysema" for emphysema)."""
+    return any(mesh.lower() in h.lower() for h in headings)
+
+
+def _explicit(rx, text: str) -> str | None:
+    """The judge's reading of the text, deliberately strict and independent of ragmed's detector: "no" when every
+    sentence naming the finding has a negation cue before it and no hedge; "yes" when every such sentence names it
+    with no negation or hedge cue at all; None otherwise (mixed, hedged or redacted: not used)."""
+    said = set()
+    for sent in re.split(r"(?<=[.;])\s+|\n+", text):
+        m = rx.search(sent)
+        if not m:
+            continue
+        if _HEDGE_CUE.search(sent):
+            return None
+        said.add("no" if _NEG_CUE.search(sent[: m.start()]) else ("yes" if not _NEG_CUE.search(sent) else None))
+    return said.pop() if len(said) == 1 and None not in said else None
+
+
+def build_items(n_per_finding: int = 25, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     reps = reports()
     items = []
     for question, (mesh, pat) in FINDINGS.items():
         rx = re.compile(pat, re.I)
-        pos = [r for r in reps if mesh in r["mesh"]]
-        neg = [r for r in reps if mesh not in r["mesh"] and rx.search(r["text"])]
-        silent = [r for r in reps if mesh not in r["mesh"] and not rx.search(r["text"])]
+        pos = [r for r in reps if _listed(mesh, r["mesh"]) and _explicit(rx, r["text"]) == "yes"]
+        neg = [r for r in reps if not _listed(mesh, r["mesh"]) and _explicit(rx, r["text"]) == "no"]
+        silent = [r for r in reps if not _listed(mesh, r["mesh"]) and not rx.search(r["text"])]
         if len(pos) < 3 or len(neg) < 3:
             continue
         for i in range(n_per_finding):
@@ -89,7 +118,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "eval" / "results" / "safety_contradiction.json"))
     ap.add_argument("--label", default="after")
-    ap.add_argument("--per-finding", type=int, default=20)
+    ap.add_argument("--per-finding", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", action="store_true", help="also ask SmolLM2-135M directly (slow: ~1-2 s an answer)")
     a = ap.parse_args()

@@ -102,7 +102,7 @@ PSEUDO_NEGATION = [
 ]
 TERMINATORS = [
     "but", "however", "although", "though", "except", "aside from", "apart from", "which", "whereas", "yet",
-    "still", "otherwise", "there is", "there are", "with the exception of", "other than", "with",
+    "still", "otherwise", "there is", "there are", "with the exception of", "other than",
 ]
 PRE_UNCERTAIN = [
     "possible", "possibly", "probable", "probably", "may represent", "may be", "may reflect", "may indicate",
@@ -110,6 +110,8 @@ PRE_UNCERTAIN = [
     "suspicious for", "suspected", "suspect", "questionable", "worrisome for", "concerning for", "cannot exclude",
     "can not exclude", "cannot rule out", "versus", "vs", "differential", "differential diagnosis", "likely",
     "consider", "considered", "rule out", "r o", "question of", "equivocal", "presumed", "presumably",
+    "question", "questioned", "suggest", "suggestion of", "could obscure", "may obscure", "if", "if there is",
+    "if there are", "cannot be excluded", "not excluded", "to exclude", "evaluate for", "assess for",
 ]
 POST_UNCERTAIN = [
     "is possible", "are possible", "not excluded", "cannot be excluded", "can not be excluded",
