@@ -29,7 +29,12 @@ def run(index: str, data: str, images: str, limit: int | None = None) -> list[di
     from ragmed.corpus.vqa import read_qa
     from ragmed.errors import RagmedError
     from ragmed.eval.vqa import closed_correct, select_items, short_answer
-    from ragmed.generate.vote import VoteGenerator, evidence_level
+    from ragmed.generate.vote import VoteGenerator
+    try:
+        from ragmed.generate.vote import evidence_level
+    except ImportError:  # the pre-issue code (--label before): no evidence level, every answer at level 0
+        def evidence_level(*_a, **_k):
+            return None, 0.0
     from ragmed.io import load_image
     from ragmed.pipeline import Pipeline
 
@@ -70,7 +75,13 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--label", default="after")
     a = ap.parse_args()
-    from ragmed.eval.vqa import risk_coverage
+    try:
+        from ragmed.eval.vqa import risk_coverage
+    except ImportError:  # the pre-issue code: coverage 100 % only
+        def risk_coverage(rows, threshold=None):
+            acc = round(sum(bool(r["correct"]) for r in rows) / max(1, len(rows)), 4)
+            return {"n": len(rows), "at": {"100%": acc}, "at_threshold": {"threshold": None, "coverage": 1.0,
+                                                                          "accuracy": acc}}
 
     t0 = time.perf_counter()
     rows = run(a.index, a.data, a.images, a.limit)
@@ -101,8 +112,10 @@ def main() -> None:
              "accuracy_on_calibration": res["calibration"]["at_threshold"]["accuracy"],
              "calibrated_on": "VQA-RAD train.json split by image (ragmed.eval.split, seed 0, 80 %): the index half, "
                               "leave-one-image-out", "command": cmd}, indent=1) + "\n")
-    else:
-        res["risk_coverage"] = risk_coverage(ok)
+    else:  # the threshold calibrated on the index half (read at the end: the evaluation half never sets it)
+        f = REPO / "ragmed" / "generate" / "abstention.json"
+        res["min_level"] = json.loads(f.read_text())["min_level"] if f.exists() else None
+        res["risk_coverage"] = risk_coverage(ok, threshold=res["min_level"])
     res["items"] = ok
     out = Path(a.out or REPO / "eval" / "results" / f"safety_{a.mode}.json")
     out.write_text(json.dumps(res, indent=1))
