@@ -8,7 +8,8 @@ measure risk–coverage.
 (leave-one-image-out: ``exclude_hashes``), records the vote's answer and :func:`ragmed.generate.vote.evidence_level`,
 and picks the threshold: the lowest level at which the answers at or above it reach ``--target`` accuracy on the
 calibration questions (default 0.70, the closed accuracy MedGemma 4B reports on VQA-RAD), keeping at least
-``--min-coverage`` of them. It writes ``ragmed/generate/abstention.json`` (the default threshold the pipeline uses)
+``--min-coverage`` of the answers the evidence gives, and never below a net support of 0.001 (a closed answer that no
+retrieved case supports, e.g. a model's answer when nothing votes, is withheld). It writes ``ragmed/generate/abstention.json`` (the default threshold the pipeline uses)
 and ``eval/results/safety_calibrate.json``. ``evaluate`` runs the *evaluation half* once with that threshold and
 reports accuracy at 100 / 80 / 50 % coverage (answers ranked by evidence level) and at the threshold; the evaluation
 half never sets a threshold. The answerer is the default pipeline's closed strategy, the vote over the image-matched
@@ -63,6 +64,26 @@ def run(index: str, data: str, images: str, limit: int | None = None) -> list[di
     return rows
 
 
+MIN_SUPPORT = 1e-3  # an answer needs some net support from the evidence: level 0 (nothing votes) is never enough
+
+
+def choose_threshold(rows: list[dict], target: float, min_coverage: float) -> float:
+    """The lowest evidence level at which the answers at or above it reach ``target`` accuracy, keeping at least
+    ``min_coverage`` of the answers the evidence gives (a question nothing votes on has no evidence answer); when the
+    target is out of reach, the level that keeps ``min_coverage``. Never below :data:`MIN_SUPPORT`."""
+    answered = [r for r in rows if r["prediction"]]
+    if not answered:
+        return MIN_SUPPORT
+    for t in sorted({r["level"] for r in answered}):
+        sel = [r for r in answered if r["level"] >= t]
+        if len(sel) / len(answered) < min_coverage:
+            break
+        if sum(r["correct"] for r in sel) / len(sel) >= target:
+            return max(t, MIN_SUPPORT)
+    ranked = sorted((r["level"] for r in answered), reverse=True)
+    return max(ranked[max(0, int(min_coverage * len(answered)) - 1)], MIN_SUPPORT)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mode", choices=["calibrate", "evaluate"])
@@ -74,6 +95,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--label", default="after")
+    ap.add_argument("--from-items", default=None, help="re-use the items of an earlier run's result (no asking)")
     a = ap.parse_args()
     try:
         from ragmed.eval.vqa import risk_coverage
@@ -84,26 +106,15 @@ def main() -> None:
                                                                           "accuracy": acc}}
 
     t0 = time.perf_counter()
-    rows = run(a.index, a.data, a.images, a.limit)
+    rows = (json.loads(Path(a.from_items).read_text())["items"] if a.from_items
+            else run(a.index, a.data, a.images, a.limit))
     ok = [r for r in rows if "error" not in r]
     cmd = "python eval/safety_calibrate.py " + " ".join(sys.argv[1:])
     cmd = cmd.replace(str(REPO.parent), "..")
     res = {"task": f"safety_{a.mode}", "label": a.label, "command": cmd, "n": len(ok),
            "n_errors": len(rows) - len(ok), "seconds": round(time.perf_counter() - t0, 1)}
     if a.mode == "calibrate":
-        levels = sorted({r["level"] for r in ok})
-        chosen = None
-        for t in levels:
-            sel = [r for r in ok if r["level"] >= t]
-            cov = len(sel) / len(ok)
-            if cov < a.min_coverage:
-                break
-            if sum(r["correct"] for r in sel) / len(sel) >= a.target:
-                chosen = t
-                break
-        if chosen is None:  # the target is out of reach at the minimum coverage: keep that coverage
-            ranked = sorted((r["level"] for r in ok), reverse=True)
-            chosen = ranked[max(0, int(a.min_coverage * len(ok)) - 1)]
+        chosen = choose_threshold(ok, a.target, a.min_coverage)
         res.update({"target_accuracy": a.target, "min_coverage": a.min_coverage, "min_level": chosen,
                     "calibration": risk_coverage(ok, threshold=chosen)})
         (REPO / "ragmed" / "generate" / "abstention.json").write_text(json.dumps(
