@@ -140,7 +140,7 @@ def main() -> None:
     res: dict = {"task": "safety_contradiction", "label": a.label,
                  "command": f"python eval/safety_contradiction.py --label {a.label} --per-finding {a.per_finding} "
                             f"--seed {a.seed}" + (" --model" if a.model else ""),
-                 "n_items": len(items), "judge": "IU MeSH indexing of each cited report", "by_generator": {}}
+                 "n_items": len(items), "judge": "IU MeSH indexing + explicit negation cues (see the module docstring)", "by_generator": {}}
     for name, g in gens.items():
         rows = []
         for it in items:
