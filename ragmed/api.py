@@ -5,6 +5,7 @@ One import surface, so that the command line and the HTTP service never reach in
 - answering: :class:`Pipeline` (``from_yaml`` / ``for_index`` / ``ask`` / ``retrieve`` / ``warm_up``);
 - building: :func:`read_corpus`, :func:`build_from_config`, :func:`export_from_pacs` (a PACS over DICOMweb as a
   corpus);
+- questions: :func:`validate_question` (the one check of the CLI, the API and the service), :func:`guess_task`;
 - images: :func:`load_image`, and the DICOMweb client (:class:`DicomWebSource`, :class:`StudyRef`,
   :class:`StudyNotFoundError`, :class:`PacsError`).
 
@@ -24,6 +25,10 @@ _NAMES = {
     "StudyNotFoundError": "ragmed.io.dicomweb",
     "PacsError": "ragmed.io.dicomweb",
     "export_from_pacs": "ragmed.io.dicomweb",
+    "validate_question": "ragmed.text.questions",
+    "QuestionError": "ragmed.text.questions",
+    "MAX_QUESTION_CHARS": "ragmed.text.questions",
+    "guess_task": "ragmed.text.questions",
 }
 
 __all__ = sorted(_NAMES)
@@ -37,6 +42,8 @@ def __getattr__(name: str) -> Any:
         from ragmed.io import dicomweb as m
     elif mod == "ragmed.io":
         import ragmed.io as m
+    elif mod == "ragmed.text.questions":
+        from ragmed.text import questions as m
     elif mod == "ragmed.corpus":
         import ragmed.corpus as m
     else:

@@ -104,9 +104,10 @@ def test_ground_attaches_citations_to_a_model_that_forgot_them():
 
 def test_ground_flags_unsupported_and_invented_refs():
     evidence = ev(VQA_NO, REPORT, VQA_YES)
-    # cites evidence that says the opposite
-    _, cites, flags = ground("Yes [2].", "Is there a pneumothorax?", evidence, KN, task="closed")
-    assert cites == ["[2]"] and "unsupported" in flags
+    # cites evidence that says the opposite: that citation goes, the agreeing case is cited, the departure is said
+    text, cites, flags = ground("Yes [2].", "Is there a pneumothorax?", evidence, KN, task="closed")
+    assert cites == ["[3]"] and "[2]" not in text and "dropped-disagreeing-citation" in flags
+    assert "departs-from-evidence" in flags and "departs from the retrieved evidence" in text
     # cites evidence that has nothing to do with the sentence
     _, _, flags = ground("A large liver mass with calcification [2].", "What is seen?", evidence, KN)
     assert "unsupported" in flags

@@ -21,6 +21,9 @@ def ask(image, question, index_dir, pipeline, k, as_json):
     from ragmed.pipeline import Pipeline
     from ragmed.cli.render import render_answer
 
+    from ragmed.api import validate_question
+
+    question = validate_question(question)  # the same refusal as the API and the service, before any model loads
     p = Pipeline.for_index(index_dir, pipeline)
     ans = p.ask(image, question, k=k)
     click.echo(json.dumps(ans.to_dict(), indent=2, ensure_ascii=False) if as_json else render_answer(ans))

@@ -19,7 +19,8 @@ fitted classifier goes first and zero-shot is the fallback for an index without 
 3. **zero-shot**: when the image encoder shares the text encoder's space, the image vector against each domain's
    description and against a few non-medical descriptions (photo, document, blank); a non-medical best match is refused.
 
-Content checks run first and refuse a blank frame, random noise, a text document or a natural-colour photograph.
+Content checks run first (:func:`ragmed.domains.ood.check_image`, which every pipeline runs, with or without domains)
+and refuse a blank frame, a thumbnail, random noise, a text document, a texture or a natural photograph.
 Confidence below ``router.threshold`` gives ``domain=None``, which the
 pipeline answers by searching every domain's index and merging by calibrated score.
 """
@@ -70,64 +71,7 @@ def _up(values) -> set[str]:
     return {str(v).strip().upper() for v in values if str(v).strip()}
 
 
-def content_features(image) -> np.ndarray:
-    """Colour and intensity statistics the image encoder may not see (the classic descriptor is grey only):
-    colourfulness, mean R/G/B, mean and spread of intensity, near-white and near-black fractions, aspect ratio."""
-    px = np.asarray(image.pixels, dtype=np.float32)
-    rgb = px if px.ndim == 3 else np.repeat(px[..., None], 3, axis=2)
-    if rgb.shape[0] * rgb.shape[1] > 256 * 256:  # subsample big images: statistics only
-        step = int(math.ceil(math.sqrt(rgb.shape[0] * rgb.shape[1] / (256 * 256))))
-        rgb = rgb[::step, ::step]
-    gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    sat = rgb.max(axis=2) - rgb.min(axis=2)
-    h, w = image.pixels.shape[:2]
-    return np.array([float(sat.mean()), float((sat > 0.1).mean()), *[float(rgb[..., c].mean()) for c in range(3)],
-                     float(gray.mean()), float(gray.std()), float((gray > 0.9).mean()), float((gray < 0.05).mean()),
-                     float(np.log(max(h, 1) / max(w, 1)))], dtype=np.float32)
-
-
-def _gray_small(image, side: int = 256) -> np.ndarray:
-    g = image.to_gray()
-    step = max(1, int(math.ceil(max(g.shape) / side)))
-    return g[::step, ::step]
-
-
-def check_content(image, *, min_std: float = 0.01, min_autocorr: float = 0.2) -> None:
-    """Refuse what is plainly not a diagnostic image, before any routing: a blank frame, random noise (neighbouring
-    pixels uncorrelated), a text document (white page, dark strokes, no mid-tones, no colour) and a natural-colour
-    photograph (a large share of saturated green / blue pixels, hues that radiology greys, H&E pinks, dermoscopy
-    browns and fundus oranges do not have)."""
-    g = image.to_gray()
-    if float(np.std(g)) < min_std or float(g.max() - g.min()) < 0.02:
-        raise DomainError("the image is a blank frame (no intensity variation); it fits no configured domain",
-                          path=image.source, remedy="send the diagnostic image itself")
-    gs = _gray_small(image, 512)
-    f = content_features(image)
-    sat_mean, white, mid = f[0], f[7], float(((gs > 0.2) & (gs < 0.8)).mean())
-    if white > 0.6 and mid < 0.15 and sat_mean < 0.05:
-        raise DomainError(f"the image looks like a text document ({white:.0%} white page, {mid:.0%} mid-tones); it "
-                          "fits no configured domain", path=image.source, remedy="send the diagnostic image itself")
-    a, b = gs[:, :-1].ravel() - gs.mean(), gs[:, 1:].ravel() - gs.mean()
-    r = float((a * b).mean() / max(a.std() * b.std(), 1e-12))
-    if r < min_autocorr:
-        raise DomainError(f"the image looks like random noise (neighbouring-pixel correlation {r:.2f}); it fits no "
-                          "configured domain", path=image.source, remedy="send the diagnostic image itself")
-    if image.is_color:
-        from PIL import Image  # PIL's HSV: a core dependency (matplotlib is only in the eval extra)
-
-        px = np.asarray(image.pixels, dtype=np.float32)
-        step = max(1, int(math.ceil(max(px.shape[:2]) / 256)))
-        rgb = np.ascontiguousarray(np.clip(np.rint(px[::step, ::step] * 255), 0, 255).astype(np.uint8))
-        hsv = np.asarray(Image.fromarray(rgb, mode="RGB").convert("HSV"), dtype=np.float32).reshape(-1, 3) / 255.0
-        hue = hsv[:, 0] * 360
-        colourful = (hsv[:, 1] > 0.3) & (hsv[:, 2] > 0.2)
-        green_blue = colourful & (hue > 70) & (hue < 235)  # H&E purple ≈ 260–300°, pink ≈ 330°, skin ≈ 0–40°
-        share = float(green_blue.mean())
-        if share > 0.3:
-            raise DomainError(f"the image looks like a natural-colour photograph ({share:.0%} saturated green/blue "
-                              "pixels); it fits no configured domain", path=image.source,
-                              remedy="send the diagnostic image itself")
-
+from ragmed.domains.ood import check_content, check_image, content_features  # noqa: E402  (pixel checks live there)
 
 check_not_blank = check_content  # the old name
 
@@ -326,7 +270,7 @@ class DomainRouter:
         """Route one image. Raises :class:`DomainError` for an image that fits no domain. ``check=False`` skips the
         content checks (blank / noise / document / photo; for measuring the learned steps alone)."""
         if check:
-            check_content(image)
+            check_image(image)
         for step in self.order:
             r = {"tags": self.by_tags, "zero-shot": self.by_zero_shot, "classifier": self.by_classifier}[step](
                 image, **({} if step == "tags" else {"vec": vector}))
@@ -471,5 +415,4 @@ def _fit_router(version_dir, rows, features_of, encoder_id: str, *, domains, max
 
 
 __all__ = ["ROUTERS", "DomainRouter", "Route", "RouterClassifier", "build_router", "fit_router", "fit_router_from_features",
-           "content_features",
-           "check_content", "check_not_blank", "UNROUTED"]
+           "content_features", "check_content", "check_image", "check_not_blank", "UNROUTED"]

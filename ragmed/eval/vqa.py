@@ -5,6 +5,12 @@ short answer against the normalised gold answer. Open questions: recall = share 
 the short answer (multiset), and token F1 (SQuAD style). Normalisation: :func:`ragmed.eval.normalize.answer_tokens`.
 
 The short answer of an :class:`ragmed.types.Answer` comes from :func:`short_answer`.
+
+Risk–coverage (closed questions): every closed answer gets its evidence level
+(:func:`ragmed.generate.vote.evidence_level`); an answer the pipeline withheld as "insufficient evidence" keeps the
+answer it would have given (its ``withheld:`` flag). Ranked by level, the accuracy of the best-supported 100 / 80 /
+50 % (:func:`risk_coverage`) shows what abstention buys; ``closed_coverage`` and ``closed_selective_accuracy`` are the
+share answered and their accuracy at the pipeline's own threshold.
 """
 from __future__ import annotations
 
@@ -82,6 +88,31 @@ def item_metrics(prediction: str, gold: str, answer_type: str) -> dict[str, floa
     return out
 
 
+def risk_coverage(rows: list[dict[str, Any]], *, threshold: float | None = None,
+                  coverages: tuple[float, ...] = (1.0, 0.8, 0.5)) -> dict[str, Any]:
+    """Accuracy against coverage for rows ``{"level", "correct", "abstained"}`` (closed questions with gold answers).
+
+    ``at``: accuracy of the ``c`` share of rows with the highest evidence level, for each coverage ``c``;
+    ``curve``: the same in 5 % steps; ``at_threshold``: coverage and accuracy of the rows answered (level ≥
+    ``threshold``, else the rows not abstained)."""
+    n = len(rows)
+    if not n:
+        return {"n": 0, "at": {}, "curve": [], "at_threshold": {"coverage": 0.0, "accuracy": None}}
+    ranked = sorted(rows, key=lambda r: -float(r["level"]))  # stable: ties keep question order
+
+    def acc(m: int) -> float:
+        m = max(1, m)
+        return round(sum(bool(r["correct"]) for r in ranked[:m]) / m, 4)
+
+    answered = [r for r in rows if (float(r["level"]) >= threshold if threshold is not None else not r.get("abstained"))]
+    return {"n": n,
+            "at": {f"{int(round(c * 100))}%": acc(int(round(c * n))) for c in coverages},
+            "curve": [{"coverage": round(c / 20, 2), "accuracy": acc(int(round(c / 20 * n)))} for c in range(1, 21)],
+            "at_threshold": {"threshold": threshold, "coverage": round(len(answered) / n, 4),
+                             "accuracy": round(sum(bool(r["correct"]) for r in answered) / len(answered), 4)
+                             if answered else None}}
+
+
 def select_items(items: list, limit: int | None, seed: int) -> list:
     """A seeded random subset of ``limit`` items (all of them, in file order, without ``limit``)."""
     if not limit or limit >= len(items):
@@ -102,6 +133,7 @@ def evaluate_vqa(pipeline_path: str | Path | None, index: str | Path, data: str 
     from ragmed.corpus.vqa import read_qa
     from ragmed.errors import RagmedError
     from ragmed.eval.results import make_result
+    from ragmed.generate.vote import evidence_level
     from ragmed.io import load_image
     from ragmed.pipeline import Pipeline
 
@@ -110,7 +142,7 @@ def evaluate_vqa(pipeline_path: str | Path | None, index: str | Path, data: str 
     all_items = items if items is not None else read_qa(data, format=fmt)
     chosen = select_items(all_items, limit, seed)
     images = Path(images)
-    per_item, skipped = [], []
+    per_item, skipped, rc_rows = [], [], []
     groups: dict[str, list] = {"by_question_type": [], "by_organ": [], "by_domain": []}
     models: dict[str, str] = {}
     for it in tqdm(chosen, desc="eval vqa", disable=not progress, unit="q"):
@@ -128,6 +160,12 @@ def evaluate_vqa(pipeline_path: str | Path | None, index: str | Path, data: str 
         pred = short_answer(ans)
         m = item_metrics(pred, it.answer, it.answer_type)
         per_item.append(m)
+        if (it.answer_type or "").strip().casefold() == "closed":
+            withheld = next((f.split(":", 1)[1] for f in ans.flags if f.startswith("withheld:")), None)
+            full = withheld if withheld is not None else pred
+            _, level = evidence_level(it.question, ans.evidence, answer=full or None, text_encoder=p.text_encoder)
+            rc_rows.append({"level": level, "correct": bool(full) and closed_correct(full, it.answer),
+                            "abstained": bool(ans.insufficient_evidence)})
         domain = ans.domain or (ans.evidence[0].domain if ans.evidence else None)
         groups["by_question_type"].append(it.question_type or None)
         groups["by_organ"].append(it.organ or None)
@@ -148,4 +186,12 @@ def evaluate_vqa(pipeline_path: str | Path | None, index: str | Path, data: str 
               "index": {"path": str(index), "version": store.version_dir.name, "factory": store.manifest.get("factory"),
                         "n_cases": store.count("cases")},
               "ragmed_version": __version__}
-    return make_result("vqa", per_item, groups, skipped, config, time.perf_counter() - t0)
+    rc = risk_coverage(rc_rows)
+    extra = {}
+    if rc_rows:
+        extra = {"closed_coverage": rc["at_threshold"]["coverage"],
+                 "closed_selective_accuracy": rc["at_threshold"]["accuracy"] or 0.0,
+                 **{f"closed_accuracy_at_{k[:-1]}_coverage": v for k, v in rc["at"].items()}}
+    res = make_result("vqa", per_item, groups, skipped, config, time.perf_counter() - t0, extra_metrics=extra)
+    res["risk_coverage"] = rc
+    return res

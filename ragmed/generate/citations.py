@@ -10,14 +10,23 @@ Flags a :class:`~ragmed.types.Generation` may carry:
 - ``unsupported-terms:w1,w2``: content words of a cited sentence that its cited evidence (and the question) never
   mention (an open or report answer adding "heart" to "right upper lobe [3]");
 - ``citations-attached``: the model cited nothing; ragmed attached the refs of the evidence each sentence overlaps
-  most (deterministic), so the citations are ragmed's, not the model's.
+  most (deterministic), so the citations are ragmed's, not the model's;
+- ``dropped-disagreeing-citation``: a closed answer cited a case that says the opposite; the citation was removed
+  (an answer never cites a disagreeing case as support);
+- ``departs-from-evidence``: a closed answer says the opposite of the majority of the retrieved cases that answer
+  (a model that reads the image may rightly do so); the text says so;
+- ``withheld-knowledge-only``: sentences whose names and terms occur in no retrieved case, supported only by the
+  knowledge graph, were removed (knowledge is context, never the diagnosis).
+
+Knowledge-graph text ([K…]) never counts as support for the terms of an answer: ``unsupported-terms`` checks each
+sentence against the *cases* it cites, for open and closed answers alike.
 """
 from __future__ import annotations
 
 import re
 
-from ragmed.generate.text import (content_words, novel_terms, overlap, report_asserts, split_sentences,
-                                  yes_no)
+from ragmed.generate.text import (content_words, jaccard, normalize_answer, novel_terms, overlap, qa_pairs,
+                                  report_asserts, same_finding, split_sentences, yes_no)
 from ragmed.types import Evidence, KnowledgeEvidence
 
 REF = re.compile(r"\[(K?\d+)\]")
@@ -64,12 +73,13 @@ def strip_unknown_refs(text: str, given: set[str]) -> str:
 
 
 def evidence_says(question: str, text: str) -> str | None:
-    """What one piece of evidence answers to a yes/no question: the answer of its most similar "Q: … A: …" pair
-    (content-word Jaccard ≥ 0.5), else the negation-aware presence of the finding in its report text."""
-    from ragmed.generate.text import jaccard, normalize_answer, qa_pairs
-
+    """What one piece of evidence answers to a yes/no question: the answer of its most similar "Q: … A: …" pair about
+    the same finding (content-word Jaccard ≥ 0.5), else the finding-scoped negation-aware presence of the finding in
+    its report text."""
     best, best_sim = None, 0.0
     for q, a in qa_pairs(text):
+        if not same_finding(question, q):
+            continue
         sim = jaccard(question, q)
         if sim > best_sim:
             best, best_sim = normalize_answer(a), sim
@@ -110,14 +120,28 @@ def attach_citations(text: str, evidence: list[Evidence], knowledge: list[Knowle
 def ground(text: str, question: str, evidence: list[Evidence], knowledge: list[KnowledgeEvidence], *,
            task: str = "open", attach: bool = True, min_support: float = 0.3) -> tuple[str, list[str], list[str]]:
     """The one check every model backend runs on its raw answer. Returns (text, citations, flags): invented refs
-    removed, citations attached when the model gave none (flag ``citations-attached``), ``uncited`` when nothing
-    could be cited, and ``unsupported`` when a sentence's cited evidence does not support it."""
+    removed; sentences supported only by knowledge-graph text withheld; a closed answer's citations of cases that say
+    the opposite removed, and its departure from the evidence stated; citations attached when the model gave none
+    (flag ``citations-attached``); ``uncited`` when nothing could be cited; ``unsupported`` when a sentence's cited
+    evidence does not support it; ``unsupported-terms`` for words no cited case contains."""
     given = {e.ref for e in evidence} | {k.ref for k in knowledge}
     flags: list[str] = []
     refs = cited_refs(text)
     if any(r not in given for r in refs):
         flags.append("unknown-citation")
         text = re.sub(r"\s{2,}", " ", strip_unknown_refs(text, given)).strip()
+    text, withheld = withhold_knowledge_only(text, question, evidence, knowledge)
+    if withheld:
+        flags.append("withheld-knowledge-only")
+    if not text:
+        return ("Insufficient evidence: what the model wrote rests only on knowledge-graph text, not on any retrieved "
+                "case.", [], flags + ["insufficient-evidence", "uncited"])
+    if task == "closed":
+        text, dropped, departs = _closed_agreement(text, question, evidence)
+        if dropped:
+            flags.append("dropped-disagreeing-citation")
+        if departs:
+            flags.append("departs-from-evidence")
     if attach:  # a closed answer with no citation; every uncited sentence of a longer answer
         if task == "closed":
             text, done = _attach_closed(text, question, evidence) if not cited_refs(text) else (text, False)
@@ -129,23 +153,71 @@ def ground(text: str, question: str, evidence: list[Evidence], knowledge: list[K
     flags += [f for f in cflags if f not in flags]
     if citations and not supported(text, question, evidence, knowledge, task=task, min_support=min_support):
         flags.append("unsupported")
-    if citations and task != "closed":
-        novel = unsupported_terms(text, question, evidence, knowledge)
-        if novel:
-            flags.append("unsupported-terms:" + ",".join(novel[:8]))
+    novel = unsupported_terms(_answer_body(text, question) if task == "closed" else text, question, evidence,
+                              knowledge)
+    if citations and novel:
+        flags.append("unsupported-terms:" + ",".join(novel[:8]))
     return text, citations, flags
 
 
+def _answer_body(text: str, question: str) -> str:
+    """A closed answer without its yes/no word (the rest is what the terms check reads)."""
+    return re.sub(r"^\s*(yes|no)\b[,.;:]?", "", text, flags=re.I)
+
+
+def withhold_knowledge_only(text: str, question: str, evidence: list[Evidence],
+                            knowledge: list[KnowledgeEvidence]) -> tuple[str, bool]:
+    """Remove the sentences that cite knowledge-graph refs only and whose content words occur in no retrieved case
+    (nor the question): "Hemorrhagic fever-renal syndrome (ORPHA:340) [K1]" when no case mentions it. Knowledge is
+    context, never the diagnosis. Returns (text, whether anything was removed)."""
+    if not knowledge:
+        return text, False
+    cases = [e.text or e.excerpt for e in evidence]
+    kept, removed = [], False
+    for sent in answer_sentences(text):
+        refs = cited_refs(sent)
+        if refs and all(r.startswith("[K") for r in refs):
+            body = _ANY_REF.sub(" ", sent)
+            if novel_terms(body, cases, question):
+                removed = True
+                continue
+        kept.append(sent)
+    return " ".join(kept), removed
+
+
+def _closed_agreement(text: str, question: str, evidence: list[Evidence]) -> tuple[str, bool, bool]:
+    """For a yes/no answer: remove its citations of cases that say the opposite, and when it goes against the
+    majority of the cases that answer, say so. Returns (text, dropped any, departs)."""
+    ans = yes_no(text)
+    if ans is None:
+        return text, False, False
+    by_ref = {e.ref: evidence_says(question, e.text or e.excerpt) for e in evidence if e.ref}
+    opposite = {r for r, said in by_ref.items() if said is not None and said != ans}
+    dropped = False
+    for r in cited_refs(text):
+        if r in opposite:
+            text = text.replace(r, "")
+            dropped = True
+    text = re.sub(r"\s{2,}", " ", re.sub(r"\s+([.,;:])", r"\1", text)).strip()
+    agree = sum(1 for said in by_ref.values() if said == ans)
+    departs = len(opposite) > agree
+    if departs:
+        text = (text.rstrip() + f" This departs from the retrieved evidence: {len(opposite)} of "
+                f"{len(opposite) + agree} cases that answer say \"{'no' if ans == 'yes' else 'yes'}\".")
+    return text, dropped, departs
+
+
 def unsupported_terms(text: str, question: str, evidence: list[Evidence], knowledge: list[KnowledgeEvidence]) -> list[str]:
-    """Content words of cited sentences that none of the sentence's cited evidence (nor the question) contains:
-    "right upper lobe of the heart [3]" when [3] says "right upper lobe" → ["heart"]."""
-    src = _sources(evidence, knowledge)
+    """Content words of cited sentences that none of the sentence's cited *cases* (nor the question) contains:
+    "right upper lobe of the heart [3]" when [3] says "right upper lobe" → ["heart"]. Knowledge-graph text is not
+    support: a sentence citing only [K…] refs is checked against no case, so each of its terms counts."""
+    src = {e.ref: (e.text or e.excerpt) for e in evidence if e.ref}
     out: list[str] = []
     for sent in answer_sentences(text):
-        refs = [r for r in cited_refs(sent) if r in src]
+        refs = cited_refs(sent)
         if refs:
             body = _ANY_REF.sub(" ", sent)
-            out += [w for w in novel_terms(body, [src[r] for r in refs], question) if w not in out]
+            out += [w for w in novel_terms(body, [src[r] for r in refs if r in src], question) if w not in out]
     return out
 
 

@@ -1,6 +1,9 @@
 """The extractive answerer: no model. It picks the evidence sentences most relevant to the question and quotes
 them, each with its citation. For question–answer evidence ("Q: … A: …", the form VQA corpora are indexed in) it
-answers with the answer of the most similar indexed question."""
+answers with the answer of the most similar indexed question. A closed (yes/no, either/or) question is answered by
+the vote over the cases (:class:`ragmed.generate.vote.VoteGenerator`), so that the answer cites only the cases that
+agree with it. A knowledge-graph definition is added only as labelled background, and only when the concept is named
+in the quoted case evidence (knowledge is context, never the diagnosis)."""
 from __future__ import annotations
 
 import re
@@ -8,6 +11,7 @@ import re
 import numpy as np
 
 from ragmed.generate.citations import check_citations
+from ragmed.generate.text import novel_terms
 from ragmed.types import Evidence, Generation, KnowledgeEvidence
 
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9Q])")
@@ -46,6 +50,12 @@ class ExtractiveGenerator:
 
     def generate(self, question: str, evidence: list[Evidence], knowledge: list[KnowledgeEvidence], *,
                  image=None, domain: str | None = None, task: str = "open") -> Generation:
+        if task == "closed":
+            from ragmed.generate.vote import VoteGenerator
+
+            g = VoteGenerator(text_encoder=self.text_encoder).generate(question, evidence, knowledge, task="closed")
+            g.model = f"{self.id} (closed: vote)"
+            return g
         cands: list[tuple[str, Evidence, float]] = []
         for rank, e in enumerate(evidence):
             for s in split_sentences(e.text or e.excerpt):
@@ -81,10 +91,11 @@ class ExtractiveGenerator:
         for s, e in rest:
             m = _QA.match(s)
             lines.append(f"{m.group('q').strip()} → {m.group('a').strip()} {e.ref}" if m else f"{s} {e.ref}")
-        if knowledge:
-            k = knowledge[0]
-            if k.text:
-                lines.append(f"{k.name}: {k.text.split('. ')[0].rstrip('.')}. {k.ref}")
+        quoted = [e.text or e.excerpt for _, e in chosen]
+        for k in knowledge[:1]:
+            if k.text and k.name and not novel_terms(k.name, quoted):
+                lines.append(f"Background (knowledge graph, context only): {k.name}: "
+                             f"{k.text.split('. ')[0].rstrip('.')}. {k.ref}")
         text = "\n".join(lines)
         citations, flags = check_citations(text, evidence, knowledge)
         return Generation(text=text, citations=citations, model=self.id, flags=flags)

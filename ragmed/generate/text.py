@@ -1,10 +1,12 @@
-"""Small text helpers the generators share: content words, sentences, "Q: … A: …" pairs, answer normalisation and a
-NegEx-style check of whether a report asserts or denies a finding. Pure functions, no model."""
+"""Small text helpers the generators share: content words, sentences, "Q: … A: …" pairs, answer normalisation and
+whether a report asserts or denies a question's finding (through ragmed's one negation detector,
+:mod:`ragmed.text.negation`). Pure functions, no model."""
 from __future__ import annotations
 
 import re
 
 from ragmed.text.normalize import NO, YES, answer_key  # noqa: F401 - YES / NO re-exported (old import path)
+from ragmed.text.negation import ABSENT, PRESENT, finding_status, stem  # noqa: F401  (stem: re-exported)
 
 WORD = re.compile(r"[a-z0-9]+")
 _SENT = re.compile(r"(?<=[.!?;])\s+|\n+")
@@ -19,27 +21,10 @@ GENERIC = frozenset(
     "suggesting suggestive case cases similar report reports finding findings result results based according "
     "given number numbered answer question also both each other mild small large new well within side area region "
     "normal abnormal abnormality seen identified demonstrated demonstrate".split())
-# NegEx-style triggers (Chapman et al. 2001): a finding after a pre-trigger, or before a post-trigger, in the same
-# clause is denied.
-PRE_NEG = ("no evidence of", "no signs of", "no sign of", "negative for", "free of", "absence of", "without", "no",
-           "not", "nor", "resolved", "resolution of", "clear of", "rule out", "ruled out", "removed")
-POST_NEG = ("is absent", "are absent", "not seen", "not identified", "not present", "has resolved", "have resolved",
-            "is not", "are not", "were not", "was not", "unlikely", "resolved")
-# a negation's scope ends at a termination term or clause break, and reaches at most NEG_WINDOW words (NegEx)
-_CLAUSE = re.compile(r"\b(?:but|however|although|though|except|which|with the exception of)\b|[;:]")
-NEG_WINDOW = 8
 
 
 def words(text: str) -> list[str]:
     return WORD.findall((text or "").lower())
-
-
-def stem(w: str) -> str:
-    """A crude, deterministic stemmer (plural and common suffixes) good enough for overlap scores."""
-    for suf in ("ements", "ement", "ations", "ation", "ness", "ities", "ity", "ings", "ing", "ies", "ed", "es", "s"):
-        if len(w) > len(suf) + 3 and w.endswith(suf):
-            return w[: -len(suf)]
-    return w
 
 
 def content_words(text: str) -> set[str]:
@@ -97,45 +82,47 @@ def options(question: str) -> list[str]:
 
 _LEAD = re.compile(r"^(is|are|was|were|does|do|did|can|could|has|have|will|should|would|may)\s+(there\s+)?"
                    r"(the\s+|a\s+|an\s+|any\s+|this\s+|these\s+)?(patient\s+(have|has)\s+|evidence\s+of\s+|signs?\s+of\s+)?")
+# words of a trailing "in this head CT" / "on the image": where the finding is looked for, not the finding itself
+_SETTING = frozenset(
+    "image images film scan study radiograph radiography picture view exam examination x ray xray cxr ct mri mr "
+    "ultrasound us pa ap lateral frontal axial coronal sagittal slice head chest brain abdomen abdominal pelvis "
+    "patient patients this the these a an given above".split())
+_PREP = frozenset("in on within at from of seen".split())
 
 
 def finding_terms(question: str) -> list[str]:
-    """The content words (stemmed) of the finding a yes/no question asks about."""
+    """The content words (stemmed) of the finding a yes/no question asks about. A trailing phrase that only says
+    where to look ("… in this head CT", "… on the image") is not part of the finding."""
     q = " ".join(words(question))
     q = _LEAD.sub("", q)
-    return [stem(w) for w in q.split() if w not in STOP and w not in ("image", "film", "scan", "study", "radiograph")]
+    ws = q.split()
+    for i, w in enumerate(ws):
+        if i and w in _PREP and all(x in _SETTING or x in _PREP for x in ws[i + 1:]):
+            ws = ws[:i]
+            break
+    return [stem(w) for w in ws if w not in STOP and w not in ("image", "film", "scan", "study", "radiograph")]
+
+
+def same_finding(question: str, other: str) -> bool:
+    """Whether two yes/no questions ask about the same finding: their finding words overlap by at least half
+    (Jaccard ≥ 0.5). "Is there a pleural effusion?" and "Is there an effusion?" do; "Is there a pneumothorax?" and
+    "Is there a pleural effusion?" do not, however similar the sentences are."""
+    a, b = set(finding_terms(question)), set(finding_terms(other))
+    if not a or not b:
+        return False
+    return len(a & b) / len(a | b) >= 0.5
 
 
 def report_asserts(question: str, text: str) -> str | None:
-    """Negation-aware presence of the question's finding in report text: "yes" when a sentence mentions it without
-    negation, "no" when every mention is negated, None when it is not mentioned."""
+    """What report text says of the question's finding: "yes" when it asserts it, "no" when it denies it, None when
+    it does not mention it or only hedges ("possible effusion"). Negation is scoped to the finding's own words
+    (:func:`ragmed.text.negation.finding_status`); "Q: … A: …" pairs are not report text and are skipped."""
     terms = finding_terms(question)
     if not terms:
         return None
-    pos = neg = 0
-    for sent in split_sentences(text):
-        if sent.startswith("Q: "):
-            continue
-        for clause in _CLAUSE.split(sent.lower()):
-            cw = [stem(w) for w in words(clause)]
-            idx = [i for i, w in enumerate(cw) if w in terms]
-            # every finding word must be there (a two-word finding like "pleural effusion" needs both); from three
-            # words on, one may be missing
-            need = len(set(terms)) if len(set(terms)) <= 2 else len(set(terms)) - 1
-            if not idx or len(set(terms) & set(cw)) < need:
-                continue
-            first = min(idx)
-            before = " " + " ".join(words(clause)[max(0, first - NEG_WINDOW):first]) + " "
-            after = " " + " ".join(words(clause)[first:]) + " "
-            if any(f" {t} " in before for t in PRE_NEG) or any(f" {t} " in after for t in POST_NEG):
-                neg += 1
-            else:
-                pos += 1
-    if pos:
-        return "yes"
-    if neg:
-        return "no"
-    return None
+    body = "\n\n".join(s for s in split_sentences(text) if not s.startswith("Q: "))
+    status = finding_status(body, terms)
+    return {PRESENT: "yes", ABSENT: "no"}.get(status)
 
 
 def overlap(a: str, b: str) -> float:

@@ -22,6 +22,7 @@ from typing import Any
 
 from ragmed.config import PipelineConfig, load_pipeline
 from ragmed.corpus.questions import read_questions
+from ragmed.text.questions import guess_task, validate_question  # guess_task re-exported: ragmed.pipeline.guess_task
 from ragmed.errors import RagmedError
 from ragmed.pipeline.components import DEFAULT_INDEX, Components
 from ragmed.pipeline.fusion import fuse
@@ -118,15 +119,22 @@ class Pipeline:
     # --- answering ------------------------------------------------------------------------------------------------
     def ask(self, image=None, question: str = "", *, k: int | None = None, exclude_hashes: set[str] | None = None,
             task: str | None = None, domains: list[str] | None = None) -> Answer:
-        """Route, retrieve, select, add knowledge, generate: one cited :class:`Answer`. Thread-safe."""
+        """Route, retrieve, select, add knowledge, generate: one cited :class:`Answer`. Thread-safe. An empty
+        question is refused (:class:`ragmed.text.questions.QuestionError`) unless ``task="report"``."""
         t0 = time.perf_counter()
+        question = validate_question(question, task=task)
         task = task or guess_task(question)
         gen = self.generator
         if task != "closed" and hasattr(gen, "warm_up_async") and not getattr(gen, "_ready", True):
             gen.warm_up_async()  # a model generator loads its weights while retrieval runs (cold start)
         if not self.components.is_loaded("knowledge") and self.config.knowledge.path:  # and so does the graph
             threading.Thread(target=self._prefetch_knowledge, name="load knowledge graph", daemon=True).start()
-        r = self.retrieve(image, question, k=k, exclude_hashes=exclude_hashes, domains=domains)
+        # issue S: closed answers rest on the cases that match the image, not on the ones whose text matches the
+        # question (those are the few reports that mention the finding)
+        image_votes = (task == "closed" and image is not None and self.image_encoder is not None
+                       and "image" in self.store.encoders)
+        r = self.retrieve(image, None if image_votes else question, k=k, exclude_hashes=exclude_hashes,
+                          domains=domains)
         a = self.answer(r, question, task=task)
         a.timings["total"] = time.perf_counter() - t0
         return a
@@ -175,20 +183,6 @@ class Pipeline:
             out.append({"id": rid, "error": str(res)} if isinstance(res, RagmedError)
                        else {"id": rid, "answer": res.to_dict()})
         return out
-
-
-_CLOSED_START = ("is ", "are ", "was ", "were ", "does ", "do ", "did ", "can ", "could ", "has ", "have ", "will ",
-                 "should ", "would ", "may ")
-
-
-def guess_task(question: str) -> str:
-    """``closed`` for a yes/no or either/or question, ``open`` otherwise, ``report`` for no question. Templated
-    auxiliaries such as "Is/Are there …" or "Does/Do …" count as their first form."""
-    q = (question or "").strip().lower()
-    if not q:
-        return "report"
-    q = re.sub(r"^([a-z]+)/[a-z]+\b", r"\1", q)
-    return "closed" if q.startswith(_CLOSED_START) or " or " in q and q.endswith("?") else "open"
 
 
 def build_from_config(corpus, out, cfg, **kw):

@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ragmed.domains.ood import check_image
 from ragmed.errors import ConfigError
+from ragmed.generate.vote import abstain_below, own_case_first
 from ragmed.pipeline.fusion import fuse
 from ragmed.types import Answer, Evidence, KnowledgeEvidence, Selection
 
@@ -56,6 +58,8 @@ class QueryFlow:
     # --- route + retrieve -----------------------------------------------------------------------------------------
     def route(self, image):
         img = load_image(image)
+        if img is not None:
+            check_image(img)  # every pipeline refuses what is not a medical image (issue S)
         router = self.c.router
         return None if router is None or img is None else router.route(img)
 
@@ -65,6 +69,8 @@ class QueryFlow:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         img = load_image(image)
+        if img is not None:
+            check_image(img)  # every pipeline refuses what is not a medical image (issue S)
         timings["load_image"] = time.perf_counter() - t
         if img is None and not question:
             raise ConfigError("give an image, a question or both")
@@ -86,6 +92,8 @@ class QueryFlow:
         t = time.perf_counter()
         fused = fuse(channels, exclude_case_ids, method=rc.fusion, rrf_k=rc.rrf_k, weights=rc.weights, k=k,
                      calibrate=cal)
+        if img is not None:  # the query's own case is kept as evidence (issue S; evaluation excludes it by hash)
+            fused = own_case_first(fused, store.case_ids_with_hash(img.content_hash) - exclude_case_ids, channels)
         self._attach_records(fused)
         timings["fuse"] = time.perf_counter() - t
         best = {ch: max(h.score for h in hits) for ch, hits in channels.items() if hits}
@@ -219,6 +227,7 @@ class QueryFlow:
         else:
             g = self.generate(question, sel.kept, knowledge=knowledge, image=r.image, domain=r.domain, task=task,
                               generator=generator)
+            g = abstain_below(g, question, sel.kept, task=task, text_encoder=self.c.text_encoder)  # issue S
             gen_text, citations, flags, model, insufficient = g.text, g.citations, g.flags, g.model, g.insufficient
         timings["generate"] = time.perf_counter() - t
         timings["total"] = sum(v for kk, v in timings.items() if kk != "total")

@@ -55,33 +55,19 @@ from typing import Any, Callable, Literal
 from fastapi import File, Form, UploadFile  # at module level: the endpoints' annotations are resolved here
 
 from ragmed.errors import ConfigError, DomainError, ImageError, ImageTooLargeError, RagmedError
+from ragmed.api import MAX_QUESTION_CHARS, QuestionError
+from ragmed.api import validate_question as _validate
 
 log = logging.getLogger("ragmed.serve.api")
 
 CLIENT_ERRORS = (ImageError, DomainError)  # the request's own input is at fault: 400
 LOOPBACK_NAMES = {"localhost"}
-MAX_QUESTION_CHARS = 1000
-
-
-class QuestionError(RagmedError):
-    """A question the service refuses (empty, too long, control characters)."""
-
-    stage = "serve"
 
 
 def validate_question(question: str | None, *, required: bool = True, max_chars: int = MAX_QUESTION_CHARS) -> str:
-    """The one question check of the service (empty, length, control characters). Issue S's shared validation
-    replaces the body of this function; every route and the CDS service call only this."""
-    q = (question or "").strip()
-    if not q:
-        if required:
-            raise QuestionError("question: empty; ask a question in words")
-        return ""
-    if len(q) > max_chars:
-        raise QuestionError(f"question: {len(q)} characters; the limit is {max_chars}")
-    if any(ord(c) < 32 and c not in "\t\n\r" for c in q):
-        raise QuestionError("question: contains control characters")
-    return q
+    """The service's question check: ragmed's one validation (:func:`ragmed.text.questions.validate_question`,
+    the same rules and messages as the CLI and the Python API); ``required=False`` lets a report request through."""
+    return _validate(question, allow_empty=not required, max_chars=max_chars)
 
 
 def is_loopback(host: str) -> bool:

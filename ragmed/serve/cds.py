@@ -380,7 +380,7 @@ def mount_cds(app, cds: CdsSettings) -> None:
         return await state.queue.run(work, svc, req, base)
 
     def work(svc: CdsService, req: CdsRequest, base: str):
-        from ragmed.serve.api import QuestionError, validate_question
+        from ragmed.api import QuestionError, validate_question
 
         try:
             target = find_target(svc, req)

@@ -1,0 +1,149 @@
+"""Out-of-distribution refusal: is this a diagnostic medical image at all? Run by every pipeline, with or without
+configured domains (``Pipeline.route`` / ``retrieve`` call :func:`check_image` first; the domain router's own content
+check is the same function), before any retrieval, so that a blank frame, a thumbnail, noise, a natural photograph
+or a page of text gets a clear :class:`~ragmed.errors.DomainError` instead of an answer.
+
+Pixel statistics only (no model, deterministic, a few milliseconds): see :func:`check_image` for the rules and
+``eval/safety_ood.py`` for what they refuse and accept (``eval/results/safety_ood.json``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ragmed.errors import DomainError
+
+MIN_SIDE = 9  # an image of 8×8 pixels or fewer (either side) carries no diagnostic content
+
+def content_features(image) -> np.ndarray:
+    """Colour and intensity statistics the image encoder may not see (the classic descriptor is grey only):
+    colourfulness, mean R/G/B, mean and spread of intensity, near-white and near-black fractions, aspect ratio."""
+    px = np.asarray(image.pixels, dtype=np.float32)
+    rgb = px if px.ndim == 3 else np.repeat(px[..., None], 3, axis=2)
+    if rgb.shape[0] * rgb.shape[1] > 256 * 256:  # subsample big images: statistics only
+        step = int(math.ceil(math.sqrt(rgb.shape[0] * rgb.shape[1] / (256 * 256))))
+        rgb = rgb[::step, ::step]
+    gray = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    sat = rgb.max(axis=2) - rgb.min(axis=2)
+    h, w = image.pixels.shape[:2]
+    return np.array([float(sat.mean()), float((sat > 0.1).mean()), *[float(rgb[..., c].mean()) for c in range(3)],
+                     float(gray.mean()), float(gray.std()), float((gray > 0.9).mean()), float((gray < 0.05).mean()),
+                     float(np.log(max(h, 1) / max(w, 1)))], dtype=np.float32)
+
+
+def _gray_small(image, side: int = 256) -> np.ndarray:
+    g = image.to_gray()
+    step = max(1, int(math.ceil(max(g.shape) / side)))
+    return g[::step, ::step]
+
+
+def check_content(image, *, min_std: float = 0.01, min_autocorr: float = 0.2) -> None:
+    """Refuse what is plainly not a diagnostic image, before any routing: a blank frame, random noise (neighbouring
+    pixels uncorrelated), a text document (white page, dark strokes, no mid-tones, no colour) and a natural-colour
+    photograph (a large share of saturated green / blue pixels, hues that radiology greys, H&E pinks, dermoscopy
+    browns and fundus oranges do not have)."""
+    g = image.to_gray()
+    if float(np.std(g)) < min_std or float(g.max() - g.min()) < 0.02:
+        raise DomainError("the image is a blank frame (no intensity variation); it fits no configured domain",
+                          path=image.source, remedy="send the diagnostic image itself")
+    gs = _gray_small(image, 512)
+    f = content_features(image)
+    sat_mean, white, mid = f[0], f[7], float(((gs > 0.2) & (gs < 0.8)).mean())
+    if white > 0.6 and mid < 0.15 and sat_mean < 0.05:
+        raise DomainError(f"the image looks like a text document ({white:.0%} white page, {mid:.0%} mid-tones); it "
+                          "fits no configured domain", path=image.source, remedy="send the diagnostic image itself")
+    a, b = gs[:, :-1].ravel() - gs.mean(), gs[:, 1:].ravel() - gs.mean()
+    r = float((a * b).mean() / max(a.std() * b.std(), 1e-12))
+    if r < min_autocorr:
+        raise DomainError(f"the image looks like random noise (neighbouring-pixel correlation {r:.2f}); it fits no "
+                          "configured domain", path=image.source, remedy="send the diagnostic image itself")
+    if image.is_color:
+        from PIL import Image  # PIL's HSV: a core dependency (matplotlib is only in the eval extra)
+
+        px = np.asarray(image.pixels, dtype=np.float32)
+        step = max(1, int(math.ceil(max(px.shape[:2]) / 256)))
+        rgb = np.ascontiguousarray(np.clip(np.rint(px[::step, ::step] * 255), 0, 255).astype(np.uint8))
+        hsv = np.asarray(Image.fromarray(rgb, mode="RGB").convert("HSV"), dtype=np.float32).reshape(-1, 3) / 255.0
+        hue = hsv[:, 0] * 360
+        colourful = (hsv[:, 1] > 0.3) & (hsv[:, 2] > 0.2)
+        green_blue = colourful & (hue > 70) & (hue < 235)  # H&E purple ≈ 260–300°, pink ≈ 330°, skin ≈ 0–40°
+        share = float(green_blue.mean())
+        if share > 0.3:
+            raise DomainError(f"the image looks like a natural-colour photograph ({share:.0%} saturated green/blue "
+                              "pixels); it fits no configured domain", path=image.source,
+                              remedy="send the diagnostic image itself")
+
+
+check_not_blank = check_content  # the old name
+
+
+def _structure(image) -> dict[str, float]:
+    """Scale and texture statistics of the grey image (at most 256 px a side): ``coarse`` = spread of the 8×8 block
+    means over the global spread (a body, an organ, a slide has large-scale structure; a texture, noise or a page
+    of text has little), ``edge`` = mean gradient magnitude, ``std``, ``dark`` = share of near-black pixels."""
+    gs = _gray_small(image, 256)
+    h, w = gs.shape
+    bh, bw = max(1, h // 8), max(1, w // 8)
+    blocks = gs[: bh * 8, : bw * 8].reshape(8, bh, 8, bw).mean(axis=(1, 3)) if h >= 8 and w >= 8 else gs
+    std = float(gs.std())
+    grads = np.concatenate([np.abs(np.diff(gs, axis=1)).ravel(), np.abs(np.diff(gs, axis=0)).ravel()])
+    return {"coarse": float(blocks.std() / max(std, 1e-6)), "edge": float(grads.mean()) if grads.size else 0.0,
+            "std": std, "dark": float((gs < 0.05).mean())}
+
+
+def _warm_photo(image, s: dict[str, float]) -> float:
+    """Share of colourful pixels with a warm hue (red, orange, brown, yellow: < 90°) when the colour image also has
+    the sharp detail of a photograph and no dark frame; 0 otherwise."""
+    from PIL import Image
+
+    px = np.asarray(image.pixels, dtype=np.float32)
+    step = max(1, int(math.ceil(max(px.shape[:2]) / 256)))
+    rgb = np.ascontiguousarray(np.clip(np.rint(px[::step, ::step] * 255), 0, 255).astype(np.uint8))
+    hsv = np.asarray(Image.fromarray(rgb, mode="RGB").convert("HSV"), dtype=np.float32).reshape(-1, 3) / 255.0
+    colourful = (hsv[:, 1] > 0.25) & (hsv[:, 2] > 0.15)
+    if colourful.mean() < 0.2:
+        return 0.0
+    return float(((hsv[:, 0] * 360) < 90)[colourful].mean())
+
+
+def check_image(image, *, min_side: int = MIN_SIDE) -> None:
+    """Refuse, with a :class:`~ragmed.errors.DomainError` naming the reason, what is not a diagnostic medical image:
+
+    1. an image smaller than ``min_side`` pixels on a side (8×8 or fewer: a thumbnail, an icon);
+    2. :func:`check_content`: a blank frame, random noise, a white page of text, a green/blue natural photograph;
+    3. no large-scale structure (8×8 block means spread < 0.2 of the pixels' spread): a texture (brick, grass,
+       gravel), a star field, a page of text; every body, organ, slide or smear has large-scale structure;
+    4. a flat, low-contrast grey picture with no dark background (spread < 0.09, mean gradient < 0.012, < 5 %
+       near-black: the moon, a wall clock; an ultrasound frame has its dark fan surround);
+    5. a warm-coloured photograph: colour with sharp detail (mean gradient > 0.03), no dark frame (< 30 % near-black)
+       and ≥ 50 % of its colourful pixels red, orange, brown or yellow (a cat, a cup of coffee, a portrait); a
+       dermoscopy image is smooth (gradient ≤ 0.02), a DICOM VL photograph has its dark frame, H&E is purple.
+
+    The thresholds were set on the shared medical images (VQA-RAD, NEMA DICOM, dermoscopy, lung ultrasound,
+    histopathology, brain MRI, blood smears, MedMNIST) and the photographs bundled with scikit-image, scikit-learn
+    and matplotlib; ``eval/safety_ood.py`` measures both sides (``eval/results/safety_ood.json``).
+    """
+    h, w = image.pixels.shape[:2]
+    if h < min_side or w < min_side:
+        raise DomainError(f"the image is {w}×{h} pixels, too small to be a diagnostic image (at least {min_side}×"
+                          f"{min_side})", path=image.source, remedy="send the diagnostic image itself")
+    check_content(image)
+    s = _structure(image)
+    if s["coarse"] < 0.2:
+        raise DomainError(f"the image has no large-scale structure (block spread {s['coarse']:.2f}): it looks like a "
+                          "texture, a star field or a page of text, not a medical image", path=image.source,
+                          remedy="send the diagnostic image itself")
+    if not image.is_color and s["std"] < 0.09 and s["edge"] < 0.012 and s["dark"] < 0.05:
+        raise DomainError(f"the image is a flat, low-contrast picture (spread {s['std']:.2f}, gradient "
+                          f"{s['edge']:.3f}), not a medical image", path=image.source,
+                          remedy="send the diagnostic image itself")
+    if image.is_color and s["edge"] > 0.03 and s["dark"] < 0.3:
+        warm = _warm_photo(image, s)
+        if warm >= 0.5:
+            raise DomainError(f"the image looks like a photograph (sharp detail, {warm:.0%} of its colour red, "
+                              "orange or brown, no dark frame), not a medical image", path=image.source,
+                              remedy="send the diagnostic image itself")
+
+
+__all__ = ["check_image", "check_content", "content_features", "MIN_SIDE"]
