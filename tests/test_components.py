@@ -54,7 +54,8 @@ def test_given_components_are_used_and_the_rest_built_once(built, text_encoder):
     for t in threads:
         t.join()
     assert len({id(s) for s in stores}) == 1  # built once under concurrency
-    a = p.ask(root / "c" / "img3.png", "Is there a pneumothorax?")
+    # an open question: closed answers also pass issue S's evidence-level abstention, which is not what this tests
+    a = p.ask(root / "c" / "img3.png", "What does the image show?")
     assert a.models["generator"] == "counting" and Counting.calls == 1 and a.text.startswith("2 cases")
 
 
