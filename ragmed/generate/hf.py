@@ -8,7 +8,8 @@
 Which one is decided from the directory's ``config.json`` (``kind: auto``) or forced (``kind: vlm | causal-lm``).
 Greedy decoding by default (deterministic); ``temperature > 0`` samples with ``seed`` without touching the caller's
 global RNG state. ``threads`` sets torch's CPU threads while generating (1 is much faster than 2 on a busy 2-core
-machine; see eval/results/bench_generate.json).
+machine; see eval/results/bench_generate.json). ``adapter: DIR`` applies a LoRA adapter (``ragmed align train``) on
+top of the model, refused when it was trained on another base model (:mod:`ragmed.generate.adapter`).
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ class TransformersGenerator(ChatGenerator):
 
     def __init__(self, path: str | None = None, *, model_path: str | None = None, kind: str = "auto",
                  dtype: str = "auto", device: str = "cpu", threads: int | None = None, image_max_side: int = 768,
-                 trust_remote_code: bool = False, name: str | None = None, **common: Any):
+                 trust_remote_code: bool = False, name: str | None = None, adapter: str | None = None,
+                 **common: Any):
         super().__init__(**common)
         self.path = path or model_path
         if kind not in KINDS:
@@ -64,13 +66,18 @@ class TransformersGenerator(ChatGenerator):
         self.image_max_side = int(image_max_side)
         self.trust_remote_code = bool(trust_remote_code)
         self.name = name
+        self.adapter = str(adapter) if adapter else None
         self.model = self.tokenizer = self.processor = None
         self.is_vlm = False
         self._gen_lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
-        return f"{self.id}:{self.name or (Path(self.path).name if self.path else '?')}"
+        return f"{self.id}:{self.name or (Path(self.path).name if self.path else '?')}" + self.adapter_suffix
+
+    @property
+    def adapter_suffix(self) -> str:
+        return f"+lora:{Path(self.adapter).name}" if self.adapter else ""
 
     @property
     def accepts_images(self) -> bool:  # type: ignore[override]
@@ -119,6 +126,10 @@ class TransformersGenerator(ChatGenerator):
         except (OSError, ValueError, KeyError) as e:
             raise GeneratorError(f"cannot load the model: {e}", path=str(p),
                                  remedy="check that the directory holds a complete transformers checkpoint") from e
+        if self.adapter:
+            from ragmed.generate.adapter import attach_adapter
+
+            self.model = attach_adapter(self.model, self.adapter, model_id=self.model_id)
         self.model.to(self.device).eval()
 
     # --- prompt → tensors ----------------------------------------------------------------------------------------

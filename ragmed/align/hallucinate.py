@@ -1,0 +1,127 @@
+"""MMedPO-style dispreferred answers: a plausible hallucination of the ground truth, with a clinical-relevance weight.
+
+MMedPO (Zhu et al. 2025) writes hallucinated answers with a strong LLM and scores their clinical relevance with a
+medical LLM judge; neither is available offline. ragmed's stand-ins, in the order tried:
+
+==================  ======================================================  ========================================
+kind                how the dispreferred answer is made                     raw relevance r (heuristic, in (0, 1])
+==================  ======================================================  ========================================
+``negation``        a yes/no answer flipped ("Yes." → "No.")                1.0: the finding's presence is reversed
+``option-swap``     the other option of an either/or question               1.0: the other answer the question allows
+``laterality``      left ↔ right (and upper ↔ lower, anterior ↔ posterior)  0.8: same finding, wrong side
+``kg-swap``         a finding linked in the knowledge graph swapped for a   2 / d, d = graph distance (is_a edges)
+                    related concept (a sibling under a shared parent: d=2)  between the two concepts (d=2 → 1.0)
+``retrieved``       another retrieved case's answer to a similar question   the case's fused retrieval score over
+                    that differs from the ground truth                      the best candidate's (the retrieval
+                                                                            margin: a closer case is a likelier
+                                                                            confusion)
+==================  ======================================================  ========================================
+
+Weights: :func:`normalise_weights` divides the raw relevances of the hallucination pairs by their mean (so the
+average hallucination pair weighs 1, like every RAG-PT pair), clips them to ``[0.5, 2.0]`` and renormalises the mean
+to 1. Pairs of the other kinds weigh 1. The trainer multiplies each pair's DPO loss by its weight.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ragmed.eval.normalize import normalize_answer
+
+W_MIN, W_MAX = 0.5, 2.0
+_SIDES = [("left", "right"), ("upper", "lower"), ("anterior", "posterior"), ("superior", "inferior"),
+          ("medial", "lateral")]
+
+
+@dataclass
+class Hallucination:
+    text: str
+    kind: str
+    relevance: float
+    detail: str = ""
+
+
+def as_answer(text: str) -> str:
+    """The answer as a completion: trimmed, first letter upper-case, one full stop (the form the generator's
+    constrained closed answers take)."""
+    t = re.sub(r"\s+", " ", str(text or "")).strip().rstrip(".")
+    return (t[:1].upper() + t[1:] + ".") if t else ""
+
+
+def _flip_sides(text: str) -> str | None:
+    swap = {}
+    for a, b in _SIDES:
+        swap[a], swap[b] = b, a
+    out = re.sub(r"\b(" + "|".join(swap) + r")\b", lambda m: _case_like(swap[m.group(1).lower()], m.group(1)), text,
+                 flags=re.I)
+    return out if out != text else None
+
+
+def _case_like(word: str, like: str) -> str:
+    return word.capitalize() if like[:1].isupper() else word
+
+
+def kg_swap(kg, text: str, max_depth: int = 3) -> tuple[str, str, int] | None:
+    """``text`` with its first linked concept replaced by the nearest related concept (a sibling under a shared
+    ``is_a`` parent, else a parent): (new text, "A → B", graph distance)."""
+    if kg is None:
+        return None
+    try:
+        links = kg.link(text)
+    except Exception:  # noqa: BLE001 - a graph that cannot link this text gives no swap
+        return None
+    for lc in links:
+        if lc.negated:
+            continue
+        start, end = lc.span
+        for parent in kg.parents(lc.id)[:3]:
+            sibs = [c for _, c in kg.neighbours(parent, "is_a", direction="in") if c != lc.id]
+            for s in sorted(sibs):
+                name = kg.concept(s)["name"]
+                if normalize_answer(name) != normalize_answer(text[start:end]):
+                    return text[:start] + name.lower() + text[end:], f"{lc.name} → {name}", 2
+        for parent in kg.parents(lc.id)[:1]:
+            name = kg.concept(parent)["name"]
+            return text[:start] + name.lower() + text[end:], f"{lc.name} → {name}", 1
+    return None
+
+
+def hallucinations(question: str, gold: str, answer_type: str, *, options: list[str] | None = None, kg=None,
+                   retrieved: list[tuple[str, float]] | None = None) -> list[Hallucination]:
+    """Plausible wrong answers to ``question`` whose ground truth is ``gold`` (at most one per kind).
+    ``retrieved``: (answer, relevance in (0, 1]) of other retrieved cases' answers to similar questions."""
+    g = normalize_answer(gold)
+    out: list[Hallucination] = []
+    closed = (answer_type or "").strip().lower() == "closed"
+    if closed and g in ("yes", "no"):
+        out.append(Hallucination(as_answer("no" if g == "yes" else "yes"), "negation", 1.0, f"{g} → flipped"))
+        return out
+    if options and g in options:
+        other = [o for o in options if o != g]
+        if other:
+            out.append(Hallucination(as_answer(other[0]), "option-swap", 1.0, f"{g} → {other[0]}"))
+    flipped = _flip_sides(gold)
+    if flipped:
+        out.append(Hallucination(as_answer(flipped), "laterality", 0.8, "side flipped"))
+    sw = kg_swap(kg, gold)
+    if sw:
+        text, detail, d = sw
+        if normalize_answer(text) != g:
+            out.append(Hallucination(as_answer(text), "kg-swap", min(1.0, 2.0 / (d if d > 1 else 2)), detail))
+    for ans, rel in retrieved or []:
+        if normalize_answer(ans) and normalize_answer(ans) != g:
+            out.append(Hallucination(as_answer(ans), "retrieved", max(0.05, min(1.0, float(rel))),
+                                     "another case's answer"))
+            break
+    return out
+
+
+def normalise_weights(raw: list[float], lo: float = W_MIN, hi: float = W_MAX) -> list[float]:
+    """Mean-1 weights from raw relevances: r / mean(r), clipped to [lo, hi], then rescaled to mean 1 (the clip is
+    applied once more after the rescale so that no weight leaves [lo, hi])."""
+    if not raw:
+        return []
+    m = sum(raw) / len(raw)
+    w = [min(hi, max(lo, r / m)) if m > 0 else 1.0 for r in raw]
+    m2 = sum(w) / len(w)
+    return [round(min(hi, max(lo, x / m2)), 4) for x in w]
