@@ -51,6 +51,7 @@ class PairOptions:
     hallucinations: bool = True
     fmt: str | None = None
     resume: bool = True
+    max_new: int | None = None  # answer at most this many new questions in this run (0: only finalise the file)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,6 +134,8 @@ def build_pairs(pipeline, data: str | Path, images: str | Path, out: str | Path,
         for it in tqdm(chosen, desc="align pairs", unit="q", disable=not progress):
             if it.qid in done:
                 continue
+            if opts.max_new is not None and n_new >= opts.max_new:
+                break
             task = _task(it.answer_type)
             try:
                 img = load_image(images / it.image)
@@ -144,6 +147,7 @@ def build_pairs(pipeline, data: str | Path, images: str | Path, out: str | Path,
             except RagmedError as e:
                 skipped.append({"qid": it.qid, "reason": str(e)})
                 fh.write(json.dumps({"type": "question", "qid": it.qid, "skipped": str(e)}) + "\n")
+                n_new += 1
                 continue
             s = item_seed(opts.seed, it.qid)
             pred_rag, pred_bare = short_answer(ans), short_answer(bare)
@@ -214,7 +218,8 @@ def build_pairs(pipeline, data: str | Path, images: str | Path, out: str | Path,
     counts = Counter(r["kind"] for r in pair_recs)
     sub = Counter(f"{r['kind']}/{r['subkind']}" for r in pair_recs if r["subkind"])
     cfg = pipeline.config
-    meta = {"pairs": out.name, "data": str(data), "images": str(images), "format": opts.fmt, "seed": opts.seed, "limit": opts.limit,
+    n_done = sum(1 for r in recs if r.get("type") == "question")
+    meta = {"pairs": out.name, "questions_selected": len(chosen), "questions_done": n_done, "data": str(data), "images": str(images), "format": opts.fmt, "seed": opts.seed, "limit": opts.limit,
             "f1_threshold": opts.f1_threshold, "replace": opts.replace if takes_image else None,
             "hallucinations": opts.hallucinations,
             "pipeline": {"name": cfg.name, "source": cfg.source, "generator": cfg.to_dict()["generator"]},

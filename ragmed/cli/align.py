@@ -31,9 +31,11 @@ _SET_HELP = "Override a pipeline setting, KEY=VALUE (repeatable), e.g. generator
               help="Cross-modality pairs: replace the image by Gaussian noise or an unrelated image (VLMs only).")
 @click.option("--no-hallucinations", is_flag=True, help="Only RAG-PT pairs (no MMedPO-style hallucination pairs).")
 @click.option("--fresh", is_flag=True, help="Start OUT afresh (default: resume, skipping questions already in it).")
+@click.option("--max-new", type=int, default=None,
+              help="Answer at most this many new questions in this run (0: only recount and reweight OUT).")
 @click.option("--quiet", "-q", is_flag=True)
 def pairs(pipeline, sets, index_dir, data, images, fmt, out, limit, seed, f1_threshold, replace, no_hallucinations,
-          fresh, quiet):
+          fresh, max_new, quiet):
     """Build preference pairs: answer each training question with / without retrieval (and with the image replaced)."""
     from ragmed.align.config import pipeline_variant
     from ragmed.align.pairs import PairOptions, build_pairs
@@ -46,11 +48,12 @@ def pairs(pipeline, sets, index_dir, data, images, fmt, out, limit, seed, f1_thr
         kg = p.knowledge
     images = images or str(Path(data).parent / "images")
     opts = PairOptions(limit=limit, seed=seed, f1_threshold=f1_threshold, replace=replace,
-                       hallucinations=not no_hallucinations, fmt=fmt, resume=not fresh,
+                       hallucinations=not no_hallucinations, fmt=fmt, resume=not fresh, max_new=max_new,
                        extra={"overrides": applied, "pipeline_file": Path(str(variant)).name if variant else None})
     meta = build_pairs(p, data, images, out, opts, progress=not quiet, kg=kg)
     c = meta["counts"]
-    click.echo(f"{meta['n_pairs']} pairs from {meta['n_questions_answered']} questions "
+    click.echo(f"{meta['questions_done']}/{meta['questions_selected']} selected questions done; "
+               f"{meta['n_pairs']} pairs from {meta['n_questions_answered']} answered questions "
                f"({meta['n_questions_skipped']} skipped): " + ", ".join(f"{k} {v}" for k, v in c.items()))
     if meta.get("note"):
         click.echo(f"note: {meta['note']}")

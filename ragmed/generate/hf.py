@@ -49,6 +49,29 @@ def torch_threads(n: int | None):
         torch.set_num_threads(prev)
 
 
+def images_only_processor(path: Path, error: ImportError):
+    """The checkpoint's processor without its video processor, for processors (Qwen2-VL, Qwen2.5-VL) whose video
+    processor needs torchvision, which does not import beside this torch: images go through the image processor."""
+    import json
+
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    cfg_path = Path(path) / "processor_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    cls = getattr(transformers, str(cfg.get("processor_class")), None)
+    if cls is None or "video_processor" not in cls.get_attributes():
+        raise error
+    attrs = [a for a in cls.get_attributes() if a != "video_processor"]
+    images_only = type(cls.__name__, (cls,), {"get_attributes": classmethod(lambda c: list(attrs))})
+    tmpl = Path(path) / "chat_template.jinja"
+    extra = {k: v for k, v in cfg.items() if k not in ("processor_class", "chat_template")}
+    log.info("%s: loading %s without its video processor (%s)", path, cls.__name__, str(error).strip().splitlines()[0])
+    return images_only(image_processor=AutoImageProcessor.from_pretrained(path),
+                       tokenizer=AutoTokenizer.from_pretrained(path),
+                       chat_template=tmpl.read_text() if tmpl.is_file() else cfg.get("chat_template"), **extra)
+
+
 class TransformersGenerator(ChatGenerator):
     id = "transformers"
 
@@ -115,7 +138,10 @@ class TransformersGenerator(ChatGenerator):
             if self.is_vlm:
                 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-                self.processor = AutoProcessor.from_pretrained(p, trust_remote_code=self.trust_remote_code)
+                try:
+                    self.processor = AutoProcessor.from_pretrained(p, trust_remote_code=self.trust_remote_code)
+                except ImportError as e:  # e.g. Qwen2-VL's video processor needs torchvision; images need only PIL
+                    self.processor = images_only_processor(p, e)
                 self.tokenizer = getattr(self.processor, "tokenizer", None) or self.processor
                 self.model = AutoModelForImageTextToText.from_pretrained(p, **kw)
             else:
