@@ -18,8 +18,8 @@ kind                how the dispreferred answer is made                     raw 
 ==================  ======================================================  ========================================
 
 Weights: :func:`normalise_weights` divides the raw relevances of the hallucination pairs by their mean (so the
-average hallucination pair weighs 1, like every RAG-PT pair), clips them to ``[0.5, 2.0]`` and renormalises the mean
-to 1. Pairs of the other kinds weigh 1. The trainer multiplies each pair's DPO loss by its weight.
+average hallucination pair weighs 1, like every RAG-PT pair), then clips them to ``[0.5, 2.0]`` and rescales to mean
+1, alternately, until both hold. Pairs of the other kinds weigh 1. The trainer multiplies each pair's DPO loss by its weight.
 """
 from __future__ import annotations
 
@@ -117,11 +117,18 @@ def hallucinations(question: str, gold: str, answer_type: str, *, options: list[
 
 
 def normalise_weights(raw: list[float], lo: float = W_MIN, hi: float = W_MAX) -> list[float]:
-    """Mean-1 weights from raw relevances: r / mean(r), clipped to [lo, hi], then rescaled to mean 1 (the clip is
-    applied once more after the rescale so that no weight leaves [lo, hi])."""
+    """Mean-1 weights from raw relevances: r / mean(r), then clip to [lo, hi] and rescale to mean 1, repeated until
+    both hold (a few rounds; the clip is the last step, so no weight ever leaves [lo, hi])."""
     if not raw:
         return []
     m = sum(raw) / len(raw)
-    w = [min(hi, max(lo, r / m)) if m > 0 else 1.0 for r in raw]
-    m2 = sum(w) / len(w)
-    return [round(min(hi, max(lo, x / m2)), 4) for x in w]
+    if m <= 0:
+        return [1.0] * len(raw)
+    w = [r / m for r in raw]
+    for _ in range(50):
+        w = [min(hi, max(lo, x)) for x in w]
+        m = sum(w) / len(w)
+        if abs(m - 1) < 1e-6:
+            break
+        w = [x / m for x in w]
+    return [round(min(hi, max(lo, x)), 4) for x in w]

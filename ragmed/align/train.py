@@ -362,7 +362,7 @@ def train_dpo(generator, pairs_path: str | Path, out: str | Path, opts: TrainOpt
     from trl import DPOConfig
 
     from ragmed.align.pairs import read_pairs
-    from ragmed.generate.adapter import RECORD, base_fingerprint
+    from ragmed.generate.adapter import base_fingerprint, write_record
     from ragmed.generate.hf import torch_threads
 
     opts = opts or TrainOptions()
@@ -429,9 +429,10 @@ def train_dpo(generator, pairs_path: str | Path, out: str | Path, opts: TrainOpt
     curves = plot_curves(history, out / "curves.png")
     steps_t = timer.times
     losses = [h for h in history if "loss" in h]
-    record = {"base_model": generator.model_id, "base_fingerprint": fingerprint, "kind": "vlm" if vlm else "causal-lm",
-              "pairs": Path(pairs_path).name, "ragmed_version": _versions()["ragmed"]}
-    (adapter_dir / RECORD).write_text(json.dumps(record, indent=1))
+    record = write_record(adapter_dir, model, generator.model_id, kind="vlm" if vlm else "causal-lm",
+                          pairs=Path(pairs_path).name, ragmed_version=_versions()["ragmed"])
+    if record["base_fingerprint"] != fingerprint:
+        raise GeneratorError("the base model's embeddings changed during training: the adapter record would lie")
     card = {
         "adapter": str(adapter_dir), "base_model": generator.model_id, "base_path_name": Path(base_path).name if base_path else None,
         "base_fingerprint": fingerprint, "kind": record["kind"], "device": device, "bf16": bf16,

@@ -38,6 +38,15 @@ def base_fingerprint(model) -> dict[str, Any]:
             "embeddings_sha256": h}
 
 
+def write_record(adapter_dir: str | Path, model, model_id: str, **extra: Any) -> dict[str, Any]:
+    """Write ``ragmed_adapter.json`` into a saved PEFT adapter directory: the base model's id and fingerprint (taken
+    from ``model``, the base or the PEFT-wrapped model: LoRA leaves the input embeddings alone)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    rec = {"base_model": model_id, "base_fingerprint": base_fingerprint(base), **extra}
+    (Path(adapter_dir) / RECORD).write_text(json.dumps(rec, indent=1))
+    return rec
+
+
 def read_record(adapter_dir: str | Path) -> dict[str, Any] | None:
     p = Path(adapter_dir) / RECORD
     return json.loads(p.read_text()) if p.is_file() else None
