@@ -65,6 +65,7 @@ class TrainOptions:
     resume: bool = False
     images: str | None = None  # root of the pair file's relative image paths
     logging_steps: int = 1
+    gradient_checkpointing: bool = False  # off on a CPU (1.5–2× slower); on for a 7B VLM on a GPU under 80 GB
 
 
 # --- randomness kept local ---------------------------------------------------------------------------------------
@@ -395,7 +396,7 @@ def train_dpo(generator, pairs_path: str | Path, out: str | Path, opts: TrainOpt
         output_dir=str(ckpt_dir), beta=opts.beta, learning_rate=opts.lr, num_train_epochs=opts.epochs,
         max_steps=opts.max_steps, per_device_train_batch_size=opts.batch_size,
         gradient_accumulation_steps=opts.grad_accum, bf16=bf16, use_cpu=on_cpu, report_to="none",
-        gradient_checkpointing=False, logging_steps=opts.logging_steps, save_strategy="steps",
+        gradient_checkpointing=opts.gradient_checkpointing, logging_steps=opts.logging_steps, save_strategy="steps",
         save_steps=opts.save_steps, save_total_limit=opts.save_total_limit, seed=opts.seed,
         remove_unused_columns=False, max_length=None if vlm else opts.max_length, disable_tqdm=not progress,
         dataloader_num_workers=0, lr_scheduler_type="linear", warmup_steps=0)
@@ -441,7 +442,7 @@ def train_dpo(generator, pairs_path: str | Path, out: str | Path, opts: TrainOpt
                      "seed", "limit", "f1_threshold", "generator_model", "n_questions_answered", "rates")}},
         "hyper_parameters": {k: v for k, v in asdict(opts).items() if k not in ("images",)},
         "trl_config": {"loss": "sigmoid DPO × pair weight", "reference": "base model (LoRA disabled)",
-                       "gradient_checkpointing": False, "use_cpu": on_cpu},
+                       "gradient_checkpointing": opts.gradient_checkpointing, "use_cpu": on_cpu},
         "steps": trainer.state.global_step, "resumed": bool(resume),
         "seconds_total": round(total, 1),
         "seconds_per_step": round(sum(steps_t) / len(steps_t), 3) if steps_t else float("nan"),
@@ -488,7 +489,8 @@ def _card_md(c: dict[str, Any]) -> str:
              f"epochs {hp['epochs']}, max steps {hp['max_steps']}, weights {'on' if hp['use_weights'] else 'off'}, "
              f"two-stage {'on' if hp['two_stage'] else 'off'}",
              f"- LoRA r {hp['lora_r']}, α {hp['lora_alpha']}, dropout {hp['lora_dropout']}, targets {hp['lora_targets']}",
-             f"- device {c['device']}, bf16 {c['bf16']}, gradient checkpointing off",
+             f"- device {c['device']}, bf16 {c['bf16']}, gradient checkpointing "
+             f"{'on' if hp['gradient_checkpointing'] else 'off'}",
              f"- steps {c['steps']}, total {c['seconds_total']} s, {c['seconds_per_step']} s/step "
              f"(median {c['seconds_per_step_median']})",
              f"- loss {c['first_loss']} → {c['last_loss']}; last reward margin {c['last_margin']}",
