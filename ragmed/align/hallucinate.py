@@ -9,12 +9,10 @@ kind                how the dispreferred answer is made                     raw 
 ``negation``        a yes/no answer flipped ("Yes." → "No.")                1.0: the finding's presence is reversed
 ``option-swap``     the other option of an either/or question               1.0: the other answer the question allows
 ``laterality``      left ↔ right (and upper ↔ lower, anterior ↔ posterior)  0.8: same finding, wrong side
-``kg-swap``         a finding linked in the knowledge graph swapped for a   2 / d, d = graph distance (is_a edges)
-                    related concept (a sibling under a shared parent: d=2)  between the two concepts (d=2 → 1.0)
-``retrieved``       another retrieved case's answer to a similar question   the case's fused retrieval score over
-                    that differs from the ground truth                      the best candidate's (the retrieval
-                                                                            margin: a closer case is a likelier
-                                                                            confusion)
+``kg-swap``         a finding linked in the knowledge graph swapped for a   by graph distance d over is_a edges: a
+                    related concept: a sibling under a shared parent (d=2)  sibling (d=2, another finding of the
+                    or, without one, its parent (d=1)                       same kind) 1.0; the parent (d=1, the
+                                                                            answer made vaguer) 0.5
 ==================  ======================================================  ========================================
 
 Weights: :func:`normalise_weights` divides the raw relevances of the hallucination pairs by their mean (so the
@@ -86,10 +84,10 @@ def kg_swap(kg, text: str, max_depth: int = 3) -> tuple[str, str, int] | None:
     return None
 
 
-def hallucinations(question: str, gold: str, answer_type: str, *, options: list[str] | None = None, kg=None,
-                   retrieved: list[tuple[str, float]] | None = None) -> list[Hallucination]:
-    """Plausible wrong answers to ``question`` whose ground truth is ``gold`` (at most one per kind).
-    ``retrieved``: (answer, relevance in (0, 1]) of other retrieved cases' answers to similar questions."""
+def hallucinations(question: str, gold: str, answer_type: str, *, options: list[str] | None = None,
+                   kg=None) -> list[Hallucination]:
+    """Plausible wrong answers to ``question`` whose ground truth is ``gold`` (at most one per kind, most relevant
+    kind first)."""
     g = normalize_answer(gold)
     out: list[Hallucination] = []
     closed = (answer_type or "").strip().lower() == "closed"
@@ -107,12 +105,7 @@ def hallucinations(question: str, gold: str, answer_type: str, *, options: list[
     if sw:
         text, detail, d = sw
         if normalize_answer(text) != g:
-            out.append(Hallucination(as_answer(text), "kg-swap", min(1.0, 2.0 / (d if d > 1 else 2)), detail))
-    for ans, rel in retrieved or []:
-        if normalize_answer(ans) and normalize_answer(ans) != g:
-            out.append(Hallucination(as_answer(ans), "retrieved", max(0.05, min(1.0, float(rel))),
-                                     "another case's answer"))
-            break
+            out.append(Hallucination(as_answer(text), "kg-swap", 1.0 if d >= 2 else 0.5, detail))
     return out
 
 

@@ -121,7 +121,8 @@ def build_pairs(pipeline, data: str | Path, images: str | Path, out: str | Path,
         for line in out.read_text().splitlines():
             if line.strip():
                 rec = json.loads(line)
-                done.add(rec["qid"]) if rec.get("type") == "question" else None
+                if rec.get("type") == "question":
+                    done.add(rec["qid"])
     elif out.exists():
         out.unlink()
     by_organ: dict[str, list[str]] = {}
