@@ -17,7 +17,8 @@ kind                how the dispreferred answer is made                     raw 
 
 Weights: :func:`normalise_weights` divides the raw relevances of the hallucination pairs by their mean (so the
 average hallucination pair weighs 1, like every RAG-PT pair), then clips them to ``[0.5, 2.0]`` and rescales to mean
-1, alternately, until both hold. Pairs of the other kinds weigh 1. The trainer multiplies each pair's DPO loss by its weight.
+1, alternately, until both hold. Pairs of the other kinds weigh 1. The trainer multiplies each pair's DPO loss by
+its weight.
 """
 from __future__ import annotations
 

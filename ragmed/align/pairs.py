@@ -220,7 +220,8 @@ def build_pairs(pipeline, data: str | Path, images: str | Path, out: str | Path,
     sub = Counter(f"{r['kind']}/{r['subkind']}" for r in pair_recs if r["subkind"])
     cfg = pipeline.config
     n_done = sum(1 for r in recs if r.get("type") == "question")
-    meta = {"pairs": out.name, "questions_selected": len(chosen), "questions_done": n_done, "data": str(data), "images": str(images), "format": opts.fmt, "seed": opts.seed, "limit": opts.limit,
+    meta = {"pairs": out.name, "questions_selected": len(chosen), "questions_done": n_done, "data": str(data),
+            "images": str(images), "format": opts.fmt, "seed": opts.seed, "limit": opts.limit,
             "f1_threshold": opts.f1_threshold, "replace": opts.replace if takes_image else None,
             "hallucinations": opts.hallucinations,
             "pipeline": {"name": cfg.name, "source": cfg.source, "generator": cfg.to_dict()["generator"]},

@@ -150,7 +150,8 @@ class PairCollator:
         for side in ("chosen", "rejected"):
             for ex in examples:
                 prompt = json.loads(ex["prompt_json"])
-                img_spec = ex["images"][0] if side == "chosen" or not ex.get("rejected_images") else ex["rejected_images"]
+                same = side == "chosen" or not ex.get("rejected_images")
+                img_spec = ex["images"][0] if same else ex["rejected_images"]
                 img = load_side_image(img_spec, self.root, fallback=ex["images"][0])
                 msgs = vlm_messages(prompt)
                 prompts.append(proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
@@ -428,14 +429,16 @@ def train_dpo(generator, pairs_path: str | Path, out: str | Path, opts: TrainOpt
         for h in history:
             f.write(json.dumps(h) + "\n")
     curves = plot_curves(history, out / "curves.png")
-    steps_t = timer.times
+    # step times from the log history: it travels with the checkpoints, so resumed runs count every step once
+    steps_t = [float(h["step_seconds"]) for h in history if "loss" in h and "step_seconds" in h] or timer.times
     losses = [h for h in history if "loss" in h]
     record = write_record(adapter_dir, model, generator.model_id, kind="vlm" if vlm else "causal-lm",
                           pairs=Path(pairs_path).name, ragmed_version=_versions()["ragmed"])
     if record["base_fingerprint"] != fingerprint:
         raise GeneratorError("the base model's embeddings changed during training: the adapter record would lie")
     card = {
-        "adapter": str(adapter_dir), "base_model": generator.model_id, "base_path_name": Path(base_path).name if base_path else None,
+        "adapter": str(adapter_dir), "base_model": generator.model_id,
+        "base_path_name": Path(base_path).name if base_path else None,
         "base_fingerprint": fingerprint, "kind": record["kind"], "device": device, "bf16": bf16,
         "data": {"pairs": Path(pairs_path).name, "n_pairs_used": len(pairs), "counts_used": dict(counts),
                  "pair_file_counts": pair_meta.get("counts"), "pair_meta": {k: pair_meta.get(k) for k in (
@@ -444,10 +447,11 @@ def train_dpo(generator, pairs_path: str | Path, out: str | Path, opts: TrainOpt
         "trl_config": {"loss": "sigmoid DPO × pair weight", "reference": "base model (LoRA disabled)",
                        "gradient_checkpointing": opts.gradient_checkpointing, "use_cpu": on_cpu},
         "steps": trainer.state.global_step, "resumed": bool(resume),
-        "seconds_total": round(total, 1),
+        "seconds_total": round(total, 1) if not resume else round(sum(steps_t), 1),
+        "seconds_this_run": round(total, 1),
         "seconds_per_step": round(sum(steps_t) / len(steps_t), 3) if steps_t else float("nan"),
         "seconds_per_step_median": round(sorted(steps_t)[len(steps_t) // 2], 3) if steps_t else None,
-        "steps_timed_this_run": len(steps_t),
+        "steps_timed": len(steps_t),
         "first_loss": losses[0]["loss"] if losses else None, "last_loss": losses[-1]["loss"] if losses else None,
         "last_margin": losses[-1].get("rewards/margins") if losses else None,
         "curves": curves.name if curves else None, "versions": _versions(),
@@ -482,13 +486,15 @@ def _escape(s: str) -> str:
 def _card_md(c: dict[str, Any]) -> str:
     hp = c["hyper_parameters"]
     lines = [f"# ragmed align run card", "",
-             f"- base model: `{c['base_model']}` ({c['kind']}, fingerprint {c['base_fingerprint']['embeddings_sha256']})",
+             f"- base model: `{c['base_model']}` ({c['kind']}, "
+             f"fingerprint {c['base_fingerprint']['embeddings_sha256']})",
              f"- data: {c['data']['pairs']}, {c['data']['n_pairs_used']} pairs used: "
              + ", ".join(f"{k} {v}" for k, v in sorted(c['data']['counts_used'].items())),
              f"- DPO β {hp['beta']}, lr {hp['lr']}, batch {hp['batch_size']} × accum {hp['grad_accum']}, "
              f"epochs {hp['epochs']}, max steps {hp['max_steps']}, weights {'on' if hp['use_weights'] else 'off'}, "
              f"two-stage {'on' if hp['two_stage'] else 'off'}",
-             f"- LoRA r {hp['lora_r']}, α {hp['lora_alpha']}, dropout {hp['lora_dropout']}, targets {hp['lora_targets']}",
+             f"- LoRA r {hp['lora_r']}, α {hp['lora_alpha']}, dropout {hp['lora_dropout']}, "
+             f"targets {hp['lora_targets']}",
              f"- device {c['device']}, bf16 {c['bf16']}, gradient checkpointing "
              f"{'on' if hp['gradient_checkpointing'] else 'off'}",
              f"- steps {c['steps']}, total {c['seconds_total']} s, {c['seconds_per_step']} s/step "

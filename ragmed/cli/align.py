@@ -20,8 +20,10 @@ _SET_HELP = "Override a pipeline setting, KEY=VALUE (repeatable), e.g. generator
 @click.option("--pipeline", default=None, help="pipelines/NAME.yaml or a name (default: the one that built the index).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--index", "index_dir", required=True, type=click.Path(), help="Index built from the training side.")
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Training questions (VQA-RAD / SLAKE JSON).")
-@click.option("--images", type=click.Path(file_okay=False), default=None, help="Image folder (default: DATA's folder/images).")
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Training questions (VQA-RAD / SLAKE JSON).")
+@click.option("--images", type=click.Path(file_okay=False), default=None,
+              help="Image folder (default: DATA's folder/images).")
 @click.option("--format", "fmt", type=click.Choice(["vqa-rad", "slake"]), default=None)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Pair file (JSONL); meta in OUT.meta.json.")
 @click.option("--limit", type=int, default=None, help="At most this many questions (a seeded random subset).")

@@ -155,7 +155,8 @@ class TransformersGenerator(ChatGenerator):
         if self.adapter:
             from ragmed.generate.adapter import attach_adapter
 
-            self.model = attach_adapter(self.model, self.adapter, model_id=self.model_id)
+            base_id = self.model_id.removesuffix(self.adapter_suffix)
+            self.model = attach_adapter(self.model, self.adapter, model_id=base_id)
         self.model.to(self.device).eval()
 
     # --- prompt → tensors ----------------------------------------------------------------------------------------
