@@ -104,10 +104,15 @@ def collect(work: Path, data: Path, out: Path, cmds: list[str]) -> dict:
         "table": None if ev is None else table(ev).splitlines(),
     }
     if card is not None and (work / "run" / "log.jsonl").exists():
-        res["training"]["log"] = [{k: h[k] for k in ("step", "loss", "loss_unweighted", "rewards/margins",
-                                                   "rewards/accuracies", "step_seconds") if k in h}
-                                  for h in map(json.loads, (work / "run" / "log.jsonl").read_text().splitlines())
-                                  if "loss" in h]
+        log = [{k: h[k] for k in ("step", "loss", "loss_unweighted", "rewards/margins", "rewards/accuracies",
+                                  "step_seconds") if k in h}
+               for h in map(json.loads, (work / "run" / "log.jsonl").read_text().splitlines()) if "loss" in h]
+        res["training"]["log"] = log
+        st = sorted(h["step_seconds"] for h in log if "step_seconds" in h)
+        if st:  # every step of every (resumed) run, from the log
+            res["training"].update({"steps_timed": len(st), "seconds_steps_sum": round(sum(st), 1),
+                                    "seconds_per_step": round(sum(st) / len(st), 1),
+                                    "seconds_per_step_median": st[len(st) // 2]})
     res = scrub(res)
     res["commands"] = cmds or res["commands"]
     out.parent.mkdir(parents=True, exist_ok=True)

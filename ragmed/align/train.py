@@ -305,8 +305,12 @@ def _step_timer():
                 self.times.append(time.perf_counter() - self._t)
 
         def on_log(self, args, state, control, logs=None, **kw):
-            if logs is not None and self.times:
+            # the Trainer has already copied ``logs`` into ``state.log_history``: write the step time there too, so
+            # that it travels with the checkpoints and a resumed run's card counts every step
+            if logs is not None and "loss" in logs and self.times:
                 logs["step_seconds"] = round(self.times[-1], 3)
+                if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                    state.log_history[-1]["step_seconds"] = logs["step_seconds"]
 
     return StepTimer()
 
