@@ -113,8 +113,9 @@ def collect(work: Path, data: Path, out: Path, cmds: list[str]) -> dict:
             res["training"].update({"steps_timed": len(st), "seconds_steps_sum": round(sum(st), 1),
                                     "seconds_per_step": round(sum(st) / len(st), 1),
                                     "seconds_per_step_median": st[len(st) // 2]})
-    res = scrub(res)
-    res["commands"] = cmds or res["commands"]
+    commands = res.pop("commands")
+    res = scrub(res)  # machine paths out (the commands use $WORK / $DATA instead)
+    res["commands"] = commands
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     for src, name in ((work / "run" / "curves.png", "align_vqarad_curves.png"), (work / "eval.png", "align_vqarad_eval.png")):
