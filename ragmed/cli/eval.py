@@ -125,3 +125,16 @@ def report(pred, ref, kg_path, predictions_path, out):
     _finish(result, out, preds, predictions_path, plots=False)
     for name, why in result.get("unavailable_metrics", {}).items():
         click.echo(f"note: {why}", err=True)
+
+
+def _add_align() -> None:
+    """``ragmed eval align``: the alignment evaluation of ``ragmed align eval`` (cli/align.py), listed here too."""
+    import importlib.util
+
+    if importlib.util.find_spec("ragmed.cli.align") is not None:
+        from ragmed.cli.align import eval_align
+
+        eval_group.add_command(eval_align, "align")
+
+
+_add_align()

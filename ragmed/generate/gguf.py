@@ -89,7 +89,8 @@ class GGUFGenerator(TransformersGenerator):
     converted checkpoint goes; default ``cache_dir("models")``), ``threads`` (default 1: on a small shared CPU one
     thread generates several times faster than two), ``closed`` (default ``vote``: a closed question is answered by
     the vote over the retrieved cases' answers, and by the model only when no case answers it; measured best for this
-    135M model in eval/results/bench_generate.json), and every :class:`ChatGenerator` parameter."""
+    135M model in eval/results/bench_generate.json), ``adapter`` (a LoRA adapter directory from ``ragmed align
+    train``, trained on this GGUF's converted checkpoint), and every :class:`ChatGenerator` parameter."""
 
     id = "gguf"
 
@@ -104,7 +105,7 @@ class GGUFGenerator(TransformersGenerator):
     @property
     def model_id(self) -> str:
         name = Path(self.gguf_path).stem if self.gguf_path else "SmolLM2-135M-Instruct.Q4_1"
-        return f"gguf:{self.name or name}"
+        return f"gguf:{self.name or name}" + self.adapter_suffix
 
     def gguf_file(self) -> Path:
         if not self.gguf_path:

@@ -8,7 +8,8 @@
 Which one is decided from the directory's ``config.json`` (``kind: auto``) or forced (``kind: vlm | causal-lm``).
 Greedy decoding by default (deterministic); ``temperature > 0`` samples with ``seed`` without touching the caller's
 global RNG state. ``threads`` sets torch's CPU threads while generating (1 is much faster than 2 on a busy 2-core
-machine; see eval/results/bench_generate.json).
+machine; see eval/results/bench_generate.json). ``adapter: DIR`` applies a LoRA adapter (``ragmed align train``) on
+top of the model, refused when it was trained on another base model (:mod:`ragmed.generate.adapter`).
 """
 from __future__ import annotations
 
@@ -48,12 +49,36 @@ def torch_threads(n: int | None):
         torch.set_num_threads(prev)
 
 
+def images_only_processor(path: Path, error: ImportError):
+    """The checkpoint's processor without its video processor, for processors (Qwen2-VL, Qwen2.5-VL) whose video
+    processor needs torchvision, which does not import beside this torch: images go through the image processor."""
+    import json
+
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    cfg_path = Path(path) / "processor_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    cls = getattr(transformers, str(cfg.get("processor_class")), None)
+    if cls is None or "video_processor" not in cls.get_attributes():
+        raise error
+    attrs = [a for a in cls.get_attributes() if a != "video_processor"]
+    images_only = type(cls.__name__, (cls,), {"get_attributes": classmethod(lambda c: list(attrs))})
+    tmpl = Path(path) / "chat_template.jinja"
+    extra = {k: v for k, v in cfg.items() if k not in ("processor_class", "chat_template")}
+    log.info("%s: loading %s without its video processor (%s)", path, cls.__name__, str(error).strip().splitlines()[0])
+    return images_only(image_processor=AutoImageProcessor.from_pretrained(path),
+                       tokenizer=AutoTokenizer.from_pretrained(path),
+                       chat_template=tmpl.read_text() if tmpl.is_file() else cfg.get("chat_template"), **extra)
+
+
 class TransformersGenerator(ChatGenerator):
     id = "transformers"
 
     def __init__(self, path: str | None = None, *, model_path: str | None = None, kind: str = "auto",
                  dtype: str = "auto", device: str = "cpu", threads: int | None = None, image_max_side: int = 768,
-                 trust_remote_code: bool = False, name: str | None = None, **common: Any):
+                 trust_remote_code: bool = False, name: str | None = None, adapter: str | None = None,
+                 **common: Any):
         super().__init__(**common)
         self.path = path or model_path
         if kind not in KINDS:
@@ -64,13 +89,18 @@ class TransformersGenerator(ChatGenerator):
         self.image_max_side = int(image_max_side)
         self.trust_remote_code = bool(trust_remote_code)
         self.name = name
+        self.adapter = str(adapter) if adapter else None
         self.model = self.tokenizer = self.processor = None
         self.is_vlm = False
         self._gen_lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
-        return f"{self.id}:{self.name or (Path(self.path).name if self.path else '?')}"
+        return f"{self.id}:{self.name or (Path(self.path).name if self.path else '?')}" + self.adapter_suffix
+
+    @property
+    def adapter_suffix(self) -> str:
+        return f"+lora:{Path(self.adapter).name}" if self.adapter else ""
 
     @property
     def accepts_images(self) -> bool:  # type: ignore[override]
@@ -108,7 +138,10 @@ class TransformersGenerator(ChatGenerator):
             if self.is_vlm:
                 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-                self.processor = AutoProcessor.from_pretrained(p, trust_remote_code=self.trust_remote_code)
+                try:
+                    self.processor = AutoProcessor.from_pretrained(p, trust_remote_code=self.trust_remote_code)
+                except ImportError as e:  # e.g. Qwen2-VL's video processor needs torchvision; images need only PIL
+                    self.processor = images_only_processor(p, e)
                 self.tokenizer = getattr(self.processor, "tokenizer", None) or self.processor
                 self.model = AutoModelForImageTextToText.from_pretrained(p, **kw)
             else:
@@ -119,6 +152,11 @@ class TransformersGenerator(ChatGenerator):
         except (OSError, ValueError, KeyError) as e:
             raise GeneratorError(f"cannot load the model: {e}", path=str(p),
                                  remedy="check that the directory holds a complete transformers checkpoint") from e
+        if self.adapter:
+            from ragmed.generate.adapter import attach_adapter
+
+            base_id = self.model_id.removesuffix(self.adapter_suffix)
+            self.model = attach_adapter(self.model, self.adapter, model_id=base_id)
         self.model.to(self.device).eval()
 
     # --- prompt → tensors ----------------------------------------------------------------------------------------
