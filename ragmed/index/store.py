@@ -136,17 +136,15 @@ class IndexStore:
         if key not in self._faiss:
             with self._lock:
                 if key not in self._faiss:
-                    import faiss
+                    from ragmed.index.faiss_utils import to_gpu_if_available
+                    from ragmed.index.ondisk import read_domain_index  # in memory, on-disk lists or shards
 
-                    from ragmed.index.faiss_utils import set_search_params, to_gpu_if_available
-
-                    f = self.version_dir / "domains" / domain / f"{kind}.faiss"
-                    if not f.exists():
+                    params = self.manifest.get("search_params", {})
+                    idx = read_domain_index(self.version_dir / "domains" / domain, kind,
+                                            ef_search=params.get("ef_search", 128), nprobe=params.get("nprobe", 32))
+                    if idx is None:
                         self._faiss[key] = None
                     else:
-                        idx = faiss.read_index(str(f))
-                        params = self.manifest.get("search_params", {})
-                        set_search_params(idx, ef_search=params.get("ef_search", 128), nprobe=params.get("nprobe", 32))
                         self._faiss[key] = to_gpu_if_available(idx) if self._use_gpu else idx
         return self._faiss[key]
 
