@@ -251,4 +251,8 @@ class IndexStore:
 
 
 def open_index(path: str | Path) -> IndexStore:
+    from ragmed.index.pgvector import is_pgvector_dir, open_pgvector  # a directory that points to PostgreSQL
+
+    if is_pgvector_dir(path):
+        return open_pgvector(path)
     return IndexStore(path)
