@@ -81,33 +81,26 @@ def _same_index(a_dir, b_dir, corpus, text_encoder):
     assert sorted(ca) == sorted(cb) and all(ca[ch] == pytest.approx(cb[ch], abs=1e-5) for ch in ca)
 
 
-def test_ray_build_equals_local(cluster, corpus, local, tmp_path, text_encoder):
-    from ragmed.index.ray_build import ray_build_index
-
-    rep = ray_build_index(corpus, tmp_path / "ray", _cfg(), workers=2, shard_size=6, text_encoder=text_encoder,
-                          progress=False)
-    assert (rep.n_cases, rep.n_images, len(rep.skipped)) == (N, N, 2)
-    stats = rep.timings["shards"]
-    assert [s["shard"] for s in stats] == list(range(4)) and sum(s["n_cases"] for s in stats) == N
-    assert len({s["pid"] for s in stats}) == 2  # both actors of the pool worked
-    _same_index(local, tmp_path / "ray", corpus, text_encoder)
-    out = tmp_path / "ray"
-    assert os.readlink(out / "current") == rep.version and not (out / ".staging-ray").exists()
-    assert open_index(out).manifest["build"] == {"engine": "ray", "layout": "monolithic"}
-
-
-def test_ray_build_resumes(cluster, corpus, local, tmp_path, text_encoder):
+def test_ray_build_equals_local_and_resumes(cluster, corpus, local, tmp_path, text_encoder):
+    """Killed after two shards, re-run: only the missing shards are encoded, by both actors of the pool, and the
+    published index equals the local build's (same ids, same top-k, same calibration)."""
     from ragmed.index.ray_build import ray_build_index
 
     out = tmp_path / "ray"
     with pytest.raises(KeyboardInterrupt):
-        ray_build_index(corpus, out, _cfg(), workers=2, shard_size=6, text_encoder=text_encoder,
+        ray_build_index(corpus, out, _cfg(), workers=2, shard_size=4, text_encoder=text_encoder,
                         stop_after_shards=2)
     written = sorted(p.name for p in (out / ".staging-ray" / "shards").glob("shard-*.parquet"))
     assert written == ["shard-000000.parquet", "shard-000001.parquet"] and not (out / "current").exists()
-    rep = ray_build_index(corpus, out, _cfg(), workers=2, shard_size=6, text_encoder=text_encoder)
-    assert rep.resumed_from == 12 and [s["shard"] for s in rep.timings["shards"]] == [2, 3]
+    rep = ray_build_index(corpus, out, _cfg(), workers=2, shard_size=4, text_encoder=text_encoder)
+    stats = rep.timings["shards"]
+    assert rep.resumed_from == 8 and [s["shard"] for s in stats] == [2, 3, 4, 5]
+    assert (rep.n_cases, rep.n_images, len(rep.skipped)) == (N, N, 2)
+    assert sum(s["n_cases"] for s in stats) == N - 8 and sum(s["n_skipped"] for s in stats) == 1  # bad2 (bad1: at read)
+    assert len({s["pid"] for s in stats}) == 2  # both actors of the pool worked
     _same_index(local, out, corpus, text_encoder)
+    assert os.readlink(out / "current") == rep.version and not (out / ".staging-ray").exists()
+    assert open_index(out).manifest["build"] == {"engine": "ray", "layout": "monolithic"}
 
 
 def test_ray_build_ondisk_ivf(cluster, corpus, local, tmp_path, text_encoder):
