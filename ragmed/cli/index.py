@@ -25,7 +25,13 @@ def index():
 @click.option("--add", is_flag=True, help="Add the corpus's cases to the existing index at --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def build(corpus_path, fmt, images, columns, pipeline, out, add, as_json, quiet):
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: decode + encode on a Ray cluster (extra 'scale'); see ragmed.index.ray_build.")
+@click.option("--address", default=None, help="Ray cluster address (auto, ray://host:port); default: a local one.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Ray actors (encoder copies).")
+@click.option("--layout", type=click.Choice(["monolithic", "ondisk"]), default="monolithic", show_default=True,
+              help="Ray engine: one in-memory index per domain, or IVF lists on disk (needs an IVF factory).")
+def build(corpus_path, fmt, images, columns, pipeline, out, add, as_json, quiet, engine, address, workers, layout):
     """Build an index from a corpus: decode, de-identify, embed, write FAISS + SQLite atomically."""
     from ragmed.config import load_pipeline
     from ragmed.corpus import read_corpus
@@ -40,7 +46,13 @@ def build(corpus_path, fmt, images, columns, pipeline, out, add, as_json, quiet)
         mapping[ours] = theirs
     corpus = read_corpus(corpus_path, format=fmt, images=images, columns=mapping)
     out = Path(out) if out else Path("indexes") / Path(corpus_path).stem
-    report = build_from_config(corpus, out, cfg, add=add, progress=not quiet)
+    if engine == "ray":
+        from ragmed.pipeline.build import build_from_config_ray
+
+        report = build_from_config_ray(corpus, out, cfg, address=address, workers=workers, layout=layout,
+                                       progress=not quiet)
+    else:
+        report = build_from_config(corpus, out, cfg, add=add, progress=not quiet)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return

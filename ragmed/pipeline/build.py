@@ -37,6 +37,28 @@ def build_from_config(corpus, out: str | Path, cfg, *, add: bool = False, progre
     return report
 
 
+def build_from_config_ray(corpus, out: str | Path, cfg, *, progress: bool = True, **kw):
+    """As :func:`build_from_config` on the Ray engine (``ragmed.index.ray_build``): the router, when configured, is
+    built inside each Ray actor from the actor's encoders; then the same :func:`post_build`."""
+    from ragmed.index.ray_build import ray_build_index
+
+    from ragmed.pipeline import Pipeline
+
+    text_encoder = Pipeline(cfg, index=out).text_encoder
+    factory = None
+    if cfg.domains:
+        def factory(text, image, _cfg=cfg):
+            from ragmed.domains import build_router
+
+            return build_router(_cfg, image_encoder=image, text_encoder=text).route_case
+    report = ray_build_index(corpus, out, cfg, router_factory=factory, text_encoder=text_encoder, progress=progress,
+                             **kw)
+    image_encoder = Pipeline(cfg, index=out).image_encoder if cfg.encoders.image is not None else None
+    report.post_build = post_build(out, cfg, corpus_root=corpus.root, text_encoder=text_encoder,
+                                   image_encoder=image_encoder)
+    return report
+
+
 def post_build(index: str | Path, cfg, *, corpus_root: str | Path | None, text_encoder=None, image_encoder=None
                ) -> dict:
     """BM25 + retrieval calibration + router classifier, written into the index's live version directory."""

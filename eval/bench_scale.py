@@ -1,0 +1,384 @@
+"""Scale benchmarks for issue H: on-disk IVF-PQ at 1M–10M vectors, pgvector, the Ray build engine, and a projection.
+
+    python eval/bench_scale.py ondisk --n 1000000            # on-disk IVF-PQ (+ memory-mapped exact re-ranking)
+    python eval/bench_scale.py pgvector --n 100000            # PostgreSQL 16 + pgvector 0.8 HNSW on 127.0.0.1
+    python eval/bench_scale.py ray --cases 240                # Ray engine vs local build: equality, 1 → 2 workers
+    python eval/bench_scale.py project                        # 100M / 1B on paper from the measured per-vector costs
+
+Vectors: draws from bench_search.py's generator, a mixture of probabilistic-PCA Gaussians fitted to real
+all-MiniLM-L6-v2 embeddings of medical texts (``eval/.cache/search_minilm.npy`` when ``bench_search.py embed`` has
+finished, else the parts of it written so far; the number of real vectors it was fitted on is recorded). The base set
+is generated and added in blocks (memory: one block), written to a memory-mapped float32 file for re-ranking and
+ground truth; the search runs in a separate process whose peak RSS is reported. Results: eval/results/bench_scale_*.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "eval"))
+from ragmed.eval.bench import CACHE_DIR, peak_rss_mb, percentiles, write_result  # noqa: E402
+
+D = 384
+NQ = 500
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# --------------------------------------------------------------------------------------------------- the generator
+def mixture() -> tuple[dict, int]:
+    """The PPCA mixture fitted to the real MiniLM embeddings available (cached)."""
+    import bench_search as bs
+
+    cache = CACHE_DIR / "scale_mixture.npz"
+    if cache.exists():
+        z = np.load(cache)
+        m = {k: z[k] for k in ("means", "bases", "sds", "noise", "weights")}
+        m["k"], m["rank"] = len(m["means"]), m["bases"].shape[1]
+        return m, int(z["n_real"])
+    if bs.EMB.exists():
+        X = np.load(bs.EMB)
+    else:
+        parts = sorted(CACHE_DIR.glob("search_embed_part*.npy"))
+        if not parts:
+            sys.exit("no MiniLM embeddings yet: run `python eval/bench_search.py embed` (resumable) first")
+        X = np.concatenate([np.load(p) for p in parts])
+    k = 1024 if len(X) >= 50_000 else 256
+    m = bs.fit_mixture(X, k=k)
+    np.savez(cache, n_real=len(X), **{k_: m[k_] for k_ in ("means", "bases", "sds", "noise", "weights")})
+    return m, len(X)
+
+
+def sample(m: dict, n: int, seed: int) -> np.ndarray:
+    import bench_search as bs
+
+    return bs.sample_mixture(m, n, seed)
+
+
+# --------------------------------------------------------------------------------------------------- on-disk IVF-PQ
+def cmd_ondisk(args) -> None:
+    import faiss
+
+    from ragmed.index.ondisk import train_empty, write_ondisk
+
+    work = Path(args.work) / f"ondisk-{args.n}"
+    work.mkdir(parents=True, exist_ok=True)
+    m, n_real = mixture()
+    nlist = args.nlist or (4096 if args.n <= 2_000_000 else 16384)
+    factory = f"IVF{nlist},{args.pq}"
+    vec_path = work / "vectors.npy"
+    idx_path = work / "index.faiss"
+    q = sample(m, NQ, seed=2)
+    build: dict = {}
+    if not idx_path.exists() or args.rebuild:
+        t = time.perf_counter()
+        train = sample(m, min(args.n, max(40 * nlist, 100_000), 300_000), seed=3)
+        trained = train_empty(factory, D, train)
+        build["train_s"] = time.perf_counter() - t
+        build["train_n"] = len(train)
+        del train
+        vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(args.n, D))
+        gt_D = np.full((NQ, 100), -np.inf, dtype=np.float32)
+        gt_I = np.full((NQ, 100), -1, dtype=np.int64)
+        t_gen = t_gt = 0.0
+
+        def blocks():
+            nonlocal t_gen, t_gt, gt_D, gt_I
+            for b, a in enumerate(range(0, args.n, args.block)):
+                z = min(args.n, a + args.block)
+                t0 = time.perf_counter()
+                x = sample(m, z - a, seed=1000 + b)
+                vecs[a:z] = x
+                t_gen += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                Dq, Iq = faiss.knn(q, x, 100, metric=faiss.METRIC_INNER_PRODUCT)  # exact ground truth, streamed
+                allD = np.concatenate([gt_D, Dq], 1)
+                allI = np.concatenate([gt_I, Iq + a], 1)
+                o = np.argsort(-allD, axis=1)[:, :100]
+                gt_D, gt_I = np.take_along_axis(allD, o, 1), np.take_along_axis(allI, o, 1)
+                t_gt += time.perf_counter() - t0
+                print(f"  block {b}: {z}/{args.n}", file=sys.stderr, flush=True)
+                yield np.arange(a, z, dtype=np.int64), x
+
+        t = time.perf_counter()
+        write_ondisk(trained, blocks(), idx_path)
+        vecs.flush()
+        del vecs
+        build["add_merge_s"] = time.perf_counter() - t - t_gen - t_gt
+        build["generate_s"], build["ground_truth_s"] = t_gen, t_gt
+        build["builder_peak_rss_mb"] = peak_rss_mb()
+        np.save(work / "gt.npy", gt_I)
+        np.save(work / "queries.npy", q)
+        (work / "build.json").write_text(json.dumps(build))
+    build = json.loads((work / "build.json").read_text())
+    # search in a fresh process: its peak RSS is the serving footprint
+    r = subprocess.run([sys.executable, __file__, "_search", str(work), "--nprobes", args.nprobes,
+                        "--refine", str(args.refine)], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(r.stderr[-3000:])
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    disk = {p.name: p.stat().st_size for p in work.iterdir() if p.suffix in (".faiss", ".ivfdata", ".npy")}
+    payload = {"n": args.n, "dim": D, "factory": factory, "layout": "on-disk IVF lists (merge_ondisk) + "
+               "memory-mapped float32 vectors for exact re-ranking", "generator_fitted_on_real": n_real,
+               "queries": NQ, "block": args.block, "build": build, "disk_bytes": disk,
+               "disk_bytes_per_vector": {k: v / args.n for k, v in disk.items() if k != "gt.npy"},
+               "search": res, "load_avg_at_end": load_avg()}
+    print(json.dumps(payload, indent=2))
+    write_result(f"bench_scale_ondisk_{_size(args.n)}", payload)
+
+
+def _size(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
+
+
+def cmd_search(args) -> None:
+    import faiss
+
+    from ragmed.index.ondisk import read_domain_index
+
+    work = Path(args.work)
+    t = time.perf_counter()
+    index = faiss.read_index(str(work / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    open_s = time.perf_counter() - t
+    vecs = np.load(work / "vectors.npy", mmap_mode="r")
+    q = np.load(work / "queries.npy")
+    gt = np.load(work / "gt.npy")
+    ivf = faiss.extract_index_ivf(index)
+    faiss.omp_set_num_threads(1)  # one query at a time, one core: the per-query latency a server sees
+    rows = []
+    for nprobe in [int(x) for x in args.nprobes.split(",")]:
+        ivf.nprobe = nprobe
+        for refine in (0, args.refine):
+            k0 = 10 * refine if refine else 10
+            lat, found = [], []
+            for i in range(len(q)):
+                t = time.perf_counter()
+                _, I = index.search(q[i:i + 1], k0)
+                cand = I[0][I[0] >= 0]
+                if refine:  # exact re-ranking of the candidates against the memory-mapped raw vectors
+                    order = np.sort(cand)
+                    s = vecs[order] @ q[i]
+                    cand = order[np.argsort(-s)[:10]]
+                lat.append(time.perf_counter() - t)
+                found.append(cand[:10])
+            recall = float(np.mean([len(set(f.tolist()) & set(g[:10].tolist())) / 10 for f, g in zip(found, gt)]))
+            rows.append({"nprobe": nprobe, "refine_candidates": k0 if refine else 0, "recall@10": recall,
+                         **percentiles(lat)})
+    print(json.dumps({"open_s": open_s, "peak_rss_mb": peak_rss_mb(), "sweep": rows, "threads": 1}))
+    del read_domain_index
+
+
+# --------------------------------------------------------------------------------------------------- pgvector
+def cmd_pgvector(args) -> None:
+    import faiss
+    import psycopg
+
+    from ragmed.index.pg_local import LocalPostgres
+
+    m, n_real = mixture()
+    base = sample(m, args.n, seed=1000)
+    q = sample(m, NQ, seed=2)
+    _, gt = faiss.knn(q, base, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    out: dict = {"n": args.n, "dim": D, "generator_fitted_on_real": n_real, "queries": NQ,
+                 "hnsw": {"m": 16, "ef_construction": 64}}
+    with LocalPostgres(args.work) as pg, psycopg.connect(pg.dsn, autocommit=True) as con:
+        con.execute("CREATE TABLE items (id BIGINT PRIMARY KEY, vec vector(384))")
+        t = time.perf_counter()
+        with con.cursor() as cur, cur.copy("COPY items (id, vec) FROM STDIN") as cp:
+            for i in range(args.n):
+                cp.write_row((i, "[" + ",".join(map(repr, base[i].tolist())) + "]"))
+        out["load_s"] = time.perf_counter() - t
+        con.execute("SET maintenance_work_mem = '2GB'")
+        t = time.perf_counter()
+        con.execute("CREATE INDEX ON items USING hnsw (vec vector_ip_ops) WITH (m = 16, ef_construction = 64)")
+        out["hnsw_build_s"] = time.perf_counter() - t
+        out["table_bytes"] = con.execute("SELECT pg_total_relation_size('items')").fetchone()[0]
+        out["index_bytes"] = con.execute("SELECT pg_relation_size(indexrelid) FROM pg_index WHERE "
+                                         "indrelid='items'::regclass AND NOT indisprimary").fetchone()[0]
+        rows = []
+        for ef in (40, 100, 200):
+            con.execute(f"SET hnsw.ef_search = {ef}")
+            lat, found = [], []
+            for i in range(NQ):
+                v = "[" + ",".join(map(repr, q[i].tolist())) + "]"
+                t = time.perf_counter()
+                r = con.execute("SELECT id FROM items ORDER BY vec <#> %s::vector LIMIT 10", (v,)).fetchall()
+                lat.append(time.perf_counter() - t)
+                found.append([x[0] for x in r])
+            rec = float(np.mean([len(set(f) & set(g.tolist())) / 10 for f, g in zip(found, gt)]))
+            rows.append({"ef_search": ef, "recall@10": rec, **percentiles(lat)})
+        out["sweep"] = rows
+    out["load_avg_at_end"] = load_avg()
+    print(json.dumps(out, indent=2))
+    write_result(f"bench_scale_pgvector_{_size(args.n)}", out)
+
+
+# --------------------------------------------------------------------------------------------------- Ray engine
+def _mri_corpus(root: Path, n: int) -> Path:
+    """``n`` real brain-MRI JPEGs (shared data) with short templated reports from their labels."""
+    import csv
+
+    from ragmed.eval.bench import RESULTS_DIR  # noqa: F401
+
+    data = Path(os.environ.get("RAGMED_DATA", REPO.parent / "shared" / "data")) / "images" / "brain-tumor-mri"
+    if not data.exists():
+        sys.exit(f"shared data not found at {data}")
+    text = {"glioma": "Infiltrative intra-axial mass with surrounding oedema, suspicious for glioma.",
+            "meningioma": "Extra-axial dural-based enhancing mass, consistent with meningioma.",
+            "pituitary": "Sellar mass expanding the pituitary fossa, consistent with pituitary adenoma.",
+            "notumor": "No intracranial mass. Normal brain MRI."}
+    with open(data / "labels.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "Training"]
+    rng = np.random.default_rng(0)
+    pick = sorted(rng.choice(len(rows), n, replace=False))
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / "manifest.csv"
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "image", "report", "label"])
+        for j, i in enumerate(pick):
+            r = rows[i]
+            w.writerow([f"mri{j}", str(data / r["file"]), f"{text.get(r['label'], '')} Study {j}.", r["label"]])
+    return out
+
+
+def cmd_ray(args) -> None:
+    import ray
+
+    from ragmed.config import PipelineConfig
+    from ragmed.corpus import read_corpus
+    from ragmed.encoders import create_encoder
+    from ragmed.index import build_index, open_index
+    from ragmed.index.ray_build import ray_build_index
+    from ragmed.io import load_image
+
+    work = Path(tempfile.mkdtemp(prefix="scale-ray-", dir=args.work))
+    corpus = read_corpus(_mri_corpus(work / "c", args.cases))
+    cfg = PipelineConfig.from_dict({"encoders": {"text": {"name": "minilm"}, "image": {"name": args.image_encoder}},
+                                    "index": {"factory": "Flat", "batch_size": 32, "fit_image_encoder": False}})
+    text = create_encoder("minilm")
+    out: dict = {"cases": args.cases, "image_encoder": args.image_encoder, "load_avg_start": load_avg(), "runs": {}}
+    t = time.perf_counter()
+    build_index(corpus, work / "local", cfg, text_encoder=text, progress=False)
+    out["local_build_s"] = time.perf_counter() - t
+    tmp = tempfile.mkdtemp(prefix="rayb")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp)
+    try:
+        for workers in [int(w) for w in args.workers.split(",")]:
+            t = time.perf_counter()
+            rep = ray_build_index(corpus, work / f"ray{workers}", cfg, workers=workers, shard_size=args.shard_size,
+                                  text_encoder=text, progress=False)
+            stats = rep.timings["shards"]
+            enc_s = rep.timings["encode"]
+            out["runs"][workers] = {"total_s": time.perf_counter() - t, "encode_phase_s": enc_s,
+                                    "assemble_s": rep.timings["assemble"],
+                                    "cases_per_s": args.cases / enc_s,
+                                    "per_worker_cases_per_s": args.cases / enc_s / workers,
+                                    "shard_seconds_mean": float(np.mean([s["seconds"] for s in stats])),
+                                    "actors": len({s["pid"] for s in stats}), "load_avg": load_avg()}
+            print(workers, out["runs"][workers], file=sys.stderr, flush=True)
+    finally:
+        ray.shutdown()
+    a = open_index(work / "local")
+    img = create_encoder(args.image_encoder)
+    paths = [c.images[0] for c in corpus.cases[: args.queries]]
+    iq = img.encode_images([load_image(p) for p in paths])
+    tq = text.encode_texts([c.text.split(" Study")[0] + " Follow-up." for c in corpus.cases[: args.queries]])
+    same = {}
+    for workers in out["runs"]:
+        b = open_index(work / f"ray{workers}")
+        eq = []
+        for kind, q in (("image", iq), ("text", tq)):
+            ha, hb = a.search(kind, q, 10), b.search(kind, q, 10)
+            eq += [[h.case_id for h in x] == [h.case_id for h in y] for x, y in zip(ha, hb)]
+        same[workers] = {"queries": len(eq), "identical_top10": int(sum(eq))}
+    out["equal_to_local"] = same
+    ws = sorted(out["runs"])
+    if len(ws) >= 2:
+        out["speedup"] = out["runs"][ws[-1]]["cases_per_s"] / out["runs"][ws[0]]["cases_per_s"]
+    out["load_avg_end"] = load_avg()
+    print(json.dumps(out, indent=2))
+    write_result(f"bench_scale_ray_{args.cases}", out)
+
+
+# --------------------------------------------------------------------------------------------------- projection
+def cmd_project(args) -> None:
+    res = REPO / "eval" / "results"
+    od = json.loads((res / args.ondisk).read_text())
+    ray = json.loads((res / args.ray).read_text()) if (res / args.ray).exists() else None
+    n = od["n"]
+    per = od["disk_bytes_per_vector"]
+    ivf_b, raw_b = per.get("index.ivfdata", 0), per.get("vectors.npy", 0)
+    build = od["build"]
+    add_s_per_vec = build["add_merge_s"] / n
+    rows = []
+    for N in (100_000_000, 1_000_000_000):
+        nlist = 65536 if N <= 1e8 else 262144
+        quant_ram = nlist * D * 4
+        shards = max(1, int(np.ceil(N * (ivf_b + raw_b) / (args.node_disk_tb * 1e12))))
+        enc = None
+        if ray:
+            w = max(ray["runs"].values(), key=lambda r: r["per_worker_cases_per_s"])["per_worker_cases_per_s"]
+            enc = {"per_worker_images_per_s_measured": w, "worker_days_at_that_rate": N / w / 86400}
+        rows.append({"vectors": N, "nlist": nlist, "pq_codes_ivfdata_GB": N * ivf_b / 1e9,
+                     "raw_float32_for_reranking_GB": N * raw_b / 1e9, "quantiser_RAM_GB": quant_ram / 1e9,
+                     "nodes_at_disk_per_node_TB": {"disk_TB": args.node_disk_tb, "nodes": shards},
+                     "add_merge_core_hours": N * add_s_per_vec / 3600, "encode": enc,
+                     "metadata_sqlite_or_pg_GB_at_1KB_per_case": N * 1e3 / 1e9})
+    payload = {"from": {"ondisk": args.ondisk, "ray": args.ray}, "measured_per_vector": {
+        "ivfdata_bytes": ivf_b, "raw_vector_bytes": raw_b, "add_merge_s": add_s_per_vec},
+        "projection": rows, "assumptions": "IVF lists and raw vectors on local NVMe, memory-mapped; quantiser in RAM; "
+        "nlist ~ 4·sqrt(N); shards = nodes by disk; encoding dominated by the image encoder at the measured rate"}
+    print(json.dumps(payload, indent=2))
+    write_result("bench_scale_projection", payload)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("ondisk")
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--block", type=int, default=200_000)
+    p.add_argument("--nlist", type=int, default=0)
+    p.add_argument("--pq", default="PQ48")
+    p.add_argument("--nprobes", default="16,32,64")
+    p.add_argument("--refine", type=int, default=10, help="re-rank refine×10 candidates exactly")
+    p.add_argument("--work", default=tempfile.gettempdir())
+    p.add_argument("--rebuild", action="store_true")
+    p = sub.add_parser("_search")
+    p.add_argument("work")
+    p.add_argument("--nprobes", default="16,32,64")
+    p.add_argument("--refine", type=int, default=10)
+    p = sub.add_parser("pgvector")
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--work", default=None)
+    p = sub.add_parser("ray")
+    p.add_argument("--cases", type=int, default=240)
+    p.add_argument("--workers", default="1,2")
+    p.add_argument("--shard-size", type=int, default=16)
+    p.add_argument("--queries", type=int, default=60)
+    p.add_argument("--image-encoder", default="ragmed-default")
+    p.add_argument("--work", default=tempfile.gettempdir())
+    p = sub.add_parser("project")
+    p.add_argument("--ondisk", default="bench_scale_ondisk_1M.json")
+    p.add_argument("--ray", default="bench_scale_ray_240.json")
+    p.add_argument("--node-disk-tb", type=float, default=8.0)
+    args = ap.parse_args()
+    {"ondisk": cmd_ondisk, "_search": cmd_search, "pgvector": cmd_pgvector, "ray": cmd_ray,
+     "project": cmd_project}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
