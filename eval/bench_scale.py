@@ -146,8 +146,6 @@ def _size(n: int) -> str:
 def cmd_search(args) -> None:
     import faiss
 
-    from ragmed.index.ondisk import read_domain_index
-
     work = Path(args.work)
     t = time.perf_counter()
     index = faiss.read_index(str(work / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
@@ -177,7 +175,6 @@ def cmd_search(args) -> None:
             rows.append({"nprobe": nprobe, "refine_candidates": k0 if refine else 0, "recall@10": recall,
                          **percentiles(lat)})
     print(json.dumps({"open_s": open_s, "peak_rss_mb": peak_rss_mb(), "sweep": rows, "threads": 1}))
-    del read_domain_index
 
 
 # --------------------------------------------------------------------------------------------------- pgvector
@@ -229,8 +226,6 @@ def cmd_pgvector(args) -> None:
 def _mri_corpus(root: Path, n: int) -> Path:
     """``n`` real brain-MRI JPEGs (shared data) with short templated reports from their labels."""
     import csv
-
-    from ragmed.eval.bench import RESULTS_DIR  # noqa: F401
 
     data = Path(os.environ.get("RAGMED_DATA", REPO.parent / "shared" / "data")) / "images" / "brain-tumor-mri"
     if not data.exists():

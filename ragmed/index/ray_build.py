@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ragmed import __version__
-from ragmed.corpus import Case, Corpus, SkippedRow
+from ragmed.corpus import Case, Corpus
 from ragmed.errors import IndexStoreError, RagmedError
 
 log = logging.getLogger("ragmed.index.ray")
@@ -266,7 +266,6 @@ def _assemble(corpus: Corpus, out: Path, staging: Path, cfg, n_shards: int, layo
     con.executescript(DDL)
     con.executemany("INSERT INTO skipped(row, case_id, path, reason) VALUES (?,?,?,?)",
                     [(s.row, s.case_id, s.path, s.reason) for s in corpus.skipped])
-    enc_meta: dict[str, dict] = {}
     for shard in range(n_shards):
         t = pq.read_table(staging / "shards" / f"shard-{shard:06d}.parquet").to_pylist()
         by_img: dict[str, tuple[list, list]] = {}
