@@ -76,7 +76,7 @@ def cmd_ondisk(args) -> None:
     work = Path(args.work) / f"ondisk-{args.n}"
     work.mkdir(parents=True, exist_ok=True)
     m, n_real = mixture()
-    nlist = args.nlist or (4096 if args.n <= 2_000_000 else 16384)
+    nlist = args.nlist or (1024 if args.n <= 2_000_000 else 4096)
     factory = f"IVF{nlist},{args.pq}"
     vec_path = work / "vectors.npy"
     idx_path = work / "index.faiss"
@@ -84,7 +84,7 @@ def cmd_ondisk(args) -> None:
     build: dict = {}
     if not idx_path.exists() or args.rebuild:
         t = time.perf_counter()
-        train = sample(m, min(args.n, max(40 * nlist, 100_000), 300_000), seed=3)
+        train = sample(m, min(args.n, max(40 * nlist, 50_000)), seed=3)
         trained = train_empty(factory, D, train)
         build["train_s"] = time.perf_counter() - t
         build["train_n"] = len(train)
@@ -282,6 +282,9 @@ def cmd_ray(args) -> None:
                                     "cases_per_s": args.cases / enc_s,
                                     "per_worker_cases_per_s": args.cases / enc_s / workers,
                                     "shard_seconds_mean": float(np.mean([s["seconds"] for s in stats])),
+                                    "shard_cpu_seconds_mean": float(np.mean([s["cpu_seconds"] for s in stats])),
+                                    "steady_cases_per_s": workers * args.shard_size
+                                    / float(np.mean([s["seconds"] for s in stats])),
                                     "actors": len({s["pid"] for s in stats}), "load_avg": load_avg()}
             print(workers, out["runs"][workers], file=sys.stderr, flush=True)
     finally:

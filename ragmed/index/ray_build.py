@@ -58,6 +58,7 @@ class ShardEncoder:
         from ragmed.config import PipelineConfig
 
         torch.set_num_threads(max(1, threads))  # this actor's process only: its share of the node's cores
+        # (the encoders keep to it: RAGMED_THREADS is set in the actors' runtime environment)
         self.cfg = PipelineConfig.from_dict(cfg_dict)
         self.text, self.image = _encoders(self.cfg)
         self.router = router_factory(self.text, self.image) if router_factory is not None else None
@@ -70,9 +71,10 @@ class ShardEncoder:
         os.replace(tmp, self.shard_dir / "encoders.json")  # what the manifest records
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        out = {"shard": [], "n_cases": [], "n_images": [], "n_skipped": [], "seconds": [], "pid": []}
+        out = {"shard": [], "n_cases": [], "n_images": [], "n_skipped": [], "seconds": [], "cpu_seconds": [],
+               "pid": []}
         for shard, cases_json in zip(batch["shard"], batch["cases"]):
-            t = time.perf_counter()
+            t, c0 = time.perf_counter(), time.process_time()
             cases = [Case(**c) for c in json.loads(cases_json)]
             table = encode_shard(cases, self.root, self.text, self.image, self.router, self.cfg.index.allow_burned_in)
             write_shard(table, self.shard_dir / f"shard-{int(shard):06d}.parquet")
@@ -82,6 +84,7 @@ class ShardEncoder:
             out["n_images"].append(kinds.count("image"))
             out["n_skipped"].append(kinds.count("skip"))
             out["seconds"].append(time.perf_counter() - t)
+            out["cpu_seconds"].append(time.process_time() - c0)
             out["pid"].append(os.getpid())
         return out
 
@@ -243,6 +246,8 @@ def _run_actors(ray, corpus, shards, pending, shard_dir, cfg_dict, router_factor
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(ShardEncoder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
                         num_cpus=cpus, num_gpus=gpus or None,
+                        # the encoders size torch's thread pool from RAGMED_THREADS: the actor's share, not the node
+                        runtime_env={"env_vars": {"RAGMED_THREADS": str(max(1, int(cpus)))}},
                         fn_constructor_kwargs={"cfg_dict": cfg_dict, "shard_dir": str(shard_dir),
                                                "root": str(corpus.root), "router_factory": router_factory,
                                                "threads": max(1, int(cpus))})
