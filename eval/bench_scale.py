@@ -289,8 +289,13 @@ def cmd_ray(args) -> None:
     t = time.perf_counter()
     build_index(corpus, work / "local", cfg, text_encoder=text, progress=False)
     out["local_build_s"] = time.perf_counter() - t
-    tmp = tempfile.mkdtemp(prefix="rayb")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp)
+    if args.address:  # an existing cluster, e.g. two nodes started with `ray start` (see --help)
+        ray.init(address=args.address, log_to_driver=False)
+        out["cluster"] = {"address": "given", "nodes": len([n for n in ray.nodes() if n["Alive"]]),
+                          "cpus": ray.cluster_resources().get("CPU")}
+    else:
+        tmp = tempfile.mkdtemp(prefix="rayb")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp)
     try:
         for workers in [int(w) for w in args.workers.split(",")]:
             t = time.perf_counter()
@@ -329,7 +334,7 @@ def cmd_ray(args) -> None:
         out["speedup"] = out["runs"][ws[-1]]["cases_per_s"] / out["runs"][ws[0]]["cases_per_s"]
     out["load_avg_end"] = load_avg()
     print(json.dumps(out, indent=2))
-    write_result(f"bench_scale_ray_{args.cases}", out)
+    write_result(args.name or f"bench_scale_ray_{args.cases}", out)
 
 
 # --------------------------------------------------------------------------------------------------- projection
@@ -409,6 +414,8 @@ def main() -> None:
     p.add_argument("--shard-size", type=int, default=16)
     p.add_argument("--queries", type=int, default=60)
     p.add_argument("--image-encoder", default="ragmed-default")
+    p.add_argument("--address", default=None, help="an existing Ray cluster (default: a local 2-CPU one)")
+    p.add_argument("--name", default=None, help="result name (default bench_scale_ray_<cases>)")
     p.add_argument("--work", default=tempfile.gettempdir())
     p = sub.add_parser("project")
     p.add_argument("--ondisk", default="bench_scale_ondisk_1M.json")

@@ -109,7 +109,7 @@ def test_ray_build_ondisk_ivf(cluster, corpus, local, tmp_path, text_encoder):
     from ragmed.index.ray_build import ray_build_index
 
     cfg = _cfg(factory="IVF2,Flat", nprobe=2)
-    rep = ray_build_index(corpus, tmp_path / "disk", cfg, workers=2, shard_size=6, layout="ondisk",
+    rep = ray_build_index(corpus, tmp_path / "disk", cfg, workers=1, shard_size=8, layout="ondisk",
                           text_encoder=text_encoder)
     vdir = Path(tmp_path / "disk" / "current").resolve()
     assert (vdir / "domains" / "all" / "image.ivfdata").stat().st_size > 0 and rep.n_cases == N
