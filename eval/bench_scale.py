@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -315,6 +316,8 @@ def cmd_ray(args) -> None:
             print(workers, out["runs"][workers], file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
+        if not args.address:
+            shutil.rmtree(tmp, ignore_errors=True)
     a = open_index(work / "local")
     img = create_encoder(args.image_encoder)
     paths = [c.images[0] for c in corpus.cases[: args.queries]]
