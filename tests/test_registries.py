@@ -156,7 +156,20 @@ def _run_store(name, tmp_path, request):
     cfg = PipelineConfig.from_dict({"encoders": {"text": {"name": "minilm"}, "image": {"name": "classic"}}})
     build_index(read_corpus(png_corpus(tmp_path / "c", 4)), tmp_path / "idx", cfg, text_encoder=text_encoder,
                 progress=False)
-    store = STORES.create(name, path=tmp_path / "idx")
+    path = tmp_path / "idx"
+    if name == "pgvector":  # the same index copied into a real PostgreSQL + pgvector started on 127.0.0.1
+        from ragmed.index.pg_local import LocalPostgres, available
+        from ragmed.index.pgvector import export_index
+
+        why = available()
+        if why:
+            pytest.skip(f"no local PostgreSQL + pgvector: {why}")
+        pg = LocalPostgres()
+        request.addfinalizer(pg.__exit__)
+        pg.__enter__()
+        export_index(path, pg.dsn, "registry", tmp_path / "pgidx")
+        path = tmp_path / "pgidx"
+    store = STORES.create(name, path=path)
     hits = store.search("text", text_encoder.encode_texts(["pneumothorax"]), 2)[0]
     assert len(hits) == 2 and hits[0].score >= hits[1].score
 

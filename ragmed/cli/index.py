@@ -37,8 +37,14 @@ def index():
               help="QIDO-RS study filter with --dicomweb, e.g. --query ModalitiesInStudy=CR.")
 @click.option("--reports", "dicomweb_reports", default=None, type=click.Path(dir_okay=False),
               help="With --dicomweb: CSV of reports keyed by StudyInstanceUID (else a study's SR text).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: decode + encode on a Ray cluster (extra 'scale'); see ragmed.index.ray_build.")
+@click.option("--address", default=None, help="Ray cluster address (auto, ray://host:port); default: a local one.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Ray actors (encoder copies).")
+@click.option("--layout", type=click.Choice(["monolithic", "ondisk"]), default="monolithic", show_default=True,
+              help="Ray engine: one in-memory index per domain, or IVF lists on disk (needs an IVF factory).")
 def build(corpus_path, fmt, images, columns, pipeline, out, fit, add, as_json, quiet, dicomweb_url, dicomweb_query,
-          dicomweb_reports):
+          dicomweb_reports, engine, address, workers, layout):
     """Build an index from a corpus: decode, de-identify, embed, write FAISS + SQLite atomically."""
     if dicomweb_url:  # issue 15: a PACS as the corpus (ragmed.io.dicomweb writes a manifest, then the usual build)
         from ragmed.api import export_from_pacs
@@ -65,8 +71,14 @@ def build(corpus_path, fmt, images, columns, pipeline, out, fit, add, as_json, q
     out = Path(out)
     if not quiet:
         click.echo(f"building {out} from {corpus_path}: {len(corpus)} cases ({len(corpus.skipped)} rows skipped "
-                   f"so far), pipeline {cfg.name}", err=True)
-    report = build_from_config(corpus, out, cfg, add=add, progress=not quiet, fit=fit)
+                   f"so far), pipeline {cfg.name}, engine {engine}", err=True)
+    if engine == "ray":
+        from ragmed.pipeline import build_from_config_ray
+
+        report = build_from_config_ray(corpus, out, cfg, address=address, workers=workers, layout=layout,
+                                       progress=not quiet)
+    else:
+        report = build_from_config(corpus, out, cfg, add=add, progress=not quiet, fit=fit)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
         return

@@ -160,17 +160,15 @@ class IndexStore:
         if key not in self._faiss:
             with self._lock:
                 if key not in self._faiss:
-                    import faiss
+                    from ragmed.index.faiss_utils import to_gpu_if_available
+                    from ragmed.index.ondisk import read_domain_index  # in memory, on-disk lists or shards
 
-                    from ragmed.index.faiss_utils import set_search_params, to_gpu_if_available
-
-                    f = self.version_dir / "domains" / domain / f"{kind}.faiss"
-                    if not f.exists():
+                    params = self.manifest.get("search_params", {})
+                    idx = read_domain_index(self.version_dir / "domains" / domain, kind,
+                                            ef_search=params.get("ef_search", 128), nprobe=params.get("nprobe", 32))
+                    if idx is None:
                         self._faiss[key] = None
                     else:
-                        idx = faiss.read_index(str(f))
-                        params = self.manifest.get("search_params", {})
-                        set_search_params(idx, ef_search=params.get("ef_search", 128), nprobe=params.get("nprobe", 32))
                         self._faiss[key] = to_gpu_if_available(idx) if self._use_gpu else idx
         return self._faiss[key]
 
@@ -276,10 +274,16 @@ class IndexStore:
         return m
 
 
-STORES = Registry("index store")  # backend name -> store class opening an index directory (issue H adds more)
+STORES = Registry("index store")  # backend name -> store class opening an index directory
 STORES.register("faiss", IndexStore)
+STORES.register("pgvector", "ragmed.index.pgvector:open_pgvector", extra="scale")  # PostgreSQL + pgvector (issue H)
 
 
-def open_index(path: str | Path, *, backend: str = "faiss", **options: Any) -> IndexStore:
-    """Open a built index with the named store backend (``faiss``: FAISS files + SQLite metadata)."""
+def open_index(path: str | Path, *, backend: str | None = None, **options: Any) -> IndexStore:
+    """Open a built index with the named store backend: ``faiss`` (FAISS files + SQLite metadata) or ``pgvector``
+    (a directory whose ``store.json`` points to PostgreSQL). ``None``: whichever the directory records."""
+    if backend is None:
+        from ragmed.index.pgvector import is_pgvector_dir
+
+        backend = "pgvector" if is_pgvector_dir(path) else "faiss"
     return STORES.create(backend, path=path, **options)

@@ -192,5 +192,12 @@ def build_from_config(corpus, out, cfg, **kw):
     return build(corpus, out, cfg, **kw)
 
 
+def build_from_config_ray(corpus, out, cfg, **kw):
+    """The build flow on the Ray engine (:func:`ragmed.pipeline.build.build_from_config_ray`)."""
+    from ragmed.pipeline.build import build_from_config_ray as build
+
+    return build(corpus, out, cfg, **kw)
+
+
 __all__ = ["Pipeline", "Components", "QueryFlow", "Answer", "Retrieval", "fuse", "guess_task", "read_questions",
-           "build_from_config", "DEFAULT_INDEX"]
+           "build_from_config", "build_from_config_ray", "DEFAULT_INDEX"]

@@ -63,6 +63,30 @@ def build_from_config(corpus, out: str | Path, cfg, *, add: bool = False, progre
                        before_publish=before_publish if cfg.domains else None, **kw)
 
 
+def build_from_config_ray(corpus, out: str | Path, cfg, *, progress: bool = True, **kw):
+    """As :func:`build_from_config` on the Ray engine (:mod:`ragmed.index.ray_build`): decoding and encoding run in
+    Ray actors (the router, when configured, is built inside each actor from the actor's encoders); BM25 and the
+    retrieval calibration are written before the version is published, as in the local build. With domains, the
+    router's classifier is then fitted on the published version (by decoding the indexed images again)."""
+    from ragmed.index import open_index
+    from ragmed.index.ray_build import ray_build_index
+    from ragmed.pipeline.components import Components
+
+    text_encoder = Components.from_config(cfg, out).text_encoder
+    factory = None
+    if cfg.domains:
+        def factory(text, image, _cfg=cfg):
+            from ragmed.domains import build_router
+
+            return build_router(_cfg, image_encoder=image, text_encoder=text).route_case
+    report = ray_build_index(corpus, out, cfg, router_factory=factory, text_encoder=text_encoder, progress=progress,
+                             **kw)
+    if cfg.domains:
+        image_encoder = Components.from_config(cfg, out).image_encoder  # the index's own (as the actors loaded it)
+        report.post_build = fit_router_step(open_index(out), cfg, None, image_encoder, corpus_root=corpus.root)
+    return report
+
+
 def fit_router_step(store, cfg, samples: RouterSamples | None, image_encoder, *, corpus_root) -> dict:
     """Fit the router's classifier into the (staging) version: from the build's own vectors and image statistics
     when it gathered them, else (adding to an index) by decoding the indexed images again."""

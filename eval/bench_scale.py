@@ -1,0 +1,434 @@
+"""Scale benchmarks for issue H: on-disk IVF-PQ at 1M–10M vectors, pgvector, the Ray build engine, and a projection.
+
+    python eval/bench_scale.py ondisk --n 1000000            # on-disk IVF-PQ (+ memory-mapped exact re-ranking)
+    python eval/bench_scale.py pgvector --n 100000            # PostgreSQL 16 + pgvector 0.8 HNSW on 127.0.0.1
+    python eval/bench_scale.py ray --cases 240                # Ray engine vs local build: equality, 1 → 2 workers
+    python eval/bench_scale.py project                        # 100M / 1B on paper from the measured per-vector costs
+
+Vectors: draws from bench_search.py's generator, a mixture of probabilistic-PCA Gaussians fitted to real
+all-MiniLM-L6-v2 embeddings of medical texts (``eval/.cache/search_minilm.npy`` when ``bench_search.py embed`` has
+finished, else the parts of it written so far; the number of real vectors it was fitted on is recorded). The base set
+is generated and added in blocks (memory: one block), written to a memory-mapped float32 file for re-ranking and
+ground truth; the search runs in a separate process whose peak RSS is reported. Results: eval/results/bench_scale_*.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "eval"))
+from ragmed.eval.bench import CACHE_DIR, peak_rss_mb, percentiles, write_result  # noqa: E402
+
+D = 384
+NQ = 500
+
+
+def vm_hwm_mb() -> float:
+    """Peak RSS of this process since its exec (VmHWM; ru_maxrss would carry the parent's peak over fork + exec),
+    counting the pages of memory-mapped files it touched."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return peak_rss_mb()
+
+
+def load_avg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# --------------------------------------------------------------------------------------------------- the generator
+def mixture() -> tuple[dict, int]:
+    """The PPCA mixture fitted to the real MiniLM embeddings available (cached)."""
+    import bench_search as bs
+
+    cache = CACHE_DIR / "scale_mixture.npz"
+    if cache.exists():
+        z = np.load(cache)
+        m = {k: z[k] for k in ("means", "bases", "sds", "noise", "weights")}
+        m["k"], m["rank"] = len(m["means"]), m["bases"].shape[1]
+        return m, int(z["n_real"])
+    if bs.EMB.exists():
+        X = np.load(bs.EMB)
+    else:
+        parts = sorted(CACHE_DIR.glob("search_embed_part*.npy"))
+        if not parts:
+            sys.exit("no MiniLM embeddings yet: run `python eval/bench_search.py embed` (resumable) first")
+        X = np.concatenate([np.load(p) for p in parts])
+    k = 1024 if len(X) >= 50_000 else 256
+    m = bs.fit_mixture(X, k=k)
+    np.savez(cache, n_real=len(X), **{k_: m[k_] for k_ in ("means", "bases", "sds", "noise", "weights")})
+    return m, len(X)
+
+
+def sample(m: dict, n: int, seed: int) -> np.ndarray:
+    import bench_search as bs
+
+    return bs.sample_mixture(m, n, seed)
+
+
+# --------------------------------------------------------------------------------------------------- on-disk IVF-PQ
+def cmd_ondisk(args) -> None:
+    import faiss
+
+    from ragmed.index.ondisk import train_empty, write_ondisk
+
+    work = Path(args.work) / f"ondisk-{args.n}"
+    work.mkdir(parents=True, exist_ok=True)
+    m, n_real = mixture()
+    nlist = args.nlist or (1024 if args.n <= 2_000_000 else 4096)
+    factory = f"IVF{nlist},{args.pq}"
+    vec_path = work / "vectors.npy"
+    idx_path = work / "index.faiss"
+    q = sample(m, NQ, seed=2)
+    build: dict = {}
+    if not idx_path.exists() or args.rebuild:
+        t = time.perf_counter()
+        train = sample(m, min(args.n, max(40 * nlist, 50_000)), seed=3)
+        trained = train_empty(factory, D, train)
+        build["train_s"] = time.perf_counter() - t
+        build["train_n"] = len(train)
+        del train
+        vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(args.n, D))
+        gt_D = np.full((NQ, 100), -np.inf, dtype=np.float32)
+        gt_I = np.full((NQ, 100), -1, dtype=np.int64)
+        t_gen = t_gt = 0.0
+
+        def blocks():
+            nonlocal t_gen, t_gt, gt_D, gt_I
+            for b, a in enumerate(range(0, args.n, args.block)):
+                z = min(args.n, a + args.block)
+                t0 = time.perf_counter()
+                x = sample(m, z - a, seed=1000 + b)
+                vecs[a:z] = x
+                t_gen += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                Dq, Iq = faiss.knn(q, x, 100, metric=faiss.METRIC_INNER_PRODUCT)  # exact ground truth, streamed
+                allD = np.concatenate([gt_D, Dq], 1)
+                allI = np.concatenate([gt_I, Iq + a], 1)
+                o = np.argsort(-allD, axis=1)[:, :100]
+                gt_D, gt_I = np.take_along_axis(allD, o, 1), np.take_along_axis(allI, o, 1)
+                t_gt += time.perf_counter() - t0
+                print(f"  block {b}: {z}/{args.n}", file=sys.stderr, flush=True)
+                yield np.arange(a, z, dtype=np.int64), x
+
+        t = time.perf_counter()
+        write_ondisk(trained, blocks(), idx_path)
+        vecs.flush()
+        del vecs
+        build["add_merge_s"] = time.perf_counter() - t - t_gen - t_gt
+        build["generate_s"], build["ground_truth_s"] = t_gen, t_gt
+        build["builder_peak_rss_mb"] = peak_rss_mb()
+        np.save(work / "gt.npy", gt_I)
+        np.save(work / "queries.npy", q)
+        (work / "build.json").write_text(json.dumps(build))
+    build = json.loads((work / "build.json").read_text())
+    # search in a fresh process: its peak RSS is the serving footprint
+    r = subprocess.run([sys.executable, __file__, "_search", str(work), "--nprobes", args.nprobes,
+                        "--refine", str(args.refine)], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(r.stderr[-3000:])
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    disk = {p.name: p.stat().st_size for p in work.iterdir() if p.suffix in (".faiss", ".ivfdata", ".npy")}
+    payload = {"n": args.n, "dim": D, "factory": factory, "nlist": nlist, "layout": "on-disk IVF lists (merge_ondisk) + "
+               "memory-mapped float32 vectors for exact re-ranking", "generator_fitted_on_real": n_real,
+               "queries": NQ, "block": args.block, "build": build, "disk_bytes": disk,
+               "disk_bytes_per_vector": {k: v / args.n for k, v in disk.items() if k != "gt.npy"},
+               "search": res, "load_avg_at_end": load_avg()}
+    print(json.dumps(payload, indent=2))
+    write_result(f"bench_scale_ondisk_{_size(args.n)}", payload)
+
+
+def _size(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
+
+
+def cmd_search(args) -> None:
+    import faiss
+
+    work = Path(args.work)
+    t = time.perf_counter()
+    index = faiss.read_index(str(work / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    open_s = time.perf_counter() - t
+    mm = np.load(work / "vectors.npy", mmap_mode="r")  # only for the layout: rows are read with pread below
+    offset, row_bytes = mm.offset, mm.shape[1] * 4
+    del mm
+    fd = os.open(work / "vectors.npy", os.O_RDONLY)
+
+    def rows_of(ids: np.ndarray) -> np.ndarray:
+        """The raw vectors of ``ids`` read with pread: from the page cache or the disk, never mapped into this
+        process (a mapped file's touched pages would count in its RSS, and the OS maps neighbours on each fault)."""
+        return np.frombuffer(b"".join(os.pread(fd, row_bytes, offset + int(i) * row_bytes) for i in ids),
+                             dtype=np.float32).reshape(len(ids), -1)
+    q = np.load(work / "queries.npy")
+    gt = np.load(work / "gt.npy")
+    ivf = faiss.extract_index_ivf(index)
+    faiss.omp_set_num_threads(1)  # one query at a time, one core: the per-query latency a server sees
+    rows = []
+    for nprobe in [int(x) for x in args.nprobes.split(",")]:
+        ivf.nprobe = nprobe
+        for refine in (0, args.refine):
+            k0 = 10 * refine if refine else 10
+            lat, found = [], []
+            for i in range(len(q)):
+                t = time.perf_counter()
+                _, I = index.search(q[i:i + 1], k0)
+                cand = I[0][I[0] >= 0]
+                if refine:  # exact re-ranking of the candidates against the memory-mapped raw vectors
+                    order = np.sort(cand)
+                    s = rows_of(order) @ q[i]
+                    cand = order[np.argsort(-s)[:10]]
+                lat.append(time.perf_counter() - t)
+                found.append(cand[:10])
+            recall = float(np.mean([len(set(f.tolist()) & set(g[:10].tolist())) / 10 for f, g in zip(found, gt)]))
+            rows.append({"nprobe": nprobe, "refine_candidates": k0 if refine else 0, "recall@10": recall,
+                         **percentiles(lat)})
+    status = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in Path("/proc/self/status").read_text().splitlines()
+              if ln.startswith(("VmRSS", "RssAnon", "RssFile"))}
+    print(json.dumps({"open_s": open_s, "peak_rss_mb": vm_hwm_mb(), "rss_at_end_mb": status, "sweep": rows,
+                      "threads": 1, "reranking": "pread of 100 candidate rows per query from vectors.npy"}))
+
+
+# --------------------------------------------------------------------------------------------------- pgvector
+def cmd_pgvector(args) -> None:
+    import faiss
+    import psycopg
+
+    from ragmed.index.pg_local import LocalPostgres
+
+    m, n_real = mixture()
+    base = sample(m, args.n, seed=1000)
+    q = sample(m, NQ, seed=2)
+    _, gt = faiss.knn(q, base, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    out: dict = {"n": args.n, "dim": D, "generator_fitted_on_real": n_real, "queries": NQ,
+                 "hnsw": {"m": 16, "ef_construction": 64}}
+    with LocalPostgres(args.work) as pg, psycopg.connect(pg.dsn, autocommit=True) as con:
+        con.execute("CREATE TABLE items (id BIGINT PRIMARY KEY, vec vector(384))")
+        t = time.perf_counter()
+        with con.cursor() as cur, cur.copy("COPY items (id, vec) FROM STDIN") as cp:
+            for i in range(args.n):
+                cp.write_row((i, "[" + ",".join(map(repr, base[i].tolist())) + "]"))
+        out["load_s"] = time.perf_counter() - t
+        con.execute(f"SET maintenance_work_mem = '{'3GB' if args.n > 200_000 else '2GB'}'")
+        t = time.perf_counter()
+        con.execute("CREATE INDEX ON items USING hnsw (vec vector_ip_ops) WITH (m = 16, ef_construction = 64)")
+        out["hnsw_build_s"] = time.perf_counter() - t
+        out["table_bytes"] = con.execute("SELECT pg_total_relation_size('items')").fetchone()[0]
+        out["index_bytes"] = con.execute("SELECT pg_relation_size(indexrelid) FROM pg_index WHERE "
+                                         "indrelid='items'::regclass AND NOT indisprimary").fetchone()[0]
+        rows = []
+        for ef in (40, 100, 200):
+            con.execute(f"SET hnsw.ef_search = {ef}")
+            lat, found = [], []
+            for i in range(NQ):
+                v = "[" + ",".join(map(repr, q[i].tolist())) + "]"
+                t = time.perf_counter()
+                r = con.execute("SELECT id FROM items ORDER BY vec <#> %s::vector LIMIT 10", (v,)).fetchall()
+                lat.append(time.perf_counter() - t)
+                found.append([x[0] for x in r])
+            rec = float(np.mean([len(set(f) & set(g.tolist())) / 10 for f, g in zip(found, gt)]))
+            rows.append({"ef_search": ef, "recall@10": rec, **percentiles(lat)})
+        out["sweep"] = rows
+    out["load_avg_at_end"] = load_avg()
+    print(json.dumps(out, indent=2))
+    write_result(f"bench_scale_pgvector_{_size(args.n)}", out)
+
+
+# --------------------------------------------------------------------------------------------------- Ray engine
+def _mri_corpus(root: Path, n: int) -> Path:
+    """``n`` real brain-MRI JPEGs (shared data) with short templated reports from their labels."""
+    import csv
+
+    data = Path(os.environ.get("RAGMED_DATA", REPO.parent / "shared" / "data")) / "images" / "brain-tumor-mri"
+    if not data.exists():
+        sys.exit(f"shared data not found at {data}")
+    text = {"glioma": "Infiltrative intra-axial mass with surrounding oedema, suspicious for glioma.",
+            "meningioma": "Extra-axial dural-based enhancing mass, consistent with meningioma.",
+            "pituitary": "Sellar mass expanding the pituitary fossa, consistent with pituitary adenoma.",
+            "notumor": "No intracranial mass. Normal brain MRI."}
+    with open(data / "labels.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "Training"]
+    rng = np.random.default_rng(0)
+    pick = sorted(rng.choice(len(rows), n, replace=False))
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / "manifest.csv"
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "image", "report", "label"])
+        for j, i in enumerate(pick):
+            r = rows[i]
+            w.writerow([f"mri{j}", str(data / r["file"]), f"{text.get(r['label'], '')} Study {j}.", r["label"]])
+    return out
+
+
+def cmd_ray(args) -> None:
+    import ray
+
+    from ragmed.config import PipelineConfig
+    from ragmed.corpus import read_corpus
+    from ragmed.encoders import create_encoder
+    from ragmed.index import build_index, open_index
+    from ragmed.index.ray_build import ray_build_index
+    from ragmed.io import load_image
+
+    work = Path(tempfile.mkdtemp(prefix="scale-ray-", dir=args.work))
+    corpus = read_corpus(_mri_corpus(work / "c", args.cases))
+    cfg = PipelineConfig.from_dict({"encoders": {"text": {"name": "minilm"}, "image": {"name": args.image_encoder}},
+                                    "index": {"factory": "Flat", "batch_size": 32, "fit_image_encoder": False}})
+    text = create_encoder("minilm")
+    out: dict = {"cases": args.cases, "image_encoder": args.image_encoder, "load_avg_start": load_avg(), "runs": {}}
+    t = time.perf_counter()
+    build_index(corpus, work / "local", cfg, text_encoder=text, progress=False)
+    out["local_build_s"] = time.perf_counter() - t
+    if args.address:  # an existing cluster, e.g. two nodes started with `ray start` (see --help)
+        ray.init(address=args.address, log_to_driver=False)
+        out["cluster"] = {"address": "given", "nodes": len([n for n in ray.nodes() if n["Alive"]]),
+                          "cpus": ray.cluster_resources().get("CPU")}
+    else:
+        tmp = tempfile.mkdtemp(prefix="rayb")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp)
+    try:
+        for workers in [int(w) for w in args.workers.split(",")]:
+            t = time.perf_counter()
+            rep = ray_build_index(corpus, work / f"ray{workers}", cfg, workers=workers, shard_size=args.shard_size,
+                                  text_encoder=text, progress=False)
+            stats = rep.timings["shards"]
+            enc_s = rep.timings["encode"]
+            out["runs"][workers] = {"total_s": time.perf_counter() - t, "encode_phase_s": enc_s,
+                                    "assemble_s": rep.timings["assemble"],
+                                    "cases_per_s": args.cases / enc_s,
+                                    "per_worker_cases_per_s": args.cases / enc_s / workers,
+                                    "shard_seconds_mean": float(np.mean([s["seconds"] for s in stats])),
+                                    "shard_cpu_seconds_mean": float(np.mean([s["cpu_seconds"] for s in stats])),
+                                    "steady_cases_per_s": workers * args.shard_size
+                                    / float(np.mean([s["seconds"] for s in stats])),
+                                    "actors": len({s["pid"] for s in stats}), "load_avg": load_avg()}
+            print(workers, out["runs"][workers], file=sys.stderr, flush=True)
+    finally:
+        ray.shutdown()
+        if not args.address:
+            shutil.rmtree(tmp, ignore_errors=True)
+    a = open_index(work / "local")
+    img = create_encoder(args.image_encoder)
+    paths = [c.images[0] for c in corpus.cases[: args.queries]]
+    iq = img.encode_images([load_image(p) for p in paths])
+    tq = text.encode_texts([c.text.split(" Study")[0] + " Follow-up." for c in corpus.cases[: args.queries]])
+    same = {}
+    for workers in out["runs"]:
+        b = open_index(work / f"ray{workers}")
+        eq = []
+        for kind, q in (("image", iq), ("text", tq)):
+            ha, hb = a.search(kind, q, 10), b.search(kind, q, 10)
+            eq += [[h.case_id for h in x] == [h.case_id for h in y] for x, y in zip(ha, hb)]
+        same[workers] = {"queries": len(eq), "identical_top10": int(sum(eq))}
+    out["equal_to_local"] = same
+    ws = sorted(out["runs"])
+    if len(ws) >= 2:
+        out["speedup"] = out["runs"][ws[-1]]["cases_per_s"] / out["runs"][ws[0]]["cases_per_s"]
+    out["load_avg_end"] = load_avg()
+    print(json.dumps(out, indent=2))
+    write_result(args.name or f"bench_scale_ray_{args.cases}", out)
+
+
+# --------------------------------------------------------------------------------------------------- projection
+def cmd_project(args) -> None:
+    """10M / 100M / 1B on paper, from the per-vector costs measured at 1M (on-disk), 100k (pgvector) and the Ray
+    engine's per-worker rate. Projected, not measured: the assumptions are written into the result."""
+    res = REPO / "eval" / "results"
+    od = json.loads((res / args.ondisk).read_text())
+    ray = json.loads((res / args.ray).read_text()) if (res / args.ray).exists() else None
+    pg = json.loads((res / args.pg).read_text()) if (res / args.pg).exists() else None
+    n = od["n"]
+    per = od["disk_bytes_per_vector"]
+    ivf_b, raw_b = per.get("index.ivfdata", 0), per.get("vectors.npy", 0)
+    build = od["build"]
+    add_s = build["add_merge_s"] / n
+    best = min((r for r in od["search"]["sweep"] if r["refine_candidates"] and r["recall@10"] >= 0.9),
+               key=lambda r: r["p50_ms"])
+    worker_rate = None
+    if ray:
+        worker_rate = max(r.get("steady_cases_per_s", r["cases_per_s"]) / int(w) for w, r in ray["runs"].items())
+    rows = []
+    for N in (10_000_000, 100_000_000, 1_000_000_000):
+        nlist = int(2 ** round(np.log2(4 * np.sqrt(N))))
+        scanned_1m = best["nprobe"] * n / od["nlist"] if "nlist" in od else None
+        row = {"vectors": N, "factory": f"IVF{nlist},PQ48 (+ exact re-ranking of 100 candidates)", "nlist": nlist,
+               "pq_codes_and_ids_GB (ivfdata)": round(N * ivf_b / 1e9, 2),
+               "raw_float32_GB (re-ranking, mmapped)": round(N * raw_b / 1e9, 1),
+               "raw_as_SQ8_GB (alternative re-ranking store)": round(N * D / 1e9, 1),
+               "quantiser_RAM_GB": round(nlist * D * 4 / 1e9, 3),
+               "add_merge_core_hours": round(N * add_s / 3600, 1),
+               "train_note": "k-means on ~40 vectors per list: " + f"{40 * nlist:,} vectors",
+               "nodes_by_disk": int(np.ceil(N * (ivf_b + raw_b) / (args.node_disk_tb * 1e12)))}
+        if scanned_1m:
+            row["codes_scanned_per_query_at_same_nprobe"] = int(best["nprobe"] * N / nlist)
+        if worker_rate:
+            row["encode_worker_days"] = round(N / worker_rate / 86400, 1)
+        if pg:
+            row["pgvector_hnsw_build_core_hours"] = round(N * pg["hnsw_build_s"] / pg["n"] / 3600, 1)
+            row["pgvector_GB"] = round(N * (pg["table_bytes"]) / pg["n"] / 1e9, 1)
+        rows.append(row)
+    payload = {"from": {"ondisk": args.ondisk, "ray": args.ray, "pgvector": args.pg},
+               "measured": {"ivfdata_bytes_per_vector": ivf_b, "raw_bytes_per_vector": raw_b,
+                            "add_merge_us_per_vector": add_s * 1e6, "best_1M": best,
+                            "encode_cases_per_s_per_worker": worker_rate,
+                            "load_avg_during_measurements": od.get("load_avg_at_end")},
+               "projection": rows,
+               "assumptions": "projected from the measurements named in 'from', on 2 shared cores (load 20-27, so "
+               "the times are pessimistic); nlist ~ 4*sqrt(N); IVF lists and raw vectors on local NVMe, "
+               "memory-mapped, quantiser in RAM; a query touches nprobe lists plus 100 raw vectors; one node holds "
+               f"{args.node_disk_tb} TB; encoding at the measured CPU rate of the default encoders (a GPU is faster)"}
+    print(json.dumps(payload, indent=2))
+    write_result("bench_scale_projection", payload)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("ondisk")
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--block", type=int, default=200_000)
+    p.add_argument("--nlist", type=int, default=0)
+    p.add_argument("--pq", default="PQ48")
+    p.add_argument("--nprobes", default="16,32,64")
+    p.add_argument("--refine", type=int, default=10, help="re-rank refine×10 candidates exactly")
+    p.add_argument("--work", default=tempfile.gettempdir())
+    p.add_argument("--rebuild", action="store_true")
+    p = sub.add_parser("_search")
+    p.add_argument("work")
+    p.add_argument("--nprobes", default="16,32,64")
+    p.add_argument("--refine", type=int, default=10)
+    p = sub.add_parser("pgvector")
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--work", default=None)
+    p = sub.add_parser("ray")
+    p.add_argument("--cases", type=int, default=240)
+    p.add_argument("--workers", default="1,2")
+    p.add_argument("--shard-size", type=int, default=16)
+    p.add_argument("--queries", type=int, default=60)
+    p.add_argument("--image-encoder", default="ragmed-default")
+    p.add_argument("--address", default=None, help="an existing Ray cluster (default: a local 2-CPU one)")
+    p.add_argument("--name", default=None, help="result name (default bench_scale_ray_<cases>)")
+    p.add_argument("--work", default=tempfile.gettempdir())
+    p = sub.add_parser("project")
+    p.add_argument("--ondisk", default="bench_scale_ondisk_1M.json")
+    p.add_argument("--ray", default="bench_scale_ray_160.json")
+    p.add_argument("--pg", default="bench_scale_pgvector_100k.json")
+    p.add_argument("--node-disk-tb", type=float, default=8.0)
+    args = ap.parse_args()
+    {"ondisk": cmd_ondisk, "_search": cmd_search, "pgvector": cmd_pgvector, "ray": cmd_ray,
+     "project": cmd_project}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
