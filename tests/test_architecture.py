@@ -171,6 +171,7 @@ SCOPED = {
     ("ragmed.generate.hf", "torch.set_num_threads"),  # torch_threads(): a context manager restoring the old value
     ("ragmed.encoders.text", "torch.set_num_threads"),  # set_torch_threads(): the configured thread count
     ("ragmed.cli", "os.environ write"),  # the command is the process's own main: offline / quiet libraries
+    ("ragmed.index.ray_build", "torch.set_num_threads"),  # a Ray actor is its own process: its share of the cores
 }
 GLOBAL_STATE_ALLOWED: dict[tuple[str, str], str] = {
     # issue V (the VLM / generate backends) owns these files

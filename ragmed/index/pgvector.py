@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 
 from ragmed.errors import EncoderMismatchError, IndexStoreError
+from ragmed.index.store import PGVECTOR_STORE_FILE as STORE_FILE
 from ragmed.index.store import CaseRecord, Hit, resolve_version_dir
 
-STORE_FILE = "store.json"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,50}$")
 
 

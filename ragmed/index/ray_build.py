@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ragmed import __version__
+from ragmed.version import __version__
 from ragmed.corpus import Case, Corpus
 from ragmed.errors import IndexStoreError, RagmedError
 

@@ -274,6 +274,7 @@ class IndexStore:
         return m
 
 
+PGVECTOR_STORE_FILE = "store.json"  # in a version directory: the index lives in PostgreSQL (ragmed.index.pgvector)
 STORES = Registry("index store")  # backend name -> store class opening an index directory
 STORES.register("faiss", IndexStore)
 STORES.register("pgvector", "ragmed.index.pgvector:open_pgvector", extra="scale")  # PostgreSQL + pgvector (issue H)
@@ -283,7 +284,8 @@ def open_index(path: str | Path, *, backend: str | None = None, **options: Any) 
     """Open a built index with the named store backend: ``faiss`` (FAISS files + SQLite metadata) or ``pgvector``
     (a directory whose ``store.json`` points to PostgreSQL). ``None``: whichever the directory records."""
     if backend is None:
-        from ragmed.index.pgvector import is_pgvector_dir
-
-        backend = "pgvector" if is_pgvector_dir(path) else "faiss"
+        try:
+            backend = "pgvector" if (resolve_version_dir(path) / PGVECTOR_STORE_FILE).exists() else "faiss"
+        except IndexStoreError:
+            backend = "faiss"  # (the FAISS store then reports what is missing)
     return STORES.create(backend, path=path, **options)
