@@ -28,6 +28,7 @@ _GENERATORS: dict[str, str | Callable[..., Generator]] = {
     "transformers": "ragmed.generate.hf:TransformersGenerator",
     "openai": "ragmed.generate.openai_backend:OpenAIGenerator",
     "vote": "ragmed.generate.vote:VoteGenerator",
+    "ragmed-vlm": "ragmed.generate.vlm.backend:VLMGenerator",
 }
 
 
