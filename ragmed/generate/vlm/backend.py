@@ -1,8 +1,7 @@
 """The ``ragmed-vlm`` generator backend: ragmed's own small VLM answers with the image in the prompt.
 
-It is the ``transformers`` backend (ragmed.generate.hf) pointed at the merged checkpoint that
-:func:`ragmed.generate.vlm.build.materialise` writes once under ragmed's cache from the shipped parts (or from
-``weights:``, a directory written by eval/train_vlm.py). Closed questions are answered by scoring their choices
+It is the ``transformers`` backend (ragmed.generate.hf) with the model rebuilt from the shipped parts (or from
+``weights:``, a directory written by eval/train_vlm.py) by :func:`ragmed.generate.vlm.build.load_parts`. Closed questions are answered by scoring their choices
 (yes/no, or an either/or question's options) with the model; ``closed: auto`` lets the vote over the retrieved
 cases answer when it is clear (weighted share ≥ ``vote_share``) and the VLM decide otherwise; ``closed: vote`` is
 the vote alone. The prompt is the one the model was trained with (``prompts/default/*.txt`` here: the image, then
@@ -17,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ragmed.generate.hf import TransformersGenerator
+from ragmed.generate.hf import TransformersGenerator, torch_threads
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 
@@ -42,10 +41,17 @@ class VLMGenerator(TransformersGenerator):
         return f"ragmed-vlm:{self.name or (Path(self.weights).name if self.weights else 'ragmed-vlm')}"
 
     def _load(self) -> None:
-        from ragmed.generate.vlm.build import materialise, shipped_path
+        """Rebuilt from the parts (SmolLM2 from its package + tower + merged adapter: a few seconds, nothing
+        written but the cached SmolLM2 conversion). :func:`ragmed.generate.vlm.build.materialise` writes the same
+        model as a plain checkpoint for the ``transformers`` backend, PEFT or TRL."""
+        from ragmed.generate.vlm.build import load_parts, shipped_path
 
-        self.path = str(materialise(self.weights or shipped_path(), cache=self.cache))
-        super()._load()
+        with torch_threads(self.threads):
+            self.model, self.processor = load_parts(self.weights or shipped_path(), cache=self.cache)
+        self.tokenizer = self.processor.tokenizer
+        self.is_vlm = True
+        self.path = str(self.weights or shipped_path())
+        self.model.to(self.device).eval()
 
 
 __all__ = ["VLMGenerator", "PROMPTS"]
