@@ -175,6 +175,21 @@ def question_only(train_rows: list[dict]):
     return answer
 
 
+def eval_rows(eval_images: list[str], max_closed: int = 0, max_open: int = 0, seed: int = 0):
+    """The evaluation questions (closed, open), each type a seeded sample when a maximum is given."""
+    from ragmed.eval.normalize import normalize_answer
+
+    rows = [r for r in T.vqa_rows(set(eval_images)) if normalize_answer(r["answer"])]
+    closed = [r for r in rows if r["closed"]]
+    opened = [r for r in rows if not r["closed"]]
+    rng = np.random.default_rng(seed)
+    if max_closed and max_closed < len(closed):
+        closed = [closed[i] for i in sorted(rng.choice(len(closed), max_closed, replace=False))]
+    if max_open and max_open < len(opened):
+        opened = [opened[i] for i in sorted(rng.choice(len(opened), max_open, replace=False))]
+    return closed, opened
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tower", required=True, help="the tower trained without the evaluation images")
@@ -182,7 +197,9 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default=None, help="ragmed-vlm weights (default: the shipped ones)")
     ap.add_argument("--split", default=str(T.SPLIT))
     ap.add_argument("--out", default=str(REPO / "eval" / "results" / "eval_vlm.json"))
-    ap.add_argument("--limit", type=int, default=0, help="first N evaluation questions of each type (0: all)")
+    ap.add_argument("--max-closed", type=int, default=0, help="a seeded sample of N closed questions (0: all)")
+    ap.add_argument("--max-open", type=int, default=0, help="a seeded sample of N open questions (0: all)")
+    ap.add_argument("--open-modes", default="real,noise,none")
     ap.add_argument("--vote-share", type=float, default=0.75)
     ap.add_argument("--no-retrieval", action="store_true", help="skip the index, the vote and the combination")
     ap.add_argument("--no-open", action="store_true")
@@ -193,19 +210,14 @@ def main(argv=None) -> int:
     import torch
 
     import ragmed.generate.vlm  # noqa: F401
-    from ragmed.eval.normalize import normalize_answer
     from ragmed.eval.vqa import closed_correct, token_scores
     from ragmed.generate.vlm.build import SHIPPED, load_parts
 
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     train_images, eval_images = T.load_split(Path(a.split))
-    rows = T.vqa_rows(set(eval_images))
-    rows = [r for r in rows if normalize_answer(r["answer"])]
-    closed = [r for r in rows if r["closed"]]
-    opened = [r for r in rows if not r["closed"]]
-    if a.limit:
-        closed, opened = closed[: a.limit], opened[: a.limit]
+    closed, opened = eval_rows(eval_images, a.max_closed, a.max_open, a.seed)
+    rows = closed + opened
     weights = Path(a.weights) if a.weights else SHIPPED
     llava, processor = load_parts(weights)
     enc = T.Encoder(processor)
@@ -228,7 +240,7 @@ def main(argv=None) -> int:
     if not a.no_retrieval:
         t = time.perf_counter()
         idx, pipe = build_index(Path(a.tower), train_images, Path(a.work))
-        votes = retrieve_votes(idx, pipe, closed + opened, Path(a.work) / "votes.json")
+        votes = retrieve_votes(idx, pipe, closed + (opened if not a.no_open else []), Path(a.work) / "votes.json")
         print(f"retrieval + vote: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
         preds["vote"] = [votes[str(r["qid"])]["vote"] for r in closed]
         for mode in ("real", "noise"):
@@ -240,7 +252,7 @@ def main(argv=None) -> int:
     res["closed"] = summarise(closed, scores, pairs)
     open_preds: dict[str, list[str]] = {}
     if not a.no_open and opened:
-        for mode in ("real", "noise", "none"):
+        for mode in a.open_modes.split(","):
             t = time.perf_counter()
             open_preds[f"vlm_{mode}"] = generate_open(llava, enc, opened, arrs, image_mode=mode, seed=a.seed)
             print(f"open {mode}: {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
@@ -249,13 +261,13 @@ def main(argv=None) -> int:
             open_preds["vote"] = [votes[str(r["qid"])]["vote"] for r in opened]
         oscores = {k: [token_scores(p, r["answer"])["recall"] for p, r in zip(v, opened)]
                    for k, v in open_preds.items()}
-        res["open"] = summarise(opened, oscores, [("vlm_real", "vlm_noise")] +
+        res["open"] = summarise(opened, oscores, [p for p in [("vlm_real", "vlm_noise")] if p[1] in oscores] +
                                 ([("vlm_real", "vote")] if votes is not None else []))
     meta = json.loads((weights / "vlm.json").read_text())
     result = {
         "schema": 1, "task": "vlm-vqa",
         "command": "python eval/eval_vlm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "split": Path(a.split).name, "n_eval_images": len(arrs), "n_closed": len(closed), "n_open": len(opened),
+        "split": Path(a.split).name, "n_eval_images": len({r["image"][1] for r in closed + opened}), "n_closed": len(closed), "n_open": len(opened),
         "model": {"weights": weights.name, "step": meta.get("step"), "dev_closed_acc": meta.get("dev_closed_acc"),
                   "trained_on": meta.get("trained_on"), "command": meta.get("command")},
         "metrics": {"closed_accuracy": res["closed"], "open_recall": res["open"]},

