@@ -247,9 +247,16 @@ def main(argv=None) -> int:
             preds[f"vote_or_vlm_{mode}"] = [
                 v["vote"] if v["winner"] is not None and v["share"] >= a.vote_share else p
                 for v, p in zip((votes[str(r["qid"])] for r in closed), preds[f"vlm_{mode}"])]
-        pairs += [("vlm_real", "vote"), ("vote_or_vlm_real", "vote"), ("vote_or_vlm_real", "vote_or_vlm_noise")]
+            preds[f"vote_else_vlm_{mode}"] = [v["vote"] if v["winner"] is not None else p for v, p in
+                                              zip((votes[str(r["qid"])] for r in closed), preds[f"vlm_{mode}"])]
+        preds["vote_abstains"] = ["" if votes[str(r["qid"])]["winner"] is None else "answered" for r in closed]
+        pairs += [("vote_else_vlm_real", "vote_else_vlm_noise"), ("vlm_real", "vote"), ("vote_or_vlm_real", "vote"), ("vote_or_vlm_real", "vote_or_vlm_noise")]
+    abst = preds.pop("vote_abstains", None)
     scores = {k: [float(closed_correct(p, r["answer"])) for p, r in zip(v, closed)] for k, v in preds.items()}
     res["closed"] = summarise(closed, scores, pairs)
+    if abst is not None:
+        res["closed"]["vote_abstention_rate"] = {"mean": round(abst.count("") / len(abst), 4), "ci95": None,
+                                                 "n": len(abst)}
     open_preds: dict[str, list[str]] = {}
     if not a.no_open and opened:
         for mode in a.open_modes.split(","):
@@ -275,6 +282,8 @@ def main(argv=None) -> int:
                   "noise: Gaussian luma noise (mean 128, sd 64) in the image area of the letterboxed frame",
                   "vote_or_vlm: the vote when its weighted share >= %.2f, else the VLM (backend closed: auto)"
                   % a.vote_share,
+                  "vote: the vote alone; it abstains (scored wrong) when no retrieved case answers; "
+                  "vote_else_vlm: the vote, the VLM when every case abstains (closed: vote, the default pipeline's rule)",
                   "intervals: 95%% bootstrap over evaluation images, 1000 resamples"],
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -289,6 +298,7 @@ def main(argv=None) -> int:
     for kind in ("closed_accuracy", "open_recall"):
         for k, v in result["metrics"][kind].items():
             print(f"{kind:16s} {k:40s} {v['mean']:.3f} {v['ci95']}", file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
