@@ -10,6 +10,7 @@ Never: HAM10000, LC25000, brain-tumor-mri, the CC BY-NC rows of POCUS (tests and
 
     python eval/train_default_encoder.py                       # writes the shipped weights
     python eval/train_default_encoder.py --out /tmp/enc --holdout-vqa-rad   # the evaluation model (see below)
+    python eval/train_default_encoder.py --out /tmp/enc --holdout-split eval/splits/vqa_rad_vlm_seed0.json
 
 ``--holdout-vqa-rad`` leaves out the VQA-RAD images of the evaluation split (:func:`vqa_rad_split`, seed 0), so
 eval/encoder_retrieval.py can score an encoder that never saw its evaluation images.
@@ -157,6 +158,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(SHIPPED))
     ap.add_argument("--holdout-vqa-rad", action="store_true", help="leave out the VQA-RAD evaluation images")
+    ap.add_argument("--holdout-split", default=None,
+                    help="a committed split file (JSON with eval_images, e.g. eval/splits/vqa_rad_vlm_seed0.json): "
+                         "leave out its evaluation images instead")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--epoch-size", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -178,6 +182,8 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     exclude = vqa_rad_split()[1] if a.holdout_vqa_rad else set()
+    if a.holdout_split:
+        exclude = set(json.loads(Path(a.holdout_split).read_text())["eval_images"])
     pre = PreprocessConfig()
     data = build_trainset(all_samples(exclude), pre.size)
     print(f"prepared {len(data)} images, {len(data.texts)} texts in {time.perf_counter() - t0:.1f}s: "
@@ -185,7 +191,9 @@ def main(argv=None) -> int:
     cfg = TrainConfig(epochs=a.epochs, epoch_size=a.epoch_size, batch_size=a.batch_size, lr=a.lr,
                       ssl_weight=a.ssl_weight, ssl_temperature=a.ssl_temperature, seed=a.seed, aug_strength=a.aug_strength,
                       ssl_aug_strength=a.ssl_aug_strength)
-    trained_on = ("VQA-RAD (CC0)" + (" minus its evaluation half (vqa_rad_split seed 0)" if exclude else "")
+    held_out = (f" minus the evaluation images of {Path(a.holdout_split).name}" if a.holdout_split
+                else " minus its evaluation half (vqa_rad_split seed 0)" if exclude else "")
+    trained_on = ("VQA-RAD (CC0)" + held_out
                   + ", PneumoniaMNIST train+val (CC BY 4.0), BreastMNIST train+val (CC BY 4.0), BCCD (MIT), "
                     "POCUS lung ultrasound CC BY rows")
     cmd = "python eval/train_default_encoder.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:]))
