@@ -19,7 +19,9 @@ def write_png(path: Path, seed: int, size: int = 48, kind: int = 0) -> Path:
 
 
 def write_dicom(path: Path, *, seed: int = 0, phi: dict | None = None, size: int = 32, modality: str = "CT",
-                burned_in: str | None = None) -> Path:
+                burned_in: str | None = None, phantom: bool = False) -> Path:
+    """A small CT-like DICOM. Pixels: uniform noise by default; ``phantom=True``: a smooth elliptical body with a
+    seed-placed lesion and mild noise (an image that passes ragmed's out-of-distribution checks)."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -39,7 +41,15 @@ def write_dicom(path: Path, *, seed: int = 0, phi: dict | None = None, size: int
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
     rng = np.random.default_rng(seed)
-    ds.PixelData = (rng.integers(0, 4000, (size, size))).astype(np.uint16).tobytes()
+    if phantom:
+        yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+        body = ((xx / 0.42) ** 2 + (yy / 0.34) ** 2 < 1).astype(float)
+        cy, cx = rng.uniform(-0.2, 0.2, 2)
+        lesion = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.004)
+        pix = 1024 + body * 900 + lesion * 600 + rng.normal(0, 15, (size, size))
+        ds.PixelData = np.clip(pix, 0, 4000).astype(np.uint16).tobytes()
+    else:
+        ds.PixelData = (rng.integers(0, 4000, (size, size))).astype(np.uint16).tobytes()
     for k, v in (phi or {}).items():
         setattr(ds, k, v)
     if burned_in:

@@ -61,7 +61,7 @@ def test_ask_with_a_png_returns_a_cited_answer(server):
 
 def test_ask_with_a_dicom_carrying_identifiers_leaks_none(server, tmp_path):
     url, _ = server
-    dcm = write_dicom(tmp_path / "Doe_Jane.dcm", seed=3, phi=PHI)
+    dcm = write_dicom(tmp_path / "Doe_Jane.dcm", seed=3, phi=PHI, size=64, phantom=True)
     with open(dcm, "rb") as f:
         r = httpx.post(url + "/v1/ask", headers=KEY, data={"question": "What abnormality is seen?"},
                        files={"image": ("Doe_Jane.dcm", f, "application/dicom")}, timeout=60)

@@ -24,10 +24,10 @@ _SET_HELP = "Override a pipeline setting, KEY=VALUE (repeatable), e.g. generator
               help="Training questions (VQA-RAD / SLAKE JSON).")
 @click.option("--images", type=click.Path(file_okay=False), default=None,
               help="Image folder (default: DATA's folder/images).")
-@click.option("--format", "fmt", type=click.Choice(["vqa-rad", "slake"]), default=None)
+@click.option("--format", "fmt", type=click.Choice(["vqa-rad", "slake"]), default=None, help="Question file format; default: from the file's fields.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Pair file (JSONL); meta in OUT.meta.json.")
 @click.option("--limit", type=int, default=None, help="At most this many questions (a seeded random subset).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (subsets, bootstrap, training).")
 @click.option("--f1-threshold", type=float, default=0.5, show_default=True, help="Open answers: correct when token F1 ≥ this.")
 @click.option("--replace", type=click.Choice(["noise", "unrelated"]), default="noise", show_default=True,
               help="Cross-modality pairs: replace the image by Gaussian noise or an unrelated image (VLMs only).")
@@ -35,7 +35,7 @@ _SET_HELP = "Override a pipeline setting, KEY=VALUE (repeatable), e.g. generator
 @click.option("--fresh", is_flag=True, help="Start OUT afresh (default: resume, skipping questions already in it).")
 @click.option("--max-new", type=int, default=None,
               help="Answer at most this many new questions in this run (0: only recount and reweight OUT).")
-@click.option("--quiet", "-q", is_flag=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def pairs(pipeline, sets, index_dir, data, images, fmt, out, limit, seed, f1_threshold, replace, no_hallucinations,
           fresh, max_new, quiet):
     """Build preference pairs: answer each training question with / without retrieval (and with the image replaced)."""
@@ -63,26 +63,26 @@ def pairs(pipeline, sets, index_dir, data, images, fmt, out, limit, seed, f1_thr
 
 
 @align.command("train")
-@click.option("--pairs", "pairs_path", required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--pairs", "pairs_path", required=True, type=click.Path(dir_okay=False, exists=True), help="Preference pair file (JSONL) from `ragmed align pairs`.")
 @click.option("--pipeline", default=None, help="Pipeline whose generator is trained (default: the pair file's).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (adapter/, checkpoints, card).")
-@click.option("--beta", type=float, default=0.1, show_default=True)
-@click.option("--lr", type=float, default=5e-5, show_default=True)
-@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--beta", type=float, default=0.1, show_default=True, help="DPO β (strength of the pull towards the reference model).")
+@click.option("--lr", type=float, default=5e-5, show_default=True, help="Learning rate.")
+@click.option("--epochs", type=float, default=1.0, show_default=True, help="Passes over the pairs (when --max-steps is -1).")
 @click.option("--max-steps", type=int, default=-1, show_default=True, help="Stop after this many optimiser steps (-1: epochs).")
-@click.option("--batch-size", type=int, default=1, show_default=True)
-@click.option("--grad-accum", type=int, default=1, show_default=True)
-@click.option("--lora-r", type=int, default=16, show_default=True)
-@click.option("--lora-alpha", type=int, default=32, show_default=True)
-@click.option("--lora-targets", default="q_proj,k_proj,v_proj,o_proj", show_default=True)
+@click.option("--batch-size", type=int, default=1, show_default=True, help="Pairs per step.")
+@click.option("--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps.")
+@click.option("--lora-r", type=int, default=16, show_default=True, help="LoRA rank.")
+@click.option("--lora-alpha", type=int, default=32, show_default=True, help="LoRA alpha (scaling).")
+@click.option("--lora-targets", default="q_proj,k_proj,v_proj,o_proj", show_default=True, help="Comma-separated module names that get LoRA adapters.")
 @click.option("--weights/--no-weights", "use_weights", default=True, show_default=True,
               help="Multiply each pair's DPO loss by its weight (MMedPO-style); off: every pair weighs 1.")
 @click.option("--two-stage", is_flag=True, help="Cross-modality pairs first, then the retrieval pairs (MMed-RAG).")
 @click.option("--kinds", default=None, help="Only these pair kinds, comma-separated.")
-@click.option("--max-length", type=int, default=1024, show_default=True)
-@click.option("--save-steps", type=int, default=10, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-length", type=int, default=1024, show_default=True, help="Longest prompt + answer in tokens.")
+@click.option("--save-steps", type=int, default=10, show_default=True, help="Checkpoint every this many steps.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (subsets, bootstrap, training).")
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--gradient-checkpointing", is_flag=True,
               help="Trade compute for memory (a 7B VLM on a GPU under 80 GB); off by default: 1.5–2× slower on a CPU.")
@@ -120,18 +120,18 @@ def _eval_options(f):
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=_SET_HELP),
         click.option("--adapter", "adapters", multiple=True, metavar="[NAME=]DIR",
                      help="An adapter to compare with the base generator (repeatable)."),
-        click.option("--index", "index_dir", required=True, type=click.Path()),
+        click.option("--index", "index_dir", required=True, type=click.Path(), help="Index directory (built from the training side)."),
         click.option("--data", required=True, type=click.Path(dir_okay=False), help="Evaluation questions (never the pair side)."),
-        click.option("--images", type=click.Path(file_okay=False), default=None),
-        click.option("--format", "fmt", type=click.Choice(["vqa-rad", "slake"]), default=None),
+        click.option("--images", type=click.Path(file_okay=False), default=None, help="Image folder of the question file."),
+        click.option("--format", "fmt", type=click.Choice(["vqa-rad", "slake"]), default=None, help="Question file format; default: from the file's fields."),
         click.option("--limit", type=int, default=None, help="At most this many questions (seeded random subset)."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True, help="Random seed (subset, bootstrap)."),
         click.option("--bootstrap", type=int, default=1000, show_default=True, help="Bootstrap resamples (over images)."),
-        click.option("--f1-threshold", type=float, default=0.5, show_default=True),
+        click.option("--f1-threshold", type=float, default=0.5, show_default=True, help="Open answers: correct when token F1 ≥ this."),
         click.option("--noise/--no-noise", default=True, show_default=True,
                      help="Measure the copy rate (image replaced by noise; only for generators that take the image)."),
         click.option("--out", required=True, type=click.Path(dir_okay=False), help="Result JSON (plots beside it)."),
-        click.option("--quiet", "-q", is_flag=True),
+        click.option("--quiet", "-q", is_flag=True, help="No progress output."),
     ]):
         f = opt(f)
     return f

@@ -66,7 +66,7 @@ def build(sources, out, name, langs, sabs, stys, rels, keep_suppressed, skip_bad
 
 @kg.command("info")
 @click.argument("directory", type=click.Path(), required=False)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def info(directory, as_json):
     """Describe a knowledge graph (default: the bundled open default graph)."""
     from ragmed.knowledge import default_graph_path
@@ -94,8 +94,8 @@ def info(directory, as_json):
 @kg.command("lookup")
 @click.argument("term")
 @click.option("--kg", "kg_dir", type=click.Path(), default=None, help="Knowledge directory (default: bundled graph).")
-@click.option("--limit", type=int, default=10, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=int, default=10, show_default=True, help="At most this many results.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def lookup(term, kg_dir, limit, as_json):
     """Find concepts by id, name or synonym, with parents and definition."""
     from ragmed.knowledge import load_graph

@@ -32,8 +32,8 @@ def serve():
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
               help="Generator parameter (repeatable), e.g. -p path=models/qwen2-vl -p threads=1.")
 @click.option("--pipeline", default=None, help="Take the generator (name and params) from this pipeline YAML.")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (loopback by default).")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
 @click.option("--model-name", default=None, help="Model id to serve under (default: the generator's id).")
 @click.option("--api-key-env", default=None, metavar="VAR",
               help="Require 'Authorization: Bearer $VAR' (the key is read from this environment variable).")
@@ -69,19 +69,19 @@ def serve_openai(gen_name, params, pipeline, host, port, model_name, api_key_env
 
 
 @serve.command("api")
-@click.option("--index", "index_dir", type=click.Path(), default="indexes/default", show_default=True)
+@click.option("--index", "index_dir", type=click.Path(), default="indexes/default", show_default=True, help="Index directory.")
 @click.option("--pipeline", default=None, help="pipelines/NAME.yaml or a name (default: the one that built the index).")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (loopback by default).")
+@click.option("--port", default=8080, show_default=True, type=int, help="TCP port.")
 @click.option("--api-key-env", default="RAGMED_API_KEYS", show_default=True, metavar="VAR",
               help="Environment variable holding the API key(s), comma-separated.")
 @click.option("--api-key-file", default=None, type=click.Path(dir_okay=False),
               help="File with API keys, one per line.")
 @click.option("--no-auth", is_flag=True, help="Serve without API keys (refused unless --host is a loopback address).")
-@click.option("--max-upload-mb", default=64.0, show_default=True, type=float)
+@click.option("--max-upload-mb", default=64.0, show_default=True, type=float, help="Largest request body accepted, in MB (checked while it streams in).")
 @click.option("--max-image-pixels", default=4096 * 4096 * 3, show_default=True, type=int,
               help="Most samples of the one image frame decoded per request (checked from the header first).")
-@click.option("--max-question-chars", default=1000, show_default=True, type=int)
+@click.option("--max-question-chars", default=1000, show_default=True, type=int, help="Longest question accepted, in characters.")
 @click.option("--workers", default=2, show_default=True, type=int, help="Requests worked on at once.")
 @click.option("--queue", "queue_size", default=16, show_default=True, type=int,
               help="Requests that may wait for a worker; more get 503 + Retry-After.")
@@ -98,7 +98,7 @@ def serve_openai(gen_name, params, pipeline, host, port, model_name, api_key_env
 @click.option("--cds-audience", default=None, help="Expected JWT aud (default: the URL the EHR called).")
 @click.option("--cds-config", default=None, type=click.Path(dir_okay=False),
               help="YAML with the CDS services (hook, question, prefetch); default: ragmed's imaging services.")
-@click.option("--log-level", default="info", show_default=True)
+@click.option("--log-level", default="info", show_default=True, help="Log level of the service (JSON lines).")
 def serve_api(index_dir, pipeline, host, port, api_key_env, api_key_file, no_auth, max_upload_mb, max_image_pixels,
               max_question_chars, workers, queue_size, body_timeout, allow_names, corpus_root, dicomweb_url, cds_jwks,
               cds_issuers, cds_audience, cds_config, log_level):
