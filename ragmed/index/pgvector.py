@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from ragmed.errors import EncoderMismatchError, IndexStoreError
+from ragmed.errors import IndexStoreError
 from ragmed.index.store import PGVECTOR_STORE_FILE as STORE_FILE
-from ragmed.index.store import CaseRecord, Hit, resolve_version_dir
+from ragmed.index.store import CaseRecord, Hit, check_encoder_record, resolve_version_dir
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,50}$")
 
@@ -133,14 +133,7 @@ class PgVectorStore:
                 for r in self._q(f"SELECT row, case_id, path, reason FROM {self.schema}.skipped ORDER BY row, id")]
 
     def check_encoder(self, role: str, encoder) -> None:
-        rec = self.encoders.get(role)
-        if rec is None:
-            raise IndexStoreError(f"this index has no {role} vectors", path=str(self.path))
-        if rec.get("id") != encoder.id or int(rec.get("dim", -1)) != int(encoder.dim):
-            raise EncoderMismatchError(
-                f"{role} encoder mismatch: the index was built with {rec.get('id')!r} ({rec.get('dim')}-d), "
-                f"the query uses {encoder.id!r} ({encoder.dim}-d)", path=str(self.path),
-                remedy="use the pipeline that built the index, or rebuild the index")
+        check_encoder_record(self.encoders, role, encoder, self.path)
 
     # --- vectors --------------------------------------------------------------------------------------------
     def search(self, kind: str, queries: np.ndarray, k: int, *, domains: list[str] | None = None,

@@ -174,14 +174,7 @@ class IndexStore:
 
     def check_encoder(self, role: str, encoder) -> None:
         """Refuse a query encoder that differs from the one that built the index, naming both."""
-        rec = self.encoders.get(role)
-        if rec is None:
-            raise IndexStoreError(f"this index has no {role} vectors", path=str(self.path))
-        if rec.get("id") != encoder.id or int(rec.get("dim", -1)) != int(encoder.dim):
-            raise EncoderMismatchError(
-                f"{role} encoder mismatch: the index was built with {rec.get('id')!r} ({rec.get('dim')}-d), "
-                f"the query uses {encoder.id!r} ({encoder.dim}-d)", path=str(self.path),
-                remedy="use the pipeline that built the index, or rebuild the index")
+        check_encoder_record(self.encoders, role, encoder, self.path)
 
     def search(self, kind: str, queries: np.ndarray, k: int, *, domains: list[str] | None = None,
                channel: str | None = None) -> list[list[Hit]]:
@@ -272,6 +265,18 @@ class IndexStore:
         m["n_images"] = self.count("images")
         m["n_skipped"] = len(self.skipped())
         return m
+
+
+def check_encoder_record(encoders: dict, role: str, encoder, path) -> None:
+    """Every store's encoder check: the index's record for ``role`` must name the query encoder's id and size."""
+    rec = encoders.get(role)
+    if rec is None:
+        raise IndexStoreError(f"this index has no {role} vectors", path=str(path))
+    if rec.get("id") != encoder.id or int(rec.get("dim", -1)) != int(encoder.dim):
+        raise EncoderMismatchError(
+            f"{role} encoder mismatch: the index was built with {rec.get('id')!r} ({rec.get('dim')}-d), "
+            f"the query uses {encoder.id!r} ({encoder.dim}-d)", path=str(path),
+            remedy="use the pipeline that built the index, or rebuild the index")
 
 
 PGVECTOR_STORE_FILE = "store.json"  # in a version directory: the index lives in PostgreSQL (ragmed.index.pgvector)
