@@ -50,15 +50,6 @@ LEAVES = {"ragmed", "ragmed.version", "ragmed.errors", "ragmed.types", "ragmed.t
 
 # (rule, importer, imported) -> the issue whose files hold it
 KNOWN_VIOLATIONS: dict[tuple[str, str, str], str] = {
-    # issue K (knowledge): the embed <-> graph cycle, and knowledge.store reading the version from the package root
-    ("cycle", "ragmed.knowledge.graph", "ragmed.knowledge.embed"): "K",
-    ("cycle", "ragmed.knowledge.store", "ragmed"): "K",
-    # issue K (cli/kg.py): the kg command reaches into knowledge submodules
-    ("public-api", "ragmed.cli.kg", "ragmed.knowledge.build"): "K",
-    ("public-api", "ragmed.cli.kg", "ragmed.knowledge.schema"): "K",
-    ("public-api", "ragmed.cli.kg", "ragmed.knowledge.store"): "K",
-    ("public-api", "ragmed.cli.kg", "ragmed.knowledge.umls"): "K",
-    ("public-api", "ragmed.cli.kg", "ragmed.knowledge.embed"): "K",
 }
 _used: set[tuple[str, str, str]] = set()
 
@@ -173,10 +164,7 @@ SCOPED = {
     ("ragmed.cli", "os.environ write"),  # the command is the process's own main: offline / quiet libraries
     ("ragmed.index.ray_build", "torch.set_num_threads"),  # a Ray actor is its own process: its share of the cores
 }
-GLOBAL_STATE_ALLOWED: dict[tuple[str, str], str] = {
-    # issue V (the VLM / generate backends) owns these files
-    ("ragmed.generate.testing", "torch.manual_seed"): "V",
-}
+GLOBAL_STATE_ALLOWED: dict[tuple[str, str], str] = {}
 _used_global: set[tuple[str, str]] = set()
 
 
@@ -250,7 +238,7 @@ def test_every_allowance_still_matches_something(rule_test):
         assert not stale, f"remove these stale allowances: {sorted(stale)}"
 
 
-ENV_ALLOWED = {("RAGMED_KG", "ragmed.knowledge"): "K"}  # knowledge/__init__.py is issue K's
+ENV_ALLOWED: dict = {}
 
 
 def test_each_environment_variable_is_read_in_settings_only():

@@ -34,10 +34,10 @@ def build(sources, out, name, langs, sabs, stys, rels, keep_suppressed, skip_bad
     """Build a knowledge graph from sources and save it (JSON + numpy; no pickle)."""
     import time
 
-    from ragmed.knowledge.build import build_graph
-    from ragmed.knowledge.schema import DEFAULT_LINK_TYPES
-    from ragmed.knowledge.store import save_graph
-    from ragmed.knowledge.umls import DEFAULT_RELATIONS, SUPPRESSED
+    from ragmed.knowledge import build_graph
+    from ragmed.knowledge import DEFAULT_LINK_TYPES
+    from ragmed.knowledge import save_graph
+    from ragmed.knowledge import DEFAULT_RELATIONS, SUPPRESSED
 
     t0 = time.perf_counter()
     opts = {"languages": langs or None, "sabs": sabs or None, "semantic_types": stys or None,
@@ -47,7 +47,7 @@ def build(sources, out, name, langs, sabs, stys, rels, keep_suppressed, skip_bad
     t1 = time.perf_counter()
     command = "ragmed kg build " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if len(sys.argv) > 2 else None
     path = save_graph(G, out, name=name, link_types=link_types or DEFAULT_LINK_TYPES, command=command)
-    from ragmed.knowledge.store import read_manifest
+    from ragmed.knowledge import read_manifest
 
     m = read_manifest(path)
     if as_json:
@@ -70,7 +70,7 @@ def build(sources, out, name, langs, sabs, stys, rels, keep_suppressed, skip_bad
 def info(directory, as_json):
     """Describe a knowledge graph (default: the bundled open default graph)."""
     from ragmed.knowledge import default_graph_path
-    from ragmed.knowledge.store import read_manifest
+    from ragmed.knowledge import read_manifest
 
     m = read_manifest(directory or default_graph_path())
     if as_json:
@@ -175,7 +175,7 @@ def embed(directory):
     import time
 
     from ragmed.knowledge import default_graph_path, load_graph
-    from ragmed.knowledge.embed import FILE, FuzzyLinker
+    from ragmed.knowledge import FUZZY_FILE as FILE, FuzzyLinker
 
     t0 = time.perf_counter()
     g = load_graph(directory or default_graph_path())

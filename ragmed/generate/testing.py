@@ -55,8 +55,9 @@ def write_tiny_causal_lm(out: str | Path, seed: int = 0) -> Path:
 
     out = Path(out)
     tok = tiny_tokenizer()
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(_llama_config(len(tok)))
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's global RNG state
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(_llama_config(len(tok)))
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -77,8 +78,9 @@ def write_tiny_llava(out: str | Path, seed: int = 0, image_size: int = 32, patch
                               image_size=image_size, patch_size=patch_size, projection_dim=32)
     cfg = LlavaConfig(vision_config=vision, text_config=_llama_config(len(tok)), image_token_index=image_token_id,
                       vision_feature_select_strategy="default", vision_feature_layer=-1)
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(cfg)
     model.save_pretrained(out)
     ip = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
                             do_center_crop=True)

@@ -13,7 +13,6 @@ Schema of nodes and edges: ``ragmed/knowledge/schema.py``; on-disk format: ``sto
 """
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +32,9 @@ _LOCK = threading.Lock()
 
 def default_graph_path() -> Path:
     """``$RAGMED_KG`` if set, else ``knowledge/open-default`` in the repository (or the working directory)."""
-    env = os.environ.get("RAGMED_KG")
+    from ragmed.settings import settings
+
+    env = settings().knowledge_graph
     if env:
         return Path(env)
     repo = Path(__file__).resolve().parents[2] / "knowledge" / DEFAULT_NAME
@@ -86,9 +87,17 @@ def save_graph(G, out, **kw):
     return _sg(G, out, **kw)
 
 
-def __getattr__(name: str):
-    if name in ("KnowledgeGraph", "LinkedConcept"):
-        from ragmed.knowledge import graph
+_LAZY = {  # names the `ragmed kg` command uses, resolved on first use (no graph code loads with the package)
+    "KnowledgeGraph": "graph", "LinkedConcept": "graph", "DEFAULT_LINK_TYPES": "schema", "read_manifest": "store",
+    "DEFAULT_RELATIONS": "umls", "SUPPRESSED": "umls", "FuzzyLinker": "embed", "FUZZY_FILE": "embed",
+}
 
-        return getattr(graph, name)
+
+def __getattr__(name: str):
+    sub = _LAZY.get(name)
+    if sub is not None:
+        import importlib
+
+        mod = importlib.import_module(f"ragmed.knowledge.{sub}")
+        return getattr(mod, "FILE" if name == "FUZZY_FILE" else name)
     raise AttributeError(f"module 'ragmed.knowledge' has no attribute {name!r}")

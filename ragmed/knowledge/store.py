@@ -179,7 +179,7 @@ def _load_gz(path: Path) -> Any:
 def save_graph(G, out: str | Path, *, name: str | None = None, link_types: Iterable[str] = DEFAULT_LINK_TYPES,
                command: str | None = None) -> Path:
     """Write a concept graph (``networkx`` graph in the common schema) to the directory ``out``, atomically."""
-    from ragmed import __version__
+    from ragmed.version import __version__
 
     out = Path(out)
     t0 = time.perf_counter()
