@@ -411,7 +411,14 @@ def _finalize(con, staging: Path, cfg, enc_ids, corpus) -> dict:
     if n_cases == 0:
         raise IndexStoreError("nothing to index: every case was skipped", path=corpus.source,
                               remedy="see the skipped rows above")
-    manifest = {
+    manifest = index_manifest(cfg, enc_ids, domains_meta, corpus, n_cases)
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def index_manifest(cfg, enc_ids: dict, domains_meta: dict, corpus: Corpus, n_cases: int, **extra) -> dict:
+    """An index version's ``manifest.json`` (every build engine writes this one shape; ``extra``: engine details)."""
+    return {
         "schema": 1,
         "ragmed_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -423,9 +430,8 @@ def _finalize(con, staging: Path, cfg, enc_ids, corpus) -> dict:
         "domains": domains_meta,
         "corpus": {"source": Path(corpus.source).name, "format": corpus.format, "checksum": corpus.checksum(),
                    "n_cases": n_cases},
+        **extra,
     }
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
 
 
 def _swap_in(out: Path, staging: Path, manifest: dict) -> str:

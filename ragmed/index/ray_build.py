@@ -320,7 +320,7 @@ def _assemble(corpus: Corpus, out: Path, staging: Path, cfg, n_shards: int, layo
 def _finalize(con, staging: Path, cfg, corpus: Corpus, layout: str, text_encoder) -> dict:
     import faiss
 
-    from ragmed.index.build import _derived
+    from ragmed.index.build import _derived, index_manifest
     from ragmed.index.faiss_utils import build_faiss, resolve_factory
     from ragmed.index.ondisk import train_empty, write_ondisk
     from ragmed.index.parts import domains_in, list_parts, load_parts
@@ -355,20 +355,7 @@ def _finalize(con, staging: Path, cfg, corpus: Corpus, layout: str, text_encoder
     if enc_ids["text"]["id"] != text_encoder.id:
         raise IndexStoreError(f"the driver's text encoder {text_encoder.id!r} is not the actors' "
                               f"{enc_ids['text']['id']!r}")
-    manifest = {
-        "schema": 1,
-        "ragmed_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "pipeline": {"name": cfg.name, "source": cfg.source, "config": cfg.to_dict()},
-        "encoders": enc_ids,
-        "metric": "cosine",
-        "factory": cfg.index.factory,
-        "search_params": {"ef_search": cfg.index.ef_search, "nprobe": cfg.index.nprobe},
-        "domains": domains_meta,
-        "corpus": {"source": Path(corpus.source).name, "format": corpus.format, "checksum": corpus.checksum(),
-                   "n_cases": n_cases},
-        "build": {"engine": "ray", "layout": layout},
-    }
+    manifest = index_manifest(cfg, enc_ids, domains_meta, corpus, n_cases, build={"engine": "ray", "layout": layout})
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
     con.commit()
     # BM25 and the one retrieval calibration (channel quantiles + evidence floors), as the local build writes them
