@@ -9,12 +9,18 @@ report) and recall (over distinct gold terms per report).
 Variants, each clearly labelled in the result file:
 - ``protocol``: every non-negated linked concept (all link types, anatomy and imaging terms included);
 - ``findings``: only concepts of the UMLS Disorders group (findings, diseases …): what the indexers index;
-- ``learned map``: a mapping from linked concepts (and pairs of concepts in one sentence) to IU's index terms,
-  LEARNED FROM THE TRAIN SPLIT (2,069 reports, disjoint from the test split) with its precision threshold chosen on
-  the val split (296 reports); nothing is learned or tuned on the test split. A rule "feature → term" is kept when
-  the feature fires (non-negated) in >= MIN_SUPPORT train reports and the term is in the gold of at least the
-  threshold share of them. Prediction = the terms of the rules that fire. Scored on the test reports' two halves
-  (0–249, 250–499) and on all 500.
+- ``learned map``: a mapping from what the linker found to IU's index terms, learned on reports disjoint from the
+  held-back ones; nothing is learned, chosen or tuned on the held-back reports, which are scored ONCE per design
+  (all 590 of r2gen's test split, and its two halves 0-294 / 295-589):
+  - design A (first session): rule table "feature -> term" (feature = a non-negated concept or a pair of them in one
+    sentence, support >= MIN_SUPPORT train reports), learned on the train split (2,069), threshold = most recall
+    with precision >= 0.75 on the val split (296);
+  - design B: one logistic regression per term over the linker's features (``ragmed.knowledge.indexer``); the
+    train half = train + val splits (2,365 reports); feature set, C and threshold chosen by 5-fold cross-validation
+    on it (threshold: best F1 whose precision has a 95 % Wilson lower bound >= 0.75), then refitted on all of it.
+  Each design reports its dev figures (A: val; B: out-of-fold) beside the held-back ones, the dev precision-recall
+  curve, a causes table of its dev false positives, and (B) the held-back curve as a diagnostic never used to choose
+  (plotted to ``link_iu.pr_curve.png``).
 Also reported: the share of linked concepts (distinct per report) that carry a UMLS CUI, for all link types and for
 findings only, and the diagnostic head-word precision of issue 5.
 
@@ -66,7 +72,7 @@ THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8)
 
 
 def features(kg, text: str) -> set[str]:
-    """Non-negated linked concepts of a report, and pairs of them within one sentence."""
+    """Design A's features: non-negated linked concepts of a report, and pairs of them within one sentence."""
     from ragmed.knowledge.text import sentence_ids, tokenize
 
     ms = [m for m in kg.link(text) if not m.negated]
@@ -103,37 +109,135 @@ def apply_map(rules: dict, feats: set[str], threshold: float) -> set[str]:
     return out
 
 
-def score_sets(pairs: list[tuple[set[str], set[str]]]) -> dict:
-    tp = sum(len(p & g) for p, g in pairs)
-    n_pred = sum(len(p) for p, _ in pairs)
-    n_gold = sum(len(g) for _, g in pairs)
-    p = tp / n_pred if n_pred else 0.0
-    r = tp / n_gold if n_gold else 0.0
-    return {"reports": len(pairs), "predicted": n_pred, "correct": tp, "gold_terms": n_gold,
-            "precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
+def held_back_scores(pairs: list) -> dict:
+    from ragmed.knowledge.indexer import score_sets
+
+    half = len(pairs) // 2
+    return {"all": score_sets(pairs), "first_half": score_sets(pairs[:half]), "second_half": score_sets(pairs[half:])}
 
 
-def learned_variant(kg, train: list[dict], val: list[dict], test: list[dict]) -> dict:
+def design_rule_map(kg, train: list[dict], val: list[dict], test: list[dict]) -> dict:
+    """Design A (issue 17's first session): rule table "feature -> term" learned on train, threshold on val."""
+    from ragmed.knowledge.indexer import score_sets
+
     rules = learn_map(kg, train)
     val_feats = [features(kg, r["text"]) for r in val]
-    sweep = []
-    for th in THRESHOLDS:
-        sc = score_sets([(apply_map(rules, f, th), r["gold"]) for f, r in zip(val_feats, val)])
-        sweep.append({"threshold": th, **sc})
+    sweep = [{"threshold": th, **score_sets([(apply_map(rules, f, th), r["gold"]) for f, r in zip(val_feats, val)])}
+             for th in THRESHOLDS]
     ok = [s for s in sweep if s["precision"] >= 0.75] or sweep
-    chosen = max(ok, key=lambda s: (s["recall"], s["precision"]))["threshold"]
-    test_feats = [features(kg, r["text"]) for r in test]
-    pairs = [(apply_map(rules, f, chosen), r["gold"]) for f, r in zip(test_feats, test)]
-    half = len(test) // 2
-    kept = sum(1 for f in rules for g, p in rules[f].items() if p >= chosen)
-    # diagnostic only, NOT used to choose anything: the whole curve on the scored (second) half
-    curve = [{"threshold": th, **score_sets([(apply_map(rules, f, th), r["gold"])
-                                             for f, r in zip(test_feats[half:], test[half:])])} for th in THRESHOLDS]
-    return {"kg": kg.id, "variant": "learned map (train split; threshold chosen on val)", "threshold": chosen,
-            "rules_kept": kept, "features_seen": len(rules), "train_reports": len(train), "val_reports": len(val),
-            "val_sweep": sweep, "test_first_half": score_sets(pairs[:half]), "test_second_half": score_sets(pairs[half:]),
-            "test_all": score_sets(pairs),
-            "diagnostic_curve_second_half_not_used_for_selection": curve}
+    dev = max(ok, key=lambda s: (s["recall"], s["precision"]))
+    pairs = [(apply_map(rules, features(kg, r["text"]), dev["threshold"]), r["gold"]) for r in test]
+    val_probs = [{} for _ in val]
+    for d, f in zip(val_probs, val_feats):
+        for x in f:
+            for g, p in rules.get(x, {}).items():
+                d[g] = max(p, d.get(g, 0.0))
+    return {"design": "A: rule table feature -> term (P(term | feature) >= threshold); learned on train, "
+                      "threshold = most recall with precision >= 0.75 on val",
+            "threshold": dev["threshold"], "train_reports": len(train), "dev_reports": len(val),
+            "rules_kept": sum(1 for f in rules for g, p in rules[f].items() if p >= dev["threshold"]),
+            "dev": {k: v for k, v in dev.items() if k != "threshold"}, "dev_curve": sweep,
+            "held_back": held_back_scores(pairs),
+            "dev_false_positive_analysis": fp_analysis(kg, val, val_probs, dev["threshold"])}
+
+
+def fp_analysis(kg, reports: list[dict], probs: list[dict], threshold: float) -> dict:
+    """Why each false positive at ``threshold`` (on dev, out-of-fold): the first matching cause in this order."""
+    cats: Counter = Counter()
+    by_term: Counter = Counter()
+    examples: dict[str, list] = {}
+    for r, d in zip(reports, probs):
+        g = r["gold"]
+        pred = {t for t, p in d.items() if p >= threshold}
+        fps = pred - g
+        if not fps:
+            continue
+        ms = kg.link(r["text"])
+        names = {m.id: {m.name.lower(), *(s.lower() for s in kg.concept(m.id)["synonyms"])} for m in ms}
+        for t in sorted(fps):
+            rel = [m for m in ms if t in names[m.id]]
+            words = set(t.replace(",", " ").split())
+            if not g:
+                c = "report indexed 'normal' (no gold term)"
+            elif rel and all(m.negated for m in rel):
+                c = "term's concept only negated in the report"
+            elif rel and all(m.negated or m.uncertain for m in rel):
+                c = "term's concept only hedged in the report"
+            elif any(words & set(x.replace(",", " ").split()) for x in g):
+                c = "granularity: shares a word with a gold term (e.g. emphysema / pulmonary emphysema)"
+            elif rel:
+                c = "term's concept asserted in the report, indexers left it out"
+            else:
+                c = "term inferred from other concepts (not linked itself), not indexed"
+            cats[c] += 1
+            by_term[t] += 1
+            if len(examples.setdefault(c, [])) < 3:
+                examples[c].append({"term": t, "gold": sorted(g), "report_start": r["text"][:160]})
+    return {"threshold": threshold, "false_positives": sum(cats.values()), "causes": cats.most_common(),
+            "top_terms": by_term.most_common(15), "examples": examples}
+
+
+def design_classifier(kg, train: list[dict], test: list[dict], folds: int = 5) -> dict:
+    """Design B: one logistic regression per IU term over the linker's output (ragmed.knowledge.indexer). Every
+    choice (feature set, C, threshold) by 5-fold cross-validation on the train half; refit on all of it; the
+    held-back reports scored once."""
+    from ragmed.knowledge.indexer import (IndexTermMapper, choose_threshold, cross_val_proba, mention_features,
+                                          precision_recall_curve)
+
+    gold = [r["gold"] for r in train]
+    links = [kg.link(r["text"]) for r in train]
+    grid = []
+    best = None
+    for kind in ("concepts", "concepts+status", "full"):
+        feats = [mention_features(r["text"], ms, kind) for r, ms in zip(train, links)]
+        for C in (0.5, 1.0, 2.0):
+            probs = cross_val_proba(feats, gold, folds=folds, C=C)
+            curve = precision_recall_curve(probs, gold)
+            pt = choose_threshold(curve)
+            grid.append({"features": kind, "C": C, "threshold": pt["threshold"], "precision": pt["precision"],
+                         "recall": pt["recall"], "f1": pt["f1"]})
+            if best is None or (pt["f1"], pt["precision"]) > (best[2]["f1"], best[2]["precision"]):
+                best = (kind, C, pt, curve, probs)
+    kind, C, pt, curve, probs = best
+    mapper = IndexTermMapper(C=C).fit([mention_features(r["text"], ms, kind) for r, ms in zip(train, links)], gold)
+    test_probs = mapper.predict_proba([mention_features(r["text"], kg.link(r["text"]), kind) for r in test])
+    th = pt["threshold"]
+    pairs = [({t for t, p in d.items() if p >= th}, r["gold"]) for d, r in zip(test_probs, test)]
+    return {"design": "B: per-term logistic regression over linked concepts (ragmed.knowledge.indexer); feature set, "
+                      "C and threshold chosen by 5-fold cross-validation on the train half (threshold: best F1 whose "
+                      "precision's 95 % Wilson lower bound >= 0.75); refit on the whole train half",
+            "features": kind, "C": C, "threshold": th, "terms_modelled": len(mapper.terms),
+            "train_reports": len(train), "dev": {k: v for k, v in pt.items() if k != "threshold"},
+            "dev_grid": grid, "dev_curve": curve, "held_back": held_back_scores(pairs),
+            "held_back_curve_diagnostic_not_used_for_selection": precision_recall_curve(test_probs,
+                                                                                        [r["gold"] for r in test]),
+            "dev_false_positive_analysis": fp_analysis(kg, train, probs, th)}
+
+
+def plot_curves(res: dict, out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the [eval] extra
+        return
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for key, lab, st in (("dev_curve", "train half, 5-fold CV (selection)", "-o"),
+                         ("held_back_curve_diagnostic_not_used_for_selection", "held-back test split", "--s")):
+        c = res[key]
+        ax.plot([p["recall"] for p in c], [p["precision"] for p in c], st, ms=3, label=lab)
+    hb = res["held_back"]["all"]
+    ax.plot([hb["recall"]], [hb["precision"]], "r*", ms=12, label=f"chosen threshold {res['threshold']}")
+    ax.axhline(0.75, color="grey", lw=0.8)
+    ax.axvline(0.45, color="grey", lw=0.8)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("IU MeSH linking, design B")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def cui_coverage(kg, reports: list[dict]) -> dict:
@@ -206,6 +310,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kg", action="append", help="knowledge directory (repeatable); default: the bundled graph")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--fuzzy", action="store_true", help="also evaluate with the embedding fallback")
+    ap.add_argument("--designs", default="AB", help="learned-map designs to run (A: rule table, B: classifier)")
     ap.add_argument("--out", default=str(REPO / "eval" / "results" / "link_iu.json"))
     args = ap.parse_args(argv)
     if not (DATA / "reports" / "iu-xray").exists():
@@ -216,7 +321,7 @@ def main(argv=None) -> int:
     from ragmed.knowledge.schema import FINDING_TYPES
 
     reports = load_iu(args.n)
-    train, val = load_iu(10**6, "train"), load_iu(10**6, "val")
+    train, val, test = load_iu(10**6, "train"), load_iu(10**6, "val"), load_iu(10**6, "test")
     results = []
     for path in args.kg or [str(default_graph_path())]:
         kg = load_graph(path)
@@ -227,10 +332,15 @@ def main(argv=None) -> int:
             res["path"] = rel
             results.append(res)
             print(json.dumps({k: v for k, v in res.items() if not k.startswith("top_")}))
-        res = learned_variant(kg, train, val, reports)
-        res["path"] = rel
-        results.append(res)
-        print(json.dumps({k: v for k, v in res.items() if k != "val_sweep"}))
+        for name, fn in (("A", lambda: design_rule_map(kg, train, val, test)),
+                         ("B", lambda: design_classifier(kg, train + val, test))):
+            if name not in args.designs:
+                continue
+            res = {"kg": kg.id, "path": rel, "variant": "learned map, design " + name, **fn()}
+            results.append(res)
+            print(json.dumps({k: res[k] for k in ("design", "threshold", "dev", "held_back")}))
+            if name == "B":
+                plot_curves(res, Path(args.out).with_suffix(".pr_curve.png"))
         cov = {"kg": kg.id, "path": rel, "variant": "UMLS CUI coverage of linked concepts", **cui_coverage(kg, reports)}
         results.append(cov)
         print(json.dumps(cov))
