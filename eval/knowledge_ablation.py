@@ -11,6 +11,10 @@ indexing (gold terms as in ``link_iu.py``). The same negation detector is used i
 - ``knowledge graph + learned map``: ``link_iu.py``'s map learned on the train split (threshold chosen on val).
 - ``no knowledge + learned map``: the same learning on the string matches of the first arm (so that the map's
   contribution and the graph's are told apart).
+- ``… + classifier``: the same two inputs through ``link_iu.py``'s design B (``ragmed.knowledge.indexer``: one
+  logistic regression per term; C = 1, threshold chosen by 5-fold cross-validation on train + val, refitted on them).
+  The graph arm uses the linker's features (concepts split by asserted / hedged, matched words, sentence pairs); the
+  string arm the non-negated vocabulary matches.
 
 Also, for answers: the knowledge evidence of ``knowledge_evidence(kg, "What are the findings?", [report])`` (the
 ``[K]`` items an answer would cite): the share of reports with at least one cited concept that matches a gold term,
@@ -30,7 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "eval"))
 
-from link_iu import DATA, THRESHOLDS, load_iu, score_sets  # noqa: E402
+from link_iu import DATA, THRESHOLDS, load_iu  # noqa: E402
+
+from ragmed.knowledge.indexer import score_sets  # noqa: E402
 
 
 def string_matcher(vocab: set[str]):
@@ -119,6 +125,19 @@ def main(argv=None) -> int:
     s = {k: [match(r["text"]) for r in rs] for k, rs in (("train", train), ("val", val), ("test", test))}
     th, pred = learned(s["train"], [r["gold"] for r in train], s["val"], [r["gold"] for r in val], s["test"])
     arms["no knowledge + learned map"] = {**score_sets(list(zip(pred, [r["gold"] for r in test]))), "threshold": th}
+    from ragmed.knowledge.indexer import (IndexTermMapper, choose_threshold, cross_val_proba, mention_features,
+                                          precision_recall_curve)
+
+    half = train + val
+    gold_half = [r["gold"] for r in half]
+    for name, fx in (("knowledge graph + classifier", lambda r: mention_features(r["text"], kg.link(r["text"]))),
+                     ("no knowledge + classifier", lambda r: {"a:" + t: 1.0 for t in match(r["text"])})):
+        fh = [fx(r) for r in half]
+        pt = choose_threshold(precision_recall_curve(cross_val_proba(fh, gold_half), gold_half))
+        m = IndexTermMapper().fit(fh, gold_half)
+        pred = m.predict([fx(r) for r in test], pt["threshold"])
+        arms[name] = {**score_sets(list(zip(pred, [r["gold"] for r in test]))), "threshold": pt["threshold"],
+                      "dev_precision": pt["precision"], "dev_recall": pt["recall"]}
     # knowledge evidence an answer would cite
     hit = cited = asserted = 0
     for r in test:

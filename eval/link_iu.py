@@ -254,7 +254,8 @@ def cui_coverage(kg, reports: list[dict]) -> dict:
         ok = [m for m in ms if m.cui and (m.cui not in hand or "HP" in kg.concept(m.id)["xrefs"])]
         return round(len(ok) / len(ms), 4) if ms else 0.0
 
-    return {"linked_concepts": len(allc), "with_cui": share(allc), "findings": len(fnd), "findings_with_cui": share(fnd),
+    return {"linked_concepts": len(allc), "with_cui": share(allc), "findings": len(fnd),
+            "findings_with_cui": share(fnd),
             "with_cui_from_source_xrefs_only": from_sources(allc),
             "findings_with_cui_from_source_xrefs_only": from_sources(fnd),
             "by_source": dict(Counter(m.source for m in allc).most_common()),
