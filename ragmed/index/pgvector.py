@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ragmed.errors import IndexStoreError
+from ragmed.index.base import ManifestProperties
 from ragmed.index.store import PGVECTOR_STORE_FILE as STORE_FILE
 from ragmed.index.store import CaseRecord, Hit, check_encoder_record, resolve_version_dir
 
@@ -56,7 +57,7 @@ def _check_schema(schema: str) -> str:
     return schema
 
 
-class PgVectorStore:
+class PgVectorStore(ManifestProperties):
     """A loaded pgvector index (same interface as :class:`ragmed.index.store.IndexStore`; see ``base.py``)."""
 
     def __init__(self, dsn: str, schema: str, *, version_dir: str | Path | None = None, ef_search: int | None = None):
@@ -92,14 +93,6 @@ class PgVectorStore:
             con.close()
 
     # --- metadata -------------------------------------------------------------------------------------------
-    @property
-    def domains(self) -> list[str]:
-        return list(self.manifest.get("domains", {}).keys())
-
-    @property
-    def encoders(self) -> dict[str, Any]:
-        return self.manifest.get("encoders", {})
-
     def count(self, kind: str = "cases") -> int:
         table = {"cases": "cases", "images": "images"}[kind]
         return int(self._q(f"SELECT COUNT(*) FROM {self.schema}.{table}").fetchone()[0])
