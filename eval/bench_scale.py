@@ -349,7 +349,8 @@ def cmd_pgcopy(args) -> None:
                         copy_rows(cur, "items (id, vec)", ["int8", "vector"], ((i, base[i]) for i in range(args.n)))
                 s = time.perf_counter() - t
                 back = con.execute("SELECT vec FROM items WHERE id = %s", (args.n // 2,)).fetchone()[0]
-                exact = bool(np.array_equal(np.asarray(back, dtype=np.float32), base[args.n // 2]))
+                back = back.to_numpy() if hasattr(back, "to_numpy") else np.asarray(back, dtype=np.float32)
+                exact = bool(np.array_equal(back, base[args.n // 2]))
                 n = con.execute("SELECT count(*) FROM items").fetchone()[0]
                 out["runs"].append({"format": fmt, "repeat": rep, "seconds": s, "rows_per_s": args.n / s,
                                     "rows": n, "vector_round_trip_exact": exact, "load_avg": load_avg()})
