@@ -488,22 +488,25 @@ def cmd_project(args) -> None:
     pg = json.loads((res / args.pg).read_text()) if (res / args.pg).exists() else None
     n = od["n"]
     per = od["disk_bytes_per_vector"]
-    ivf_b, raw_b = per.get("index.ivfdata", 0), per.get("vectors.npy", 0)
+    ivf_b = per.get("index.ivfdata", 0)
+    raw_name = "vectors.sq8" if "vectors.sq8" in per else "vectors.npy"
+    raw_b = per.get(raw_name, 0)
     build = od["build"]
-    add_s = build["add_merge_s"] / n
+    add_s = (build["add_merge_s"] if "add_merge_s" in build else build["add_s"] + build["merge_s"]) / n
     best = min((r for r in od["search"]["sweep"] if r["refine_candidates"] and r["recall@10"] >= 0.9),
                key=lambda r: r["p50_ms"])
     worker_rate = None
     if ray:
-        worker_rate = max(r.get("steady_cases_per_s", r["cases_per_s"]) / int(w) for w, r in ray["runs"].items())
+        worker_rate = max((r["steady_window"]["cases_per_s"] if r.get("steady_window") else
+                           r.get("steady_cases_per_s", r["cases_per_s"])) / int(w) for w, r in ray["runs"].items())
     rows = []
-    for N in (10_000_000, 100_000_000, 1_000_000_000):
+    for N in (N for N in (10_000_000, 100_000_000, 1_000_000_000) if N > n):
         nlist = int(2 ** round(np.log2(4 * np.sqrt(N))))
         scanned_1m = best["nprobe"] * n / od["nlist"] if "nlist" in od else None
         row = {"vectors": N, "factory": f"IVF{nlist},PQ48 (+ exact re-ranking of 100 candidates)", "nlist": nlist,
                "pq_codes_and_ids_GB (ivfdata)": round(N * ivf_b / 1e9, 2),
-               "raw_float32_GB (re-ranking, mmapped)": round(N * raw_b / 1e9, 1),
-               "raw_as_SQ8_GB (alternative re-ranking store)": round(N * D / 1e9, 1),
+               f"re-ranking store GB ({raw_name}, read with pread)": round(N * raw_b / 1e9, 1),
+               "raw_float32_GB (if re-ranking on float32)": round(N * D * 4 / 1e9, 1),
                "quantiser_RAM_GB": round(nlist * D * 4 / 1e9, 3),
                "add_merge_core_hours": round(N * add_s / 3600, 1),
                "train_note": "k-means on ~40 vectors per list: " + f"{40 * nlist:,} vectors",
@@ -517,8 +520,8 @@ def cmd_project(args) -> None:
             row["pgvector_GB"] = round(N * (pg["table_bytes"]) / pg["n"] / 1e9, 1)
         rows.append(row)
     payload = {"from": {"ondisk": args.ondisk, "ray": args.ray, "pgvector": args.pg},
-               "measured": {"ivfdata_bytes_per_vector": ivf_b, "raw_bytes_per_vector": raw_b,
-                            "add_merge_us_per_vector": add_s * 1e6, "best_1M": best,
+               "measured": {"ondisk_n": n, "ivfdata_bytes_per_vector": ivf_b, "rerank_bytes_per_vector": raw_b,
+                            "add_merge_us_per_vector": add_s * 1e6, "best_measured": best,
                             "encode_cases_per_s_per_worker": worker_rate,
                             "load_avg_during_measurements": od.get("load_avg_at_end")},
                "projection": rows,
