@@ -516,7 +516,7 @@ def cmd_project(args) -> None:
     for N in (N for N in (10_000_000, 100_000_000, 1_000_000_000) if N > n):
         nlist = int(2 ** round(np.log2(4 * np.sqrt(N))))
         scanned_1m = best["nprobe"] * n / od["nlist"] if "nlist" in od else None
-        row = {"vectors": N, "factory": f"IVF{nlist},PQ48 (+ exact re-ranking of 100 candidates)", "nlist": nlist,
+        row = {"vectors": N, "factory": f"IVF{nlist}_HNSW32,PQ48 (+ re-ranking of {best['refine_candidates']} candidates)", "nlist": nlist,
                "pq_codes_and_ids_GB (ivfdata)": round(N * ivf_b / 1e9, 2),
                f"re-ranking store GB ({raw_name}, read with pread)": round(N * raw_b / 1e9, 1),
                "raw_float32_GB (if re-ranking on float32)": round(N * D * 4 / 1e9, 1),
@@ -540,7 +540,8 @@ def cmd_project(args) -> None:
                "projection": rows,
                "assumptions": "projected from the measurements named in 'from', on 2 shared cores (load 20-27, so "
                "the times are pessimistic); nlist ~ 4*sqrt(N); IVF lists and raw vectors on local NVMe, "
-               "memory-mapped, quantiser in RAM; a query touches nprobe lists plus 100 raw vectors; one node holds "
+               "memory-mapped, quantiser in RAM; a query touches nprobe lists plus the re-ranked rows; add cost as measured with "
+               f"{od['nlist']} lists and a flat quantiser, which needs an HNSW quantiser at 32k-131k lists to hold; one node holds "
                f"{args.node_disk_tb} TB; encoding at the measured CPU rate of the default encoders (a GPU is faster)"}
     print(json.dumps(payload, indent=2))
     write_result("bench_scale_projection", payload)
