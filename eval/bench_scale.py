@@ -538,10 +538,10 @@ def cmd_project(args) -> None:
                             "encode_cases_per_s_per_worker": worker_rate,
                             "load_avg_during_measurements": od.get("load_avg_at_end")},
                "projection": rows,
-               "assumptions": "projected from the measurements named in 'from', on 2 shared cores (load 20-27, so "
-               "the times are pessimistic); nlist ~ 4*sqrt(N); IVF lists and raw vectors on local NVMe, "
-               "memory-mapped, quantiser in RAM; a query touches nprobe lists plus the re-ranked rows; add cost as measured with "
-               f"{od['nlist']} lists and a flat quantiser, which needs an HNSW quantiser at 32k-131k lists to hold; one node holds "
+               "assumptions": "projected from the measurements named in 'from', on 2 shared cores (load "
+               f"{od.get('load_avg_at_end', ['?'])[0]} at the end of the on-disk run, so the times are pessimistic); nlist ~ 4*sqrt(N); IVF lists and raw vectors on local NVMe, "
+               "memory-mapped, quantiser in RAM; a query touches nprobe lists plus the re-ranked rows; add cost as "
+               f"measured with {od['nlist']} lists and a flat quantiser, which needs an HNSW quantiser at 32k-131k lists to hold; one node holds "
                f"{args.node_disk_tb} TB; encoding at the measured CPU rate of the default encoders (a GPU is faster)"}
     print(json.dumps(payload, indent=2))
     write_result("bench_scale_projection", payload)
