@@ -9,8 +9,13 @@
 Vectors: draws from bench_search.py's generator, a mixture of probabilistic-PCA Gaussians fitted to real
 all-MiniLM-L6-v2 embeddings of medical texts (``eval/.cache/search_minilm.npy`` when ``bench_search.py embed`` has
 finished, else the parts of it written so far; the number of real vectors it was fitted on is recorded). The base set
-is generated and added in blocks (memory: one block), written to a memory-mapped float32 file for re-ranking and
-ground truth; the search runs in a separate process whose peak RSS is reported. Results: eval/results/bench_scale_*.json.
+is generated and added in blocks (memory: one block; checkpointed per block, a re-run resumes), each block's rows
+written to the re-ranking store (float32, or faiss SQ8 codes with ``--rerank sq8``: 384 B/vector, how 10M fits the disk)
+and merged into the queries' exact top-100 (ground truth over every vector, streamed); the search runs in a separate
+process whose peak RSS is reported. Results: eval/results/bench_scale_*.json.
+
+    python eval/bench_scale.py ondisk --n 10000000 --block 250000 --nlist 1024 --rerank sq8 --queries 300 \
+        --nprobes 8,16 --refine 30,100 --threads 1 --warm-cache      # the measured 10M run (~40 min at load 15)
 """
 from __future__ import annotations
 
@@ -205,7 +210,8 @@ def cmd_ondisk(args) -> None:
                "layout": "on-disk IVF lists (merge_ondisk) + " + ("float32" if args.rerank == "float32" else
                                                                   "8-bit scalar-quantised (faiss SQ8)")
                + " vectors on disk for re-ranking, read with pread",
-               "rerank_store": args.rerank, "generator_fitted_on_real": n_real, "queries": args.queries, "block": args.block,
+               "rerank_store": args.rerank, "generator_fitted_on_real": n_real, "queries": args.queries,
+               "block": args.block,
                "threads": args.threads, "build": build, "disk_bytes": disk,
                "disk_bytes_per_vector": {k: v / args.n for k, v in disk.items()
                                          if k not in ("gt.npy", "gt_D.npy", "gt_I.npy", "queries.npy")},
@@ -516,7 +522,8 @@ def cmd_project(args) -> None:
     for N in (N for N in (10_000_000, 100_000_000, 1_000_000_000) if N > n):
         nlist = int(2 ** round(np.log2(4 * np.sqrt(N))))
         scanned_1m = best["nprobe"] * n / od["nlist"] if "nlist" in od else None
-        row = {"vectors": N, "factory": f"IVF{nlist}_HNSW32,PQ48 (+ re-ranking of {best['refine_candidates']} candidates)", "nlist": nlist,
+        row = {"vectors": N, "nlist": nlist,
+               "factory": f"IVF{nlist}_HNSW32,PQ48 (+ re-ranking of {best['refine_candidates']} candidates)",
                "pq_codes_and_ids_GB (ivfdata)": round(N * ivf_b / 1e9, 2),
                f"re-ranking store GB ({raw_name}, read with pread)": round(N * raw_b / 1e9, 1),
                "raw_float32_GB (if re-ranking on float32)": round(N * D * 4 / 1e9, 1),
@@ -539,9 +546,11 @@ def cmd_project(args) -> None:
                             "load_avg_during_measurements": od.get("load_avg_at_end")},
                "projection": rows,
                "assumptions": "projected from the measurements named in 'from', on 2 shared cores (load "
-               f"{od.get('load_avg_at_end', ['?'])[0]} at the end of the on-disk run, so the times are pessimistic); nlist ~ 4*sqrt(N); IVF lists and raw vectors on local NVMe, "
+               f"{od.get('load_avg_at_end', ['?'])[0]} at the end of the on-disk run, so the times are pessimistic); "
+               "nlist ~ 4*sqrt(N); IVF lists and raw vectors on local NVMe, "
                "memory-mapped, quantiser in RAM; a query touches nprobe lists plus the re-ranked rows; add cost as "
-               f"measured with {od['nlist']} lists and a flat quantiser, which needs an HNSW quantiser at 32k-131k lists to hold; one node holds "
+               f"measured with {od['nlist']} lists and a flat quantiser, which needs an HNSW quantiser at 32k-131k "
+               "lists to hold; one node holds "
                f"{args.node_disk_tb} TB; encoding at the measured CPU rate of the default encoders (a GPU is faster)"}
     print(json.dumps(payload, indent=2))
     write_result("bench_scale_projection", payload)
