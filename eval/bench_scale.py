@@ -2,14 +2,20 @@
 
     python eval/bench_scale.py ondisk --n 1000000            # on-disk IVF-PQ (+ memory-mapped exact re-ranking)
     python eval/bench_scale.py pgvector --n 100000            # PostgreSQL 16 + pgvector 0.8 HNSW on 127.0.0.1
+    python eval/bench_scale.py pgcopy --n 100000              # bulk load: text COPY vs binary COPY, rows/s
     python eval/bench_scale.py ray --cases 240                # Ray engine vs local build: equality, 1 → 2 workers
     python eval/bench_scale.py project                        # 100M / 1B on paper from the measured per-vector costs
 
 Vectors: draws from bench_search.py's generator, a mixture of probabilistic-PCA Gaussians fitted to real
 all-MiniLM-L6-v2 embeddings of medical texts (``eval/.cache/search_minilm.npy`` when ``bench_search.py embed`` has
 finished, else the parts of it written so far; the number of real vectors it was fitted on is recorded). The base set
-is generated and added in blocks (memory: one block), written to a memory-mapped float32 file for re-ranking and
-ground truth; the search runs in a separate process whose peak RSS is reported. Results: eval/results/bench_scale_*.json.
+is generated and added in blocks (memory: one block; checkpointed per block, a re-run resumes), each block's rows
+written to the re-ranking store (float32, or faiss SQ8 codes with ``--rerank sq8``: 384 B/vector, how 10M fits the disk)
+and merged into the queries' exact top-100 (ground truth over every vector, streamed); the search runs in a separate
+process whose peak RSS is reported. Results: eval/results/bench_scale_*.json.
+
+    python eval/bench_scale.py ondisk --n 10000000 --block 250000 --nlist 1024 --rerank sq8 --queries 300 \
+        --nprobes 8,16 --refine 30,100 --threads 1 --warm-cache      # the measured 10M run (~40 min at load 15)
 """
 from __future__ import annotations
 
@@ -72,81 +78,149 @@ def mixture() -> tuple[dict, int]:
 
 
 def sample(m: dict, n: int, seed: int) -> np.ndarray:
-    import bench_search as bs
-
-    return bs.sample_mixture(m, n, seed)
+    """``n`` draws from the mixture, deterministic in ``seed``: the random numbers of bench_search.sample_mixture in
+    the same order, the projection done per component (a matrix product per component instead of bench_search's
+    gathered einsum, which holds step × rank × dim floats: 1.2 GB per 50k draws)."""
+    rng = np.random.default_rng(seed)
+    comp = rng.choice(m["k"], size=n, p=m["weights"])
+    out = np.empty((n, m["means"].shape[1]), dtype=np.float32)
+    step = 50_000
+    for i in range(0, n, step):
+        c = comp[i:i + step]
+        z = rng.standard_normal((len(c), m["rank"]), dtype=np.float32) * m["sds"][c]
+        x = m["means"][c].astype(np.float32)
+        order = np.argsort(c, kind="stable")
+        cs = c[order]
+        cuts = np.flatnonzero(np.diff(cs)) + 1
+        for grp in np.split(order, cuts):
+            if len(grp):
+                x[grp] += z[grp] @ m["bases"][c[grp[0]]]
+        x += rng.standard_normal(x.shape, dtype=np.float32) * m["noise"][c][:, None]
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        out[i:i + step] = x
+    return out
 
 
 # --------------------------------------------------------------------------------------------------- on-disk IVF-PQ
 def cmd_ondisk(args) -> None:
+    """Checkpointed build: a trained empty index, then per block (generated from its own seed, never the whole set in
+    RAM) an index block file, the block's re-ranking rows and the running exact top-100 of the queries; a re-run
+    resumes after the last finished block. Then merge_ondisk, then the search in a fresh process."""
     import faiss
 
-    from ragmed.index.ondisk import train_empty, write_ondisk
+    from ragmed.index.ondisk import merge_blocks, train_empty, write_block
 
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
     work = Path(args.work) / f"ondisk-{args.n}"
+    if args.rebuild:
+        shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     m, n_real = mixture()
     nlist = args.nlist or (1024 if args.n <= 2_000_000 else 4096)
     factory = f"IVF{nlist},{args.pq}"
-    vec_path = work / "vectors.npy"
-    idx_path = work / "index.faiss"
-    q = sample(m, NQ, seed=2)
-    build: dict = {}
-    if not idx_path.exists() or args.rebuild:
-        t = time.perf_counter()
-        train = sample(m, min(args.n, max(40 * nlist, 50_000)), seed=3)
-        trained = train_empty(factory, D, train)
-        build["train_s"] = time.perf_counter() - t
-        build["train_n"] = len(train)
-        del train
-        vecs = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=(args.n, D))
-        gt_D = np.full((NQ, 100), -np.inf, dtype=np.float32)
-        gt_I = np.full((NQ, 100), -1, dtype=np.int64)
-        t_gen = t_gt = 0.0
-
-        def blocks():
-            nonlocal t_gen, t_gt, gt_D, gt_I
-            for b, a in enumerate(range(0, args.n, args.block)):
-                z = min(args.n, a + args.block)
-                t0 = time.perf_counter()
-                x = sample(m, z - a, seed=1000 + b)
-                vecs[a:z] = x
-                t_gen += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                Dq, Iq = faiss.knn(q, x, 100, metric=faiss.METRIC_INNER_PRODUCT)  # exact ground truth, streamed
-                allD = np.concatenate([gt_D, Dq], 1)
-                allI = np.concatenate([gt_I, Iq + a], 1)
-                o = np.argsort(-allD, axis=1)[:, :100]
-                gt_D, gt_I = np.take_along_axis(allD, o, 1), np.take_along_axis(allI, o, 1)
-                t_gt += time.perf_counter() - t0
-                print(f"  block {b}: {z}/{args.n}", file=sys.stderr, flush=True)
-                yield np.arange(a, z, dtype=np.int64), x
-
-        t = time.perf_counter()
-        write_ondisk(trained, blocks(), idx_path)
-        vecs.flush()
-        del vecs
-        build["add_merge_s"] = time.perf_counter() - t - t_gen - t_gt
-        build["generate_s"], build["ground_truth_s"] = t_gen, t_gt
-        build["builder_peak_rss_mb"] = peak_rss_mb()
+    rr_name = "vectors.npy" if args.rerank == "float32" else "vectors.sq8"
+    rr_path, idx_path, blk_dir = work / rr_name, work / "index.faiss", work / "blocks"
+    ck_path = work / "checkpoint.json"
+    t_all = time.perf_counter()
+    if not idx_path.exists():
+        ck = json.loads(ck_path.read_text()) if ck_path.exists() else None
+        if ck is None:  # fresh: train, write the trained empty index, the queries and an empty checkpoint
+            blk_dir.mkdir(exist_ok=True)
+            t = time.perf_counter()
+            train = sample(m, min(args.n, max(40 * nlist, 50_000)), seed=3)
+            trained = train_empty(factory, D, train)
+            faiss.write_index(trained, str(work / "trained.faiss"))
+            if args.rerank == "sq8":
+                sq = faiss.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+                sq.train(train)
+                faiss.write_index(sq, str(work / "sq8.faiss"))
+            ck = {"factory": factory, "rerank": args.rerank, "block": args.block, "blocks_done": 0,
+                  "build": {"train_s": time.perf_counter() - t, "train_n": len(train), "generate_s": 0.0,
+                            "ground_truth_s": 0.0, "add_s": 0.0, "sessions": 0}}
+            del train
+            np.save(work / "queries.npy", sample(m, args.queries, seed=2))
+            np.save(work / "gt_D.npy", np.full((args.queries, 100), -np.inf, dtype=np.float32))
+            np.save(work / "gt_I.npy", np.full((args.queries, 100), -1, dtype=np.int64))
+            if args.rerank == "float32":
+                np.lib.format.open_memmap(rr_path, mode="w+", dtype=np.float32, shape=(args.n, D)).flush()
+            else:
+                with open(rr_path, "wb") as f:
+                    f.truncate(args.n * D)
+            ck_path.write_text(json.dumps(ck))
+        if ck["block"] != args.block or ck["factory"] != factory or ck["rerank"] != args.rerank:
+            sys.exit(f"checkpoint in {work} was made with other settings: {ck}; use --rebuild")
+        build = ck["build"]
+        build["sessions"] += 1
+        trained = faiss.read_index(str(work / "trained.faiss"))
+        sq = faiss.read_index(str(work / "sq8.faiss")) if args.rerank == "sq8" else None
+        q = np.load(work / "queries.npy")
+        gt_D, gt_I = np.load(work / "gt_D.npy"), np.load(work / "gt_I.npy")
+        starts = list(range(0, args.n, args.block))
+        fd = os.open(rr_path, os.O_WRONLY)
+        header = np.load(rr_path, mmap_mode="r").offset if args.rerank == "float32" else 0
+        row_bytes = D * 4 if args.rerank == "float32" else D
+        for b in range(ck["blocks_done"], len(starts)):
+            a = starts[b]
+            z = min(args.n, a + args.block)
+            t0 = time.perf_counter()
+            x = sample(m, z - a, seed=1000 + b)
+            build["generate_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            Dq, Iq = faiss.knn(q, x, 100, metric=faiss.METRIC_INNER_PRODUCT)  # exact ground truth, streamed
+            allD, allI = np.concatenate([gt_D, Dq], 1), np.concatenate([gt_I, Iq + a], 1)
+            o = np.argsort(-allD, axis=1, kind="stable")[:, :100]
+            gt_D, gt_I = np.take_along_axis(allD, o, 1), np.take_along_axis(allI, o, 1)
+            build["ground_truth_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            write_block(trained, np.arange(a, z, dtype=np.int64), x, blk_dir / f"block-{b:06d}.faiss")
+            rows = x if sq is None else sq.sa_encode(x)
+            os.pwrite(fd, np.ascontiguousarray(rows).tobytes(), header + a * row_bytes)
+            os.fsync(fd)
+            build["add_s"] += time.perf_counter() - t0
+            del x, rows
+            np.save(work / "gt_D.tmp.npy", gt_D)
+            np.save(work / "gt_I.tmp.npy", gt_I)
+            os.replace(work / "gt_D.tmp.npy", work / "gt_D.npy")
+            os.replace(work / "gt_I.tmp.npy", work / "gt_I.npy")
+            ck["blocks_done"] = b + 1
+            build["builder_peak_rss_mb"] = max(build.get("builder_peak_rss_mb", 0), vm_hwm_mb())
+            (work / "checkpoint.tmp").write_text(json.dumps(ck))
+            os.replace(work / "checkpoint.tmp", ck_path)
+            print(f"  block {b}: {z}/{args.n} load {load_avg()} rss {vm_hwm_mb():.0f} MB", file=sys.stderr,
+                  flush=True)
+        os.close(fd)
+        t0 = time.perf_counter()
+        merge_blocks(trained, [blk_dir / f"block-{b:06d}.faiss" for b in range(len(starts))], idx_path)
+        build["merge_s"] = time.perf_counter() - t0
+        build["builder_peak_rss_mb"] = max(build.get("builder_peak_rss_mb", 0), vm_hwm_mb())
         np.save(work / "gt.npy", gt_I)
-        np.save(work / "queries.npy", q)
+        shutil.rmtree(blk_dir, ignore_errors=True)
         (work / "build.json").write_text(json.dumps(build))
     build = json.loads((work / "build.json").read_text())
     # search in a fresh process: its peak RSS is the serving footprint
     r = subprocess.run([sys.executable, __file__, "_search", str(work), "--nprobes", args.nprobes,
-                        "--refine", str(args.refine)], capture_output=True, text=True)
+                        "--refine", args.refine, "--rerank", args.rerank]
+                       + (["--warm-cache"] if args.warm_cache else []), capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(r.stderr[-3000:])
     res = json.loads(r.stdout.strip().splitlines()[-1])
-    disk = {p.name: p.stat().st_size for p in work.iterdir() if p.suffix in (".faiss", ".ivfdata", ".npy")}
-    payload = {"n": args.n, "dim": D, "factory": factory, "nlist": nlist, "layout": "on-disk IVF lists (merge_ondisk) + "
-               "memory-mapped float32 vectors for exact re-ranking", "generator_fitted_on_real": n_real,
-               "queries": NQ, "block": args.block, "build": build, "disk_bytes": disk,
-               "disk_bytes_per_vector": {k: v / args.n for k, v in disk.items() if k != "gt.npy"},
-               "search": res, "load_avg_at_end": load_avg()}
+    disk = {p.name: p.stat().st_size for p in work.iterdir() if p.suffix in (".faiss", ".ivfdata", ".npy", ".sq8")}
+    payload = {"n": args.n, "dim": D, "factory": factory, "nlist": nlist,
+               "layout": "on-disk IVF lists (merge_ondisk) + " + ("float32" if args.rerank == "float32" else
+                                                                  "8-bit scalar-quantised (faiss SQ8)")
+               + " vectors on disk for re-ranking, read with pread",
+               "rerank_store": args.rerank, "generator_fitted_on_real": n_real, "queries": args.queries,
+               "block": args.block,
+               "threads": args.threads, "build": build, "disk_bytes": disk,
+               "disk_bytes_per_vector": {k: v / args.n for k, v in disk.items()
+                                         if k not in ("gt.npy", "gt_D.npy", "gt_I.npy", "queries.npy")},
+               "ground_truth": "exact inner-product top-100 of the queries over all n float32 vectors, merged block "
+               "by block (faiss.knn per block)", "search": res, "load_avg_at_end": load_avg()}
     print(json.dumps(payload, indent=2))
-    write_result(f"bench_scale_ondisk_{_size(args.n)}", payload)
+    write_result(args.name or f"bench_scale_ondisk_{_size(args.n)}", payload)
+    if args.cleanup:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _size(n: int) -> str:
@@ -160,16 +234,34 @@ def cmd_search(args) -> None:
     t = time.perf_counter()
     index = faiss.read_index(str(work / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
     open_s = time.perf_counter() - t
-    mm = np.load(work / "vectors.npy", mmap_mode="r")  # only for the layout: rows are read with pread below
-    offset, row_bytes = mm.offset, mm.shape[1] * 4
-    del mm
-    fd = os.open(work / "vectors.npy", os.O_RDONLY)
+    sq = None
+    if args.rerank == "float32":
+        mm = np.load(work / "vectors.npy", mmap_mode="r")  # only for the layout: rows are read with pread below
+        offset, row_bytes = mm.offset, mm.shape[1] * 4
+        del mm
+        fd = os.open(work / "vectors.npy", os.O_RDONLY)
+    else:
+        sq = faiss.read_index(str(work / "sq8.faiss"))  # the trained scalar quantiser (no vectors in it)
+        offset, row_bytes = 0, D
+        fd = os.open(work / "vectors.sq8", os.O_RDONLY)
 
     def rows_of(ids: np.ndarray) -> np.ndarray:
-        """The raw vectors of ``ids`` read with pread: from the page cache or the disk, never mapped into this
+        """The re-ranking vectors of ``ids`` read with pread: from the page cache or the disk, never mapped into this
         process (a mapped file's touched pages would count in its RSS, and the OS maps neighbours on each fault)."""
-        return np.frombuffer(b"".join(os.pread(fd, row_bytes, offset + int(i) * row_bytes) for i in ids),
-                             dtype=np.float32).reshape(len(ids), -1)
+        raw = b"".join(os.pread(fd, row_bytes, offset + int(i) * row_bytes) for i in ids)
+        if sq is None:
+            return np.frombuffer(raw, dtype=np.float32).reshape(len(ids), -1)
+        return sq.sa_decode(np.frombuffer(raw, dtype=np.uint8).reshape(len(ids), -1))
+    warm_s = None
+    if args.warm_cache:  # the server's steady state: its files in the OS page cache (outside this process's RSS)
+        t = time.perf_counter()
+        for name in ("index.ivfdata", "vectors.npy" if sq is None else "vectors.sq8"):
+            with open(work / name, "rb", buffering=0) as f:
+                buf = bytearray(64 << 20)
+                while f.readinto(buf):
+                    pass
+            del buf
+        warm_s = time.perf_counter() - t
     q = np.load(work / "queries.npy")
     gt = np.load(work / "gt.npy")
     ivf = faiss.extract_index_ivf(index)
@@ -177,14 +269,14 @@ def cmd_search(args) -> None:
     rows = []
     for nprobe in [int(x) for x in args.nprobes.split(",")]:
         ivf.nprobe = nprobe
-        for refine in (0, args.refine):
+        for refine in [0] + [int(r) for r in args.refine.split(",")]:
             k0 = 10 * refine if refine else 10
             lat, found = [], []
             for i in range(len(q)):
                 t = time.perf_counter()
                 _, I = index.search(q[i:i + 1], k0)
                 cand = I[0][I[0] >= 0]
-                if refine:  # exact re-ranking of the candidates against the memory-mapped raw vectors
+                if refine:  # exact re-ranking of the candidates against the re-ranking vectors on disk
                     order = np.sort(cand)
                     s = rows_of(order) @ q[i]
                     cand = order[np.argsort(-s)[:10]]
@@ -195,8 +287,11 @@ def cmd_search(args) -> None:
                          **percentiles(lat)})
     status = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in Path("/proc/self/status").read_text().splitlines()
               if ln.startswith(("VmRSS", "RssAnon", "RssFile"))}
-    print(json.dumps({"open_s": open_s, "peak_rss_mb": vm_hwm_mb(), "rss_at_end_mb": status, "sweep": rows,
-                      "threads": 1, "reranking": "pread of 100 candidate rows per query from vectors.npy"}))
+    print(json.dumps({"open_s": open_s, "page_cache": "warmed: ivfdata and re-ranking store read once sequentially "
+                      f"({warm_s:.0f} s) before the timed queries" if args.warm_cache else "as the build left it",
+                      "peak_rss_mb": vm_hwm_mb(), "rss_at_end_mb": status, "sweep": rows,
+                      "threads": 1, "reranking": "pread of the candidate rows per query from "
+                      + ("vectors.npy (float32)" if sq is None else "vectors.sq8 (SQ8 codes, decoded)")}))
 
 
 # --------------------------------------------------------------------------------------------------- pgvector
@@ -205,6 +300,7 @@ def cmd_pgvector(args) -> None:
     import psycopg
 
     from ragmed.index.pg_local import LocalPostgres
+    from ragmed.index.pgvector import copy_rows, register_binary_vectors
 
     m, n_real = mixture()
     base = sample(m, args.n, seed=1000)
@@ -215,10 +311,11 @@ def cmd_pgvector(args) -> None:
     with LocalPostgres(args.work) as pg, psycopg.connect(pg.dsn, autocommit=True) as con:
         con.execute("CREATE TABLE items (id BIGINT PRIMARY KEY, vec vector(384))")
         t = time.perf_counter()
-        with con.cursor() as cur, cur.copy("COPY items (id, vec) FROM STDIN") as cp:
-            for i in range(args.n):
-                cp.write_row((i, "[" + ",".join(map(repr, base[i].tolist())) + "]"))
+        register_binary_vectors(con)
+        with con.cursor() as cur:
+            copy_rows(cur, "items (id, vec)", ["int8", "vector"], ((i, base[i]) for i in range(args.n)))
         out["load_s"] = time.perf_counter() - t
+        out["load"] = "binary COPY (ragmed.index.pgvector.copy_rows)"
         con.execute(f"SET maintenance_work_mem = '{'3GB' if args.n > 200_000 else '2GB'}'")
         t = time.perf_counter()
         con.execute("CREATE INDEX ON items USING hnsw (vec vector_ip_ops) WITH (m = 16, ef_construction = 64)")
@@ -242,6 +339,47 @@ def cmd_pgvector(args) -> None:
     out["load_avg_at_end"] = load_avg()
     print(json.dumps(out, indent=2))
     write_result(f"bench_scale_pgvector_{_size(args.n)}", out)
+
+
+def cmd_pgcopy(args) -> None:
+    """Bulk-load rate of (id, vector(384)) rows into PostgreSQL + pgvector: text COPY (decimal literals, the export's
+    former path) against binary COPY (``copy_rows``, the export's path now), same rows, same server, alternated."""
+    import psycopg
+
+    from ragmed.index.pg_local import LocalPostgres
+    from ragmed.index.pgvector import copy_rows, register_binary_vectors
+
+    m, n_real = mixture()
+    base = sample(m, args.n, seed=1000)
+    out: dict = {"n": args.n, "dim": D, "generator_fitted_on_real": n_real, "load_avg_start": load_avg(), "runs": []}
+    with LocalPostgres(args.work) as pg, psycopg.connect(pg.dsn, autocommit=True) as con:
+        register_binary_vectors(con)
+        for rep in range(args.repeats):
+            for fmt in ("text", "binary"):
+                con.execute("DROP TABLE IF EXISTS items")
+                con.execute("CREATE TABLE items (id BIGINT PRIMARY KEY, vec vector(384))")
+                t = time.perf_counter()
+                with con.cursor() as cur:
+                    if fmt == "text":
+                        with cur.copy("COPY items (id, vec) FROM STDIN") as cp:
+                            for i in range(args.n):
+                                cp.write_row((i, "[" + ",".join(map(repr, base[i].tolist())) + "]"))
+                    else:
+                        copy_rows(cur, "items (id, vec)", ["int8", "vector"], ((i, base[i]) for i in range(args.n)))
+                s = time.perf_counter() - t
+                back = con.execute("SELECT vec FROM items WHERE id = %s", (args.n // 2,)).fetchone()[0]
+                back = back.to_numpy() if hasattr(back, "to_numpy") else np.asarray(back, dtype=np.float32)
+                exact = bool(np.array_equal(back, base[args.n // 2]))
+                n = con.execute("SELECT count(*) FROM items").fetchone()[0]
+                out["runs"].append({"format": fmt, "repeat": rep, "seconds": s, "rows_per_s": args.n / s,
+                                    "rows": n, "vector_round_trip_exact": exact, "load_avg": load_avg()})
+                print(out["runs"][-1], file=sys.stderr, flush=True)
+    best = {f: max(r["rows_per_s"] for r in out["runs"] if r["format"] == f) for f in ("text", "binary")}
+    out["best_rows_per_s"] = best
+    out["speedup_binary_over_text"] = best["binary"] / best["text"]
+    out["load_avg_end"] = load_avg()
+    print(json.dumps(out, indent=2))
+    write_result(f"bench_scale_pgcopy_{_size(args.n)}", out)
 
 
 # --------------------------------------------------------------------------------------------------- Ray engine
@@ -269,6 +407,21 @@ def _mri_corpus(root: Path, n: int) -> Path:
             r = rows[i]
             w.writerow([f"mri{j}", str(data / r["file"]), f"{text.get(r['label'], '')} Study {j}.", r["label"]])
     return out
+
+
+def _steady_window(stats: list[dict]) -> dict:
+    """Throughput once every actor is warm: cases of the shards that ended after the last actor's first shard,
+    over the wall time from that moment to the last shard's end (actor start-up and model loading excluded)."""
+    first = {}
+    for s in sorted(stats, key=lambda s: s["ended"]):
+        first.setdefault(s["pid"], s["ended"])
+    t0 = max(first.values())
+    after = [s for s in stats if s["ended"] > t0]
+    span = max(s["ended"] for s in stats) - t0
+    if not after or span <= 0:
+        return {"steady_window": None}
+    n = sum(s["n_cases"] for s in after)
+    return {"steady_window": {"cases": n, "seconds": span, "cases_per_s": n / span, "shards": len(after)}}
 
 
 def cmd_ray(args) -> None:
@@ -312,7 +465,8 @@ def cmd_ray(args) -> None:
                                     "shard_cpu_seconds_mean": float(np.mean([s["cpu_seconds"] for s in stats])),
                                     "steady_cases_per_s": workers * args.shard_size
                                     / float(np.mean([s["seconds"] for s in stats])),
-                                    "actors": len({s["pid"] for s in stats}), "load_avg": load_avg()}
+                                    "actors": len({s["pid"] for s in stats}), "load_avg": load_avg(),
+                                    **_steady_window(stats)}
             print(workers, out["runs"][workers], file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
@@ -334,7 +488,10 @@ def cmd_ray(args) -> None:
     out["equal_to_local"] = same
     ws = sorted(out["runs"])
     if len(ws) >= 2:
-        out["speedup"] = out["runs"][ws[-1]]["cases_per_s"] / out["runs"][ws[0]]["cases_per_s"]
+        lo, hi = out["runs"][ws[0]], out["runs"][ws[-1]]
+        out["speedup"] = hi["cases_per_s"] / lo["cases_per_s"]  # whole encode phase, start-up included
+        if lo.get("steady_window") and hi.get("steady_window"):
+            out["speedup_steady_window"] = hi["steady_window"]["cases_per_s"] / lo["steady_window"]["cases_per_s"]
     out["load_avg_end"] = load_avg()
     print(json.dumps(out, indent=2))
     write_result(args.name or f"bench_scale_ray_{args.cases}", out)
@@ -350,22 +507,26 @@ def cmd_project(args) -> None:
     pg = json.loads((res / args.pg).read_text()) if (res / args.pg).exists() else None
     n = od["n"]
     per = od["disk_bytes_per_vector"]
-    ivf_b, raw_b = per.get("index.ivfdata", 0), per.get("vectors.npy", 0)
+    ivf_b = per.get("index.ivfdata", 0)
+    raw_name = "vectors.sq8" if "vectors.sq8" in per else "vectors.npy"
+    raw_b = per.get(raw_name, 0)
     build = od["build"]
-    add_s = build["add_merge_s"] / n
+    add_s = (build["add_merge_s"] if "add_merge_s" in build else build["add_s"] + build["merge_s"]) / n
     best = min((r for r in od["search"]["sweep"] if r["refine_candidates"] and r["recall@10"] >= 0.9),
                key=lambda r: r["p50_ms"])
     worker_rate = None
     if ray:
-        worker_rate = max(r.get("steady_cases_per_s", r["cases_per_s"]) / int(w) for w, r in ray["runs"].items())
+        worker_rate = max((r["steady_window"]["cases_per_s"] if r.get("steady_window") else
+                           r.get("steady_cases_per_s", r["cases_per_s"])) / int(w) for w, r in ray["runs"].items())
     rows = []
-    for N in (10_000_000, 100_000_000, 1_000_000_000):
+    for N in (N for N in (10_000_000, 100_000_000, 1_000_000_000) if N > n):
         nlist = int(2 ** round(np.log2(4 * np.sqrt(N))))
         scanned_1m = best["nprobe"] * n / od["nlist"] if "nlist" in od else None
-        row = {"vectors": N, "factory": f"IVF{nlist},PQ48 (+ exact re-ranking of 100 candidates)", "nlist": nlist,
+        row = {"vectors": N, "nlist": nlist,
+               "factory": f"IVF{nlist}_HNSW32,PQ48 (+ re-ranking of {best['refine_candidates']} candidates)",
                "pq_codes_and_ids_GB (ivfdata)": round(N * ivf_b / 1e9, 2),
-               "raw_float32_GB (re-ranking, mmapped)": round(N * raw_b / 1e9, 1),
-               "raw_as_SQ8_GB (alternative re-ranking store)": round(N * D / 1e9, 1),
+               f"re-ranking store GB ({raw_name}, read with pread)": round(N * raw_b / 1e9, 1),
+               "raw_float32_GB (if re-ranking on float32)": round(N * D * 4 / 1e9, 1),
                "quantiser_RAM_GB": round(nlist * D * 4 / 1e9, 3),
                "add_merge_core_hours": round(N * add_s / 3600, 1),
                "train_note": "k-means on ~40 vectors per list: " + f"{40 * nlist:,} vectors",
@@ -379,14 +540,17 @@ def cmd_project(args) -> None:
             row["pgvector_GB"] = round(N * (pg["table_bytes"]) / pg["n"] / 1e9, 1)
         rows.append(row)
     payload = {"from": {"ondisk": args.ondisk, "ray": args.ray, "pgvector": args.pg},
-               "measured": {"ivfdata_bytes_per_vector": ivf_b, "raw_bytes_per_vector": raw_b,
-                            "add_merge_us_per_vector": add_s * 1e6, "best_1M": best,
+               "measured": {"ondisk_n": n, "ivfdata_bytes_per_vector": ivf_b, "rerank_bytes_per_vector": raw_b,
+                            "add_merge_us_per_vector": add_s * 1e6, "best_measured": best,
                             "encode_cases_per_s_per_worker": worker_rate,
                             "load_avg_during_measurements": od.get("load_avg_at_end")},
                "projection": rows,
-               "assumptions": "projected from the measurements named in 'from', on 2 shared cores (load 20-27, so "
-               "the times are pessimistic); nlist ~ 4*sqrt(N); IVF lists and raw vectors on local NVMe, "
-               "memory-mapped, quantiser in RAM; a query touches nprobe lists plus 100 raw vectors; one node holds "
+               "assumptions": "projected from the measurements named in 'from', on 2 shared cores (load "
+               f"{od.get('load_avg_at_end', ['?'])[0]} at the end of the on-disk run, so the times are pessimistic); "
+               "nlist ~ 4*sqrt(N); IVF lists and raw vectors on local NVMe, "
+               "memory-mapped, quantiser in RAM; a query touches nprobe lists plus the re-ranked rows; add cost as "
+               f"measured with {od['nlist']} lists and a flat quantiser, which needs an HNSW quantiser at 32k-131k "
+               "lists to hold; one node holds "
                f"{args.node_disk_tb} TB; encoding at the measured CPU rate of the default encoders (a GPU is faster)"}
     print(json.dumps(payload, indent=2))
     write_result("bench_scale_projection", payload)
@@ -401,15 +565,29 @@ def main() -> None:
     p.add_argument("--nlist", type=int, default=0)
     p.add_argument("--pq", default="PQ48")
     p.add_argument("--nprobes", default="16,32,64")
-    p.add_argument("--refine", type=int, default=10, help="re-rank refine×10 candidates exactly")
+    p.add_argument("--refine", default="10", help="comma list: re-rank refine×10 candidates exactly")
+    p.add_argument("--rerank", choices=("float32", "sq8"), default="float32",
+                   help="re-ranking store: float32 rows (1,536 B/vector) or faiss SQ8 codes (384 B/vector)")
+    p.add_argument("--threads", type=int, default=0, help="FAISS threads for the build (0: its default)")
+    p.add_argument("--queries", type=int, default=NQ, help="queries (exact ground truth over all n for each)")
     p.add_argument("--work", default=tempfile.gettempdir())
-    p.add_argument("--rebuild", action="store_true")
+    p.add_argument("--name", default=None, help="result name (default bench_scale_ondisk_<n>)")
+    p.add_argument("--rebuild", action="store_true", help="discard a checkpointed build in --work")
+    p.add_argument("--cleanup", action="store_true", help="delete the work directory after the result is written")
+    p.add_argument("--warm-cache", action="store_true",
+                   help="read the index files once sequentially before timing (a server's page cache, not its RSS)")
     p = sub.add_parser("_search")
     p.add_argument("work")
     p.add_argument("--nprobes", default="16,32,64")
-    p.add_argument("--refine", type=int, default=10)
+    p.add_argument("--refine", default="10")
+    p.add_argument("--rerank", choices=("float32", "sq8"), default="float32")
+    p.add_argument("--warm-cache", action="store_true")
     p = sub.add_parser("pgvector")
     p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--work", default=None)
+    p = sub.add_parser("pgcopy")
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--work", default=None)
     p = sub.add_parser("ray")
     p.add_argument("--cases", type=int, default=240)
@@ -426,7 +604,7 @@ def main() -> None:
     p.add_argument("--pg", default="bench_scale_pgvector_100k.json")
     p.add_argument("--node-disk-tb", type=float, default=8.0)
     args = ap.parse_args()
-    {"ondisk": cmd_ondisk, "_search": cmd_search, "pgvector": cmd_pgvector, "ray": cmd_ray,
+    {"ondisk": cmd_ondisk, "_search": cmd_search, "pgvector": cmd_pgvector, "pgcopy": cmd_pgcopy, "ray": cmd_ray,
      "project": cmd_project}[args.cmd](args)
 
 

@@ -16,9 +16,9 @@ from typing import Any, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
-from ragmed.index.store import CaseRecord, Hit
+from ragmed.index.records import CaseRecord, Hit
 
-__all__ = ["VectorStore", "CaseRecord", "Hit", "missing_members"]
+__all__ = ["VectorStore", "ManifestProperties", "CaseRecord", "Hit", "missing_members"]
 
 MEMBERS = ("manifest", "version_dir", "domains", "encoders", "count", "cases", "iter_cases", "case_ids_with_hash",
            "skipped", "check_encoder", "search", "vectors", "info")
@@ -66,6 +66,22 @@ class VectorStore(Protocol):
 
     def info(self) -> dict[str, Any]:
         """The manifest plus counts, for ``ragmed index info``."""
+
+
+class ManifestProperties:
+    """The contract's manifest-derived members, shared by every backend (each sets ``self.manifest``)."""
+
+    manifest: dict[str, Any]
+
+    @property
+    def domains(self) -> list[str]:
+        """Names of the domain sub-indexes, in the manifest's order."""
+        return list(self.manifest.get("domains", {}).keys())
+
+    @property
+    def encoders(self) -> dict[str, Any]:
+        """``{role: {"id", "dim", "space", ...}}`` of the encoders that built the vectors."""
+        return self.manifest.get("encoders", {})
 
 
 def missing_members(obj) -> list[str]:

@@ -52,11 +52,7 @@ def train_empty(factory: str, dim: int, sample: np.ndarray):
 def write_ondisk(trained, blocks: Iterable[tuple[np.ndarray, np.ndarray]], index_path: str | Path) -> int:
     """Add ``(ids, vectors)`` blocks to copies of the empty ``trained`` IVF index, merge their inverted lists into
     ``<index_path minus .faiss>.ivfdata`` and write the index file. Memory: one block at a time. Returns ntotal."""
-    faiss = _faiss()
-    from faiss.contrib.ondisk import merge_ondisk
-
-    if faiss.try_extract_index_ivf(trained) is None:
-        raise IndexStoreError("on-disk inverted lists need an IVF factory (e.g. 'IVF4096,PQ32' or 'IVF1024,Flat')")
+    _require_ivf(trained)
     index_path = Path(index_path)
     work = index_path.parent / f".{index_path.stem}-blocks"
     shutil.rmtree(work, ignore_errors=True)
@@ -65,12 +61,42 @@ def write_ondisk(trained, blocks: Iterable[tuple[np.ndarray, np.ndarray]], index
     for b, (ids, vecs) in enumerate(blocks):
         if len(ids) == 0:
             continue
-        part = faiss.clone_index(trained)
-        part.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
-        name = str(work / f"block-{b:06d}.faiss")
-        faiss.write_index(part, name)
+        name = work / f"block-{b:06d}.faiss"
+        write_block(trained, ids, vecs, name)
         names.append(name)
-        del part
+    n = merge_blocks(trained, names, index_path)
+    shutil.rmtree(work, ignore_errors=True)
+    return n
+
+
+def _require_ivf(trained) -> None:
+    if _faiss().try_extract_index_ivf(trained) is None:
+        raise IndexStoreError("on-disk inverted lists need an IVF factory (e.g. 'IVF4096,PQ32' or 'IVF1024,Flat')")
+
+
+def write_block(trained, ids: np.ndarray, vecs: np.ndarray, path: str | Path) -> int:
+    """One block of an on-disk build: ``(ids, vecs)`` added to a copy of the empty ``trained`` IVF index, written
+    atomically to ``path`` (so a resumed build can trust every block file it finds). Returns the block's size."""
+    faiss = _faiss()
+    _require_ivf(trained)
+    path = Path(path)
+    part = faiss.clone_index(trained)
+    part.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    tmp = path.with_name(f".{path.name}.tmp")
+    faiss.write_index(part, str(tmp))
+    os.replace(tmp, path)
+    return int(part.ntotal)
+
+
+def merge_blocks(trained, block_paths: Iterable[str | Path], index_path: str | Path) -> int:
+    """Merge the inverted lists of block files (from :func:`write_block`) into ``<index_path minus .faiss>.ivfdata``
+    with ``faiss.contrib.ondisk.merge_ondisk`` and write the index file atomically. Returns ntotal."""
+    faiss = _faiss()
+    from faiss.contrib.ondisk import merge_ondisk
+
+    _require_ivf(trained)
+    index_path = Path(index_path)
+    names = [str(p) for p in block_paths]
     index = faiss.clone_index(trained)
     ivfdata = index_path.with_suffix(".ivfdata")
     ivfdata.unlink(missing_ok=True)
@@ -86,7 +112,6 @@ def write_ondisk(trained, blocks: Iterable[tuple[np.ndarray, np.ndarray]], index
     os.replace(tmp, index_path)
     n = int(index.ntotal)
     del index
-    shutil.rmtree(work, ignore_errors=True)
     return n
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ragmed.errors import IndexStoreError
+from ragmed.index.base import ManifestProperties
 from ragmed.index.store import PGVECTOR_STORE_FILE as STORE_FILE
 from ragmed.index.store import CaseRecord, Hit, check_encoder_record, resolve_version_dir
 
@@ -56,7 +57,7 @@ def _check_schema(schema: str) -> str:
     return schema
 
 
-class PgVectorStore:
+class PgVectorStore(ManifestProperties):
     """A loaded pgvector index (same interface as :class:`ragmed.index.store.IndexStore`; see ``base.py``)."""
 
     def __init__(self, dsn: str, schema: str, *, version_dir: str | Path | None = None, ef_search: int | None = None):
@@ -92,14 +93,6 @@ class PgVectorStore:
             con.close()
 
     # --- metadata -------------------------------------------------------------------------------------------
-    @property
-    def domains(self) -> list[str]:
-        return list(self.manifest.get("domains", {}).keys())
-
-    @property
-    def encoders(self) -> dict[str, Any]:
-        return self.manifest.get("encoders", {})
-
     def count(self, kind: str = "cases") -> int:
         table = {"cases": "cases", "images": "images"}[kind]
         return int(self._q(f"SELECT COUNT(*) FROM {self.schema}.{table}").fetchone()[0])
@@ -217,6 +210,43 @@ CREATE INDEX ON {s}.images (content_hash);
 """
 
 
+def register_binary_vectors(con) -> None:
+    """Let ``con`` send numpy vectors in pgvector's binary format (the ``pgvector`` package's psycopg adapters; the
+    ``vector`` extension must exist)."""
+    try:
+        from pgvector.psycopg import register_vector
+    except ImportError as e:
+        raise IndexStoreError("the pgvector store needs the pgvector package", remedy="pip install 'ragmed[scale]'") \
+            from e
+    register_vector(con)
+
+
+def _jsonb(text: str | None):
+    """A JSON document already serialised (SQLite keeps it as text), passed to binary COPY without re-parsing."""
+    if text is None:
+        return None
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(text, dumps=_same)
+
+
+def _same(s: str) -> str:
+    return s
+
+
+def copy_rows(cur, target: str, types: list[str], rows) -> int:
+    """Bulk-load ``rows`` into ``target`` (``"schema.table (col, ...)"``) with one binary ``COPY ... FROM STDIN``:
+    values travel in PostgreSQL's binary format (vectors as float32, via :func:`register_binary_vectors`), not as
+    decimal text. ``types``: the columns' PostgreSQL type names. Returns the number of rows."""
+    n = 0
+    with cur.copy(f"COPY {target} FROM STDIN WITH (FORMAT BINARY)") as cp:
+        cp.set_types(types)
+        for row in rows:
+            cp.write_row(row)
+            n += 1
+    return n
+
+
 def create_hnsw(con, schema: str, *, m: int = 16, ef_construction: int = 64) -> None:
     """HNSW indexes on both vector columns (built after the bulk load: faster than maintaining them row by row)."""
     for table in ("cases", "images"):
@@ -248,28 +278,28 @@ def export_index(index_dir: str | Path, dsn: str, schema: str, out: str | Path, 
             ids, vecs = src.vectors(dom, "text")
             text_vecs.update(zip(ids.tolist(), vecs))
         split_of: dict[str, str | None] = {}
+        register_binary_vectors(con)
         with con.cursor() as cur:
-            with cur.copy(f"COPY {schema}.cases (rowid, case_id, text, sections, metadata, split, domain, vec) "
-                          "FROM STDIN") as cp:
+
+            def case_rows():
                 for r in src.db.execute("SELECT rowid, case_id, text, sections, metadata, split, domain FROM cases "
                                         "ORDER BY rowid"):
-                    v = text_vecs.get(int(r[0]))
                     split_of[r[1]] = r[5]
-                    cp.write_row((r[0], r[1], r[2], r[3], r[4], r[5], r[6], None if v is None else _vec(v)))
+                    yield (r[0], r[1], r[2], _jsonb(r[3]), _jsonb(r[4]), r[5], r[6], text_vecs.get(int(r[0])))
+            copy_rows(cur, f"{schema}.cases (rowid, case_id, text, sections, metadata, split, domain, vec)",
+                      ["int8", "text", "text", "jsonb", "jsonb", "text", "text", "vector"], case_rows())
             for dom in src.domains:
                 ids, vecs = src.vectors(dom, "image")
                 if not len(ids):
                     continue
                 pos = {int(i): j for j, i in enumerate(ids.tolist())}
-                with cur.copy(f"COPY {schema}.images (vec_id, case_id, source, content_hash, modality, body_part, "
-                              "view, domain, split, vec) FROM STDIN") as cp:
-                    for r in src.db.execute("SELECT vec_id, case_id, source, content_hash, modality, body_part, view,"
-                                            " domain FROM images WHERE domain=? ORDER BY vec_id", (dom,)):
-                        j = pos.get(int(r[0]))
-                        cp.write_row((*tuple(r), split_of.get(r[1]), None if j is None else _vec(vecs[j])))
-            with cur.copy(f"COPY {schema}.skipped (row, case_id, path, reason) FROM STDIN") as cp:
-                for s in src.skipped():
-                    cp.write_row((s["row"], s["case_id"], s["path"], s["reason"]))
+                rows = ((*tuple(r), split_of.get(r[1]), None if (j := pos.get(int(r[0]))) is None else vecs[j])
+                        for r in src.db.execute("SELECT vec_id, case_id, source, content_hash, modality, body_part, "
+                                                "view, domain FROM images WHERE domain=? ORDER BY vec_id", (dom,)))
+                copy_rows(cur, f"{schema}.images (vec_id, case_id, source, content_hash, modality, body_part, view, "
+                          "domain, split, vec)", ["int8"] + ["text"] * 8 + ["vector"], rows)
+            copy_rows(cur, f"{schema}.skipped (row, case_id, path, reason)", ["int4", "text", "text", "text"],
+                      ((s["row"], s["case_id"], s["path"], s["reason"]) for s in src.skipped()))
         create_hnsw(con, schema, m=m, ef_construction=ef_construction)
     return _publish(src.version_dir, Path(out), dsn, schema, manifest)
 

@@ -72,7 +72,7 @@ class ShardEncoder:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         out = {"shard": [], "n_cases": [], "n_images": [], "n_skipped": [], "seconds": [], "cpu_seconds": [],
-               "pid": []}
+               "pid": [], "ended": []}
         for shard, cases_json in zip(batch["shard"], batch["cases"]):
             t, c0 = time.perf_counter(), time.process_time()
             cases = [Case(**c) for c in json.loads(cases_json)]
@@ -86,6 +86,7 @@ class ShardEncoder:
             out["seconds"].append(time.perf_counter() - t)
             out["cpu_seconds"].append(time.process_time() - c0)
             out["pid"].append(os.getpid())
+            out["ended"].append(time.time())  # wall clock, for the steady-state window across actors
         return out
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ragmed.errors import EncoderMismatchError, IndexStoreError
+from ragmed.index.base import ManifestProperties
 from ragmed.index.records import CaseRecord, Hit
 from ragmed.registry import Registry
 
@@ -48,7 +49,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise IndexStoreError(f"cannot read manifest.json: {e}", path=str(vd)) from e
 
 
-class IndexStore:
+class IndexStore(ManifestProperties):
     """A loaded index: thread-safe for searching (FAISS search is re-entrant; SQLite per thread)."""
 
     def __init__(self, path: str | Path, *, use_gpu: bool = True):
@@ -82,14 +83,6 @@ class IndexStore:
             con.row_factory = sqlite3.Row
             self._local.con = con
         return con
-
-    @property
-    def domains(self) -> list[str]:
-        return list(self.manifest.get("domains", {}).keys())
-
-    @property
-    def encoders(self) -> dict[str, Any]:
-        return self.manifest.get("encoders", {})
 
     def count(self, kind: str = "cases") -> int:
         table = {"cases": "cases", "images": "images"}[kind]
