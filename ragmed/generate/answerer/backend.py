@@ -145,10 +145,10 @@ class AnswererGenerator:
 
     def _fallback_generate(self, question, evidence, knowledge, image, domain, task, why: str) -> Generation:
         fb = self.fallback()
-        if fb is None or (task == "closed" and self.fallback_name != "vote" and image is None):
+        if fb is None and task == "closed":
             from ragmed.generate.vote import VoteGenerator
 
-            fb = VoteGenerator() if task == "closed" else fb
+            fb = VoteGenerator()
         if fb is None:
             return Generation(text="Insufficient evidence: ragmed-answerer cannot answer this question and no "
                                    "fallback generator is configured.", citations=[], model=self.id,
