@@ -125,6 +125,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dropout", type=float, default=0.3)
     ap.add_argument("--img-dim", type=int, default=0, help=">0: the compact image branch (see build_model)")
     ap.add_argument("--img-dropout", type=float, default=0.0)
+    ap.add_argument("--knn", action="store_true", help="add the kNN answer prior over the training pairs (frozen tower)")
     ap.add_argument("--align", action="store_true", help="compact branch: add the question-image agreement")
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     ap.add_argument("--min-count", type=int, default=2)
@@ -157,7 +158,8 @@ def main(argv=None) -> int:
     tcfg = json.loads((tower_dir / "config.json").read_text())["tower"]
     pre = json.loads((tower_dir / "preprocess.json").read_text())
     model = build_model(len(vocab), tcfg, hidden=a.hidden, dropout=a.dropout, image_branch=not a.question_only,
-                        img_dim=a.img_dim, img_dropout=a.img_dropout, align=a.align)
+                        img_dim=a.img_dim, img_dropout=a.img_dropout, align=a.align,
+                        knn=len(tr) if a.knn else 0)
     if not a.question_only:
         model.tower.load_state_dict(load_file(str(tower_dir / "model.safetensors")))
     from ragmed.encoders.tower import PreprocessConfig, to_tensor_batch
@@ -173,6 +175,9 @@ def main(argv=None) -> int:
         with torch.no_grad():
             frozen = model.image_features(px)
             dfeats = model.image_features(dpx)
+        if a.knn:
+            model.knn = len(keep)
+            model.set_memory(torch.from_numpy(q), frozen[1], torch.from_numpy(iidx), torch.from_numpy(y))
     tower_params = list(model.tower.parameters()) if not a.question_only and not a.freeze_tower else []
     ids = {id(p) for p in model.tower.parameters()} if not a.question_only else set()
     groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "lr": a.lr}]
@@ -207,7 +212,7 @@ def main(argv=None) -> int:
             b = perm[i:i + a.batch]
             if frozen is not None:
                 bi = torch.from_numpy(iidx[b])
-                out = model(qt[b], feats=(frozen[0][bi], frozen[1][bi]))
+                out = model(qt[b], feats=(frozen[0][bi], frozen[1][bi]), own=bi)
             else:
                 bp = None if px is None else augment(px[torch.from_numpy(iidx[b])].clone(), gen)
                 out = model(qt[b], bp)
@@ -230,7 +235,8 @@ def main(argv=None) -> int:
             cfg = {"name": run.name, "vocab": vocab,
                    "arch": {"hidden": a.hidden, "qdim": 384, "image_branch": not a.question_only,
                             "dropout": a.dropout, "tower_frozen": bool(a.freeze_tower),
-                            "img_dim": a.img_dim, "img_dropout": a.img_dropout, "align": a.align},
+                            "img_dim": a.img_dim, "img_dropout": a.img_dropout, "align": a.align,
+                            "knn": len(keep) if a.knn else 0},
                    "tower": tcfg, "preprocess": pre, "question_encoder": "minilm (all-MiniLM-L6-v2, frozen)",
                    "epoch": epoch + 1, "dev": hist[-1],
                    "trained_on": "VQA-RAD (CC0) question-answer pairs of the training images of "

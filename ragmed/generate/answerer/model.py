@@ -27,12 +27,15 @@ WEIGHTS = "model.safetensors"
 
 def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden: int = 256, qdim: int = 384,
                 dropout: float = 0.3, image_branch: bool = True, img_dim: int = 0, img_dropout: float = 0.0,
-                align: bool = False):
+                align: bool = False, knn: int = 0):
     """``img_dim`` > 0: the compact variant — the image enters only as its pooled embedding squeezed to ``img_dim``
     numbers (no attention over the map), fused with the question by concatenation and a product; during training
     each sample's image vector is dropped with probability ``img_dropout`` (fights memorising the few training
     images). ``align``: also the question–image agreement in the shared text space (the tower embeds images into
-    all-MiniLM-L6-v2's space): the cosine of the two and a projection of their elementwise product."""
+    all-MiniLM-L6-v2's space): the cosine of the two and a projection of their elementwise product. ``knn`` > 0
+    (memory of that many training pairs, :meth:`set_memory`): adds β·log p_knn to the logits, where p_knn is the
+    answer distribution of the training pairs weighted by softmax(a·question similarity + b·image similarity) — the
+    answers given to similar questions about similar images (a, b, β learned; a pair's own image never counts)."""
     import torch
     from torch import nn
 
@@ -42,6 +45,13 @@ def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden:
         def __init__(self):
             super().__init__()
             self.image_branch = image_branch
+            self.knn = knn
+            if knn and image_branch:
+                self.register_buffer("mem_q", torch.zeros(knn, qdim))
+                self.register_buffer("mem_img", torch.zeros(1, tcfg.embed_dim))
+                self.register_buffer("mem_img_idx", torch.zeros(knn, dtype=torch.long))
+                self.register_buffer("mem_ans", torch.zeros(knn, dtype=torch.long))
+                self.knn_scale = nn.Parameter(torch.tensor([10.0, 10.0, 1.0]))
             self.q = nn.Sequential(nn.Linear(qdim, hidden), nn.LayerNorm(hidden), nn.GELU())
             n_parts = 1
             if image_branch and img_dim:
@@ -65,6 +75,25 @@ def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden:
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_parts * hidden, hidden), nn.GELU(),
                                       nn.Dropout(dropout), nn.Linear(hidden, vocab_size))
 
+        def set_memory(self, q, img_emb, img_idx, ans):
+            """The training pairs the kNN prior reads: question vectors, the images' embeddings, each pair's image
+            index and answer index."""
+            self.mem_q = nn.functional.normalize(q.float(), dim=-1)
+            self.mem_img = nn.functional.normalize(img_emb.float(), dim=-1)
+            self.mem_img_idx = img_idx.long()
+            self.mem_ans = ans.long()
+
+        def knn_logprior(self, qvec, emb, own=None):
+            a, b, _ = self.knn_scale
+            qs = nn.functional.normalize(qvec, dim=-1) @ self.mem_q.T  # (B, N)
+            ims = (nn.functional.normalize(emb, dim=-1) @ self.mem_img.T)[:, self.mem_img_idx]  # (B, N)
+            z = a * qs + b * ims
+            if own is not None:
+                z = z.masked_fill(self.mem_img_idx[None, :] == own[:, None], float("-inf"))
+            w = torch.softmax(z, dim=-1)
+            p = torch.zeros(w.shape[0], vocab_size, dtype=w.dtype, device=w.device).index_add_(1, self.mem_ans, w)
+            return torch.log(p + 1e-3)
+
         def image_features(self, pixels):
             """(feature map, pooled embedding) of the tower: what the head reads (cacheable when frozen)."""
             f = self.tower.features(pixels)
@@ -73,11 +102,19 @@ def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden:
                 parts.append(nn.functional.adaptive_avg_pool2d(f, tcfg.head_grid).flatten(1))
             return f, self.tower.head(torch.cat(parts, dim=1))
 
-        def forward(self, qvec, pixels=None, feats=None):
+        def forward(self, qvec, pixels=None, feats=None, own=None):
+            out = self._forward(qvec, pixels, feats)
+            if self.knn and self.image_branch:
+                emb = feats[1] if feats is not None else self._emb
+                out = out + self.knn_scale[2] * self.knn_logprior(qvec, emb, own)
+            return out
+
+        def _forward(self, qvec, pixels=None, feats=None):
             q = self.q(qvec)
             if not self.image_branch:
                 return self.head(q)
             f, emb = feats if feats is not None else self.image_features(pixels)
+            self._emb = emb
             if img_dim:
                 v = self.small(emb)
                 if self.training and img_dropout > 0:
@@ -118,8 +155,11 @@ class Answerer:
         a = self.config["arch"]
         self.model = build_model(len(self.vocab), self.config.get("tower"), hidden=a["hidden"], qdim=a["qdim"],
                                  image_branch=a.get("image_branch", True), img_dim=a.get("img_dim", 0),
-                                 align=a.get("align", False))
-        self.model.load_state_dict(load_file(str(self.path / WEIGHTS)))
+                                 align=a.get("align", False), knn=a.get("knn", 0))
+        sd = load_file(str(self.path / WEIGHTS))
+        if "mem_img" in sd:  # the kNN memory's sizes come from the file
+            self.model.set_memory(sd["mem_q"], sd["mem_img"], sd["mem_img_idx"], sd["mem_ans"])
+        self.model.load_state_dict(sd)
         self.model.eval()
         self._torch = torch
 
