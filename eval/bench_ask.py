@@ -84,14 +84,14 @@ def main() -> None:
         print(json.dumps(warm(args.index, args.warm_worker[0], qs, int(args.warm_worker[1]))))
         return
     results, rows = [], []
-    ragmed = str(Path(sys.executable).with_name("ragmed"))
+    ragmed = [sys.executable, "-m", "ragmed"]  # this interpreter's ragmed (a copied venv's script may point elsewhere)
     with tempfile.TemporaryDirectory(prefix="ragmed-bench-ask-") as tmp:
         for name, params in parse_generators(args.generators):
             yml = pipeline_yaml(args.index, name, params, Path(tmp))
             cold, errors = [], []
             for image, q in qs[:args.cold_runs]:
                 t = time.perf_counter()
-                p = subprocess.run([ragmed, "ask", image, q, "--index", args.index, "--pipeline", str(yml), "--json"],
+                p = subprocess.run([*ragmed, "ask", image, q, "--index", args.index, "--pipeline", str(yml), "--json"],
                                    capture_output=True, text=True)
                 cold.append(time.perf_counter() - t)
                 if p.returncode != 0:

@@ -27,6 +27,7 @@ GENERATORS.register("gguf", "ragmed.generate.gguf:GGUFGenerator", extra="llm")
 GENERATORS.register("transformers", "ragmed.generate.hf:TransformersGenerator", extra="llm")
 GENERATORS.register("openai", "ragmed.generate.openai_backend:OpenAIGenerator")
 GENERATORS.register("vote", "ragmed.generate.vote:VoteGenerator")
+GENERATORS.register("ragmed-answerer", "ragmed.generate.answerer.backend:AnswererGenerator")  # reads the image
 GENERATORS.register("ragmed-vlm", "ragmed.generate.vlm.backend:VLMGenerator", extra="llm")  # ragmed's own small VLM
 
 

@@ -227,7 +227,11 @@ class QueryFlow:
         else:
             g = self.generate(question, sel.kept, knowledge=knowledge, image=r.image, domain=r.domain, task=task,
                               generator=generator)
-            g = abstain_below(g, question, sel.kept, task=task, text_encoder=self.c.text_encoder)  # issue S
+            gen = generator or self.c.generator
+            if hasattr(gen, "abstain"):  # a backend with its own calibrated confidence (ragmed-answerer)
+                g = gen.abstain(g, question, sel.kept, task=task)
+            else:
+                g = abstain_below(g, question, sel.kept, task=task, text_encoder=self.c.text_encoder)  # issue S
             gen_text, citations, flags, model, insufficient = g.text, g.citations, g.flags, g.model, g.insufficient
         timings["generate"] = time.perf_counter() - t
         timings["total"] = sum(v for kk, v in timings.items() if kk != "total")

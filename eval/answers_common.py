@@ -1,0 +1,77 @@
+"""Shared helpers of eval/train_answerer.py and eval/eval_answers.py: the committed VQA-RAD split by image
+(eval/splits/vqa_rad_vlm_seed0.json), its dev slice, and the retrieval of evidence votes per question (cached).
+
+Retrieval uses the index of the split's training images only, built with the tower trained without the evaluation
+images (eval/eval_vlm.py's build_index); a question's own image is excluded from its evidence (exclude_hashes).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_vlm as T  # noqa: E402
+
+REPO, DATA, SPLIT = T.REPO, T.DATA, T.SPLIT
+
+
+def split_rows(split: Path = SPLIT):
+    """(train rows, dev rows, eval rows) of VQA-RAD, with non-empty normalised answers. Dev = the recipe's 10 %
+    of the training images (train_vlm.dev_images, seed 0); train excludes them."""
+    from ragmed.eval.normalize import normalize_answer
+
+    train_images, eval_images = T.load_split(Path(split))
+    dev = T.dev_images(train_images)
+    ok = lambda r: bool(normalize_answer(r["answer"]))  # noqa: E731
+    tr = [r for r in T.vqa_rows(set(train_images) - dev) if ok(r)]
+    dv = [r for r in T.vqa_rows(dev) if ok(r)]
+    ev = [r for r in T.vqa_rows(set(eval_images)) if ok(r)]
+    return tr, dv, ev
+
+
+def retrieve_evidence_votes(idx: Path, pipe: Path, rows: list[dict], cache: Path, log_every: int = 50) -> dict:
+    """Per question (qid): the vote's answer, winner, weighted share, and every case's vote (ref, answer, weight)
+    over the selected evidence (own image excluded); cached in ``cache`` and resumed."""
+    from ragmed.eval.vqa import short_answer
+    from ragmed.generate.vote import VoteGenerator
+    from ragmed.pipeline import Pipeline
+
+    out = json.loads(cache.read_text()) if cache.exists() else {}
+    todo = [r for r in rows if str(r["qid"]) not in out]
+    if not todo:
+        return out
+    p = Pipeline.for_index(idx, pipe)
+    voter = VoteGenerator()
+    images: dict = {}
+    t0 = time.perf_counter()
+    for n, r in enumerate(todo):
+        name = r["image"][1]
+        if name not in images:
+            images.clear()
+            images[name] = T.vqa_image(name)
+        img = images[name]
+        task = "closed" if r["closed"] else "open"
+        ret = p.retrieve(img, r["question"], exclude_hashes={img.content_hash})
+        ans = p.answer(ret, r["question"], task=task)
+        win, share, votes = voter.tally(r["question"], ans.evidence, task)
+        out[str(r["qid"])] = {"vote": short_answer(ans), "share": float(share or 0.0), "winner": win,
+                              "votes": [[v.ref, v.answer, round(float(v.weight), 4)] for v in votes],
+                              "n_evidence": len(ans.evidence)}
+        if (n + 1) % log_every == 0:
+            cache.write_text(json.dumps(out))
+            print(f"retrieval {n + 1}/{len(todo)} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+    cache.write_text(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":  # python eval/answers_common.py TOWER WORK: fill the retrieval cache (dev + eval rows)
+    import eval_vlm as E
+
+    tower, work = Path(sys.argv[1]), Path(sys.argv[2])
+    tr, dv, ev = split_rows()
+    train_images, _ = T.load_split()
+    idx, pipe = E.build_index(tower, train_images, work)
+    rows = sorted(ev, key=lambda r: (not r["closed"], r["image"][1])) + dv
+    retrieve_evidence_votes(idx, pipe, rows, work / "votes_v2.json")

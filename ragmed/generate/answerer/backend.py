@@ -1,0 +1,204 @@
+"""The ``ragmed-answerer`` generator backend: a small Med-VQA classifier that reads the image gives the short answer;
+the retrieved cases are cited only where they agree (issue S's rules, :func:`ragmed.generate.citations.ground`).
+
+- closed questions: the classifier's choice among the question's options (yes/no, or an either/or question's
+  options); ``ground()`` cites the retrieved cases that say the same, never one that says the opposite, and when the
+  answer departs from the majority of the cases that answer it says so and flags ``departs-from-evidence``;
+- open questions: the classifier's in-vocabulary answer when its probability is at least ``min_open_confidence``
+  (calibrated on the training part's dev slice, stored in the weights' ``config.json``), cited where a case contains
+  it; otherwise the ``fallback`` generator (default ``gguf``: SmolLM2 reading the retrieved text) answers;
+- no image (a text-only question), or report generation: the fallback (closed: the vote over the retrieved cases).
+
+Every answer carries the flag ``answer-confidence:<p>``; :meth:`AnswererGenerator.abstain` (called by the pipeline in
+place of the evidence-level rule) turns a closed answer under ``min_closed_confidence`` into "insufficient evidence".
+
+    generator:
+      name: ragmed-answerer
+      params: {fallback: gguf, fallback_params: {closed: vote}}
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ragmed.types import Evidence, Generation, KnowledgeEvidence
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_NAME = "ragmed-answerer"
+
+
+def shipped_path() -> Path:
+    return WEIGHTS_DIR / DEFAULT_NAME
+
+
+def confidence_of(g: Generation) -> float | None:
+    for f in g.flags:
+        if f.startswith("answer-confidence:"):
+            try:
+                return float(f.split(":", 1)[1])
+            except ValueError:
+                return None
+    return None
+
+
+class AnswererGenerator:
+    """Parameters: ``weights`` (a weights directory written by eval/train_answerer.py; default the shipped one),
+    ``fallback`` / ``fallback_params`` (the generator for open questions the classifier is unsure of, text-only
+    questions and reports), ``min_open_confidence`` / ``min_closed_confidence`` (default: the weights' calibration),
+    ``threads`` (torch threads, 1), ``text_encoder`` (the question encoder; default ragmed's ``minilm``)."""
+
+    id = "ragmed-answerer"
+
+    def __init__(self, weights: str | None = None, *, fallback: str | None = "gguf",
+                 fallback_params: dict[str, Any] | None = None, min_open_confidence: float | None = None,
+                 min_closed_confidence: float | None = None, threads: int | None = 1, text_encoder=None):
+        self.weights = Path(weights) if weights else shipped_path()
+        self.fallback_name = fallback
+        self.fallback_params = dict(fallback_params or {})
+        self._min_open = min_open_confidence
+        self._min_closed = min_closed_confidence
+        self.threads = threads
+        self.text_encoder = text_encoder
+        self._model = None
+        self._fallback = None
+        self._lock = threading.Lock()
+
+    # --- loading ---------------------------------------------------------------------------------------------
+    @property
+    def model(self):
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    from ragmed.generate.answerer.model import Answerer
+
+                    self._model = Answerer(self.weights)
+        return self._model
+
+    @property
+    def min_open_confidence(self) -> float:
+        if self._min_open is not None:
+            return float(self._min_open)
+        return float(self.model.config.get("calibration", {}).get("min_open_confidence", 0.5))
+
+    @property
+    def min_closed_confidence(self) -> float:
+        if self._min_closed is not None:
+            return float(self._min_closed)
+        return float(self.model.config.get("calibration", {}).get("min_closed_confidence", 0.0))
+
+    def _encoder(self):
+        if self.text_encoder is None:
+            from ragmed.encoders import create_encoder
+
+            self.text_encoder = create_encoder("minilm")
+        return self.text_encoder
+
+    def fallback(self):
+        if self._fallback is None and self.fallback_name:
+            from ragmed.generate import create_generator
+
+            params = dict(self.fallback_params)
+            if self.fallback_name == "vote":
+                params.setdefault("text_encoder", None)
+            self._fallback = create_generator(self.fallback_name, **params)
+        return self._fallback
+
+    def warm_up(self) -> None:
+        _ = self.model
+        self._encoder()
+        fb = self.fallback()
+        if fb is not None:
+            fb.warm_up()
+
+    @property
+    def model_id(self) -> str:
+        return f"ragmed-answerer:{self.model.config.get('name', self.weights.name)}"
+
+    # --- answering -------------------------------------------------------------------------------------------
+    def probabilities(self, question: str, image) -> Any:
+        """The classifier's answer distribution for one question about one image (``MedicalImage``)."""
+        import numpy as np
+
+        from ragmed.generate.hf import torch_threads
+
+        q = np.asarray(self._encoder().encode_texts([question]), dtype=np.float32)
+        arr = self.model.letterbox(image.pixels)[None] if self.model.image_branch else None
+        with torch_threads(self.threads):
+            return self.model.probabilities(q, arr)[0]
+
+    def predict(self, question: str, image, task: str = "closed") -> tuple[str | None, float]:
+        """(answer, probability) — closed: the most probable allowed choice (renormalised over the choices); open:
+        the most probable vocabulary answer. (None, 0) when the vocabulary knows none of a closed question's
+        choices."""
+        import numpy as np
+
+        from ragmed.generate.answerer.model import choose
+        from ragmed.generate.chat import closed_choices
+
+        p = self.probabilities(question, image)
+        if task == "closed":
+            return choose(p, self.model.index, closed_choices(question))
+        j = int(np.argmax(p))
+        return self.model.vocab[j], float(p[j])
+
+    def _fallback_generate(self, question, evidence, knowledge, image, domain, task, why: str) -> Generation:
+        fb = self.fallback()
+        if fb is None and task == "closed":
+            from ragmed.generate.vote import VoteGenerator
+
+            fb = VoteGenerator()
+        if fb is None:
+            return Generation(text="Insufficient evidence: ragmed-answerer cannot answer this question and no "
+                                   "fallback generator is configured.", citations=[], model=self.id,
+                              flags=["insufficient-evidence", "uncited"], insufficient=True)
+        g = fb.generate(question, evidence, knowledge, image=image, domain=domain, task=task)
+        return replace(g, flags=list(g.flags) + [f"answerer-fallback:{why}"])
+
+    def generate(self, question: str, evidence: list[Evidence], knowledge: list[KnowledgeEvidence], *,
+                 image=None, domain: str | None = None, task: str = "closed") -> Generation:
+        from ragmed.generate.citations import ground
+
+        task = task if task in ("closed", "open", "report") else "open"
+        if task == "report" or image is None:
+            return self._fallback_generate(question, evidence, knowledge, image, domain, task,
+                                           "report" if task == "report" else "no-image")
+        ans, p = self.predict(question, image, task)
+        if ans is None:
+            return self._fallback_generate(question, evidence, knowledge, image, domain, task, "options-unknown")
+        if task == "open" and (p < self.min_open_confidence or ans in ("yes", "no")):
+            g = self._fallback_generate(question, evidence, knowledge, image, domain, task, "low-confidence")
+            return replace(g, flags=list(g.flags) + [f"answerer-guess:{ans}:{p:.2f}"])
+        word = ans[:1].upper() + ans[1:]
+        text, cites, flags = ground(f"{word}.", question, evidence, knowledge, task=task)
+        flags = [f for f in flags if f != "citations-attached"]
+        if not cites:
+            flags.append("no-agreeing-case")
+            text = (text.rstrip() + " No retrieved case states this answer; it rests on ragmed-answerer reading "
+                    "the image.")
+        return Generation(text=text, citations=cites, model=self.model_id,
+                          flags=flags + [f"answer-confidence:{p:.3f}"])
+
+    def abstain(self, g: Generation, question: str, evidence: list[Evidence], *, task: str,
+                min_confidence: float | None = None) -> Generation:
+        """The abstention step for this backend's own closed answers: under the calibrated confidence the answer
+        becomes "insufficient evidence" (flags ``below-confidence``, ``withheld:<answer>``). Fallback answers go
+        through the evidence-level rule (:func:`ragmed.generate.vote.abstain_below`)."""
+        from ragmed.generate.vote import abstain_below
+
+        conf = confidence_of(g)
+        if conf is None:
+            return abstain_below(g, question, evidence, task=task)
+        if g.insufficient or task != "closed":
+            return g
+        threshold = self.min_closed_confidence if min_confidence is None else float(min_confidence)
+        if conf >= threshold:
+            return g
+        said = g.text.split("[", 1)[0].split(".", 1)[0].strip().lower()
+        return replace(g, text=(f"Insufficient evidence: ragmed-answerer is not confident enough to answer "
+                                f"(confidence {conf:.2f} < {threshold:.2f}, calibrated)."), citations=[],
+                       insufficient=True, flags=["insufficient-evidence", "below-confidence", f"withheld:{said}"])
+
+
+__all__ = ["AnswererGenerator", "shipped_path", "confidence_of"]
