@@ -7,7 +7,7 @@ list, and a digest of every stored image / text vector.
     python eval/compare_build_artefacts.py CODE OUT --fit      # the same with the image tower fitted at build time
     python eval/compare_build_artefacts.py --compare OUT_OLD OUT_NEW --out build_equivalence_NAME
 
-``--fit``: ``index.fit_image_encoder: true`` with a short fit (1 epoch, 5 steps) on a seeded sample of 50 of the 80
+``--fit``: the bundled ``ragmed-default`` image tower and ``index.fit_image_encoder: true`` with a short fit (1 epoch, 5 steps) on a seeded sample of 50 of the 80
 images, so the fitted tower, its id and every vector it encodes can be compared between two trees.
 Used for issue 11: merging the two calibrations, fitting the router from the build's own vectors, and fitting the
 tower from the build's own decoded images (one decode) left every artefact as it was
@@ -57,7 +57,10 @@ shutil.rmtree(out, ignore_errors=True)
 out.mkdir(parents=True)
 manifest = write_corpus(data_path(), out, 20)
 cfg = multidomain_config()
-if a.fit:
+if a.fit:  # the multi-domain pipeline's classic descriptor cannot be fitted: the bundled tower instead
+    from ragmed.config import EncoderSpec
+
+    cfg.encoders.image = EncoderSpec(name="ragmed-default")
     for k, v in {"fit_image_encoder": True, "fit_epochs": 1, "fit_min_steps": 5, "fit_max_steps": 5,
                  "fit_max_images": 50}.items():
         setattr(cfg.index, k, v)

@@ -462,11 +462,12 @@ def _fit_from_spool(con, spool: Path, corpus: Corpus, image_encoder, text_encode
     from ragmed.encoders.train import TrainSet, fit_sample
 
     textless = icfg.fit_ssl_weight > 0
-    rows = con.execute("SELECT images.vec_id, cases.text, cases.metadata FROM images JOIN cases "
-                       "ON images.case_id = cases.case_id ORDER BY images.vec_id").fetchall()
-    cand = [(vid, text, meta) for vid, text, meta in rows if text or textless]
-    keep = fit_sample(len(cand), icfg.fit_max_images)
-    chosen = [cand[i] for i in keep]
+    where = "" if textless else " WHERE cases.text != ''"
+    query = ("SELECT images.vec_id, cases.text, cases.metadata FROM images JOIN cases ON images.case_id = "
+             f"cases.case_id{where} ORDER BY images.vec_id")
+    n_cand = con.execute(f"SELECT COUNT(*) FROM ({query})").fetchone()[0]
+    keep = set(fit_sample(n_cand, icfg.fit_max_images).tolist())
+    chosen = [row for i, row in enumerate(con.execute(query)) if i in keep]  # streamed: only the sample is held
     slot = {vid: j for j, (vid, _, _) in enumerate(chosen)}
     size = int(image_encoder.preprocess_config.size)
     work_dir.mkdir(parents=True, exist_ok=True)
