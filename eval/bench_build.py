@@ -92,6 +92,7 @@ def main() -> None:
     rows, results = [], []
     if args.tmp:
         Path(args.tmp).mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="ragmed-bench-build-", dir=args.tmp) as tmp:
         for n in [int(x) for x in args.sizes.split(",")]:
             manifest = write_corpus(n, Path(tmp))
@@ -119,6 +120,7 @@ def main() -> None:
                   "peak_rss_delta_mb": b["peak_rss_mb"] - a["peak_rss_mb"]}
         print("growth " + ", ".join(f"{k}={v:.3g}" for k, v in growth.items()))
     write_result(args.out, {"results": results, "table": rows, "growth": growth,
+                            "load_avg_1_5_15": {"start": list(load_start), "end": list(os.getloadavg())},
                             "corpus": "N cases: VQA-RAD images cycled + IU X-ray reports cycled (unique ids)"})
 
 
