@@ -104,3 +104,14 @@ def test_router_fit_and_add_decode_each_image_once(tmp_path, text_encoder, count
     assert sum(counting.values()) == n_first + 8 and set(counting.values()) == {1}, counting
     assert rep2.post_build["router"]["fitted"] is True and rep2.post_build["router"]["decode_failed"] == 0
     assert sum(rep2.post_build["router"]["n_per_class"].values()) > sum(rep.post_build["router"]["n_per_class"].values())
+
+
+def test_bounded_cache_keeps_the_most_recently_used():
+    from ragmed.cache import BoundedCache
+
+    c: BoundedCache[str, int] = BoundedCache(2)
+    built = []
+    for k in ["a", "b", "a", "c", "b"]:
+        c.get_or_create(k, lambda k=k: built.append(k) or len(built))
+    assert built == ["a", "b", "c", "b"]  # "b" was the least recently used when "c" came in
+    assert len(c) == 2 and "a" not in c and c.get("c") == 3
