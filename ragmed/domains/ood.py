@@ -107,11 +107,30 @@ def _warm_photo(image, s: dict[str, float]) -> float:
     return float(((hsv[:, 0] * 360) < 90)[colourful].mean())
 
 
+def _ink_on_paper(image) -> dict[str, float]:
+    """Statistics of writing on paper (grey image, at most 256 px a side): the *paper* is the image after a 7×7 grey
+    closing (thin dark strokes filled in); ``ink`` = share of pixels more than 0.12 darker than that paper,
+    ``rough`` = mean deviation of the paper from its 15×15 local mean where the image is paper (within 0.04), i.e.
+    how smooth the background is, ``dark`` = share of near-black pixels. A printed or handwritten page, photographed
+    or scanned, is smooth paper (rough ≈ 0.01) carrying 5–30 % ink and no black; anatomy is not smooth at that
+    scale and radiological images have their black surround."""
+    from scipy import ndimage as ndi
+
+    g = _gray_small(image, 256).astype(np.float32)
+    paper = ndi.grey_closing(g, size=(7, 7))
+    d = paper - g
+    flat = np.abs(d) < 0.04
+    rough = float(np.abs(paper - ndi.uniform_filter(paper, 15))[flat].mean()) if flat.any() else 1.0
+    return {"ink": float((d > 0.12).mean()), "rough": rough, "dark": float((g < 0.05).mean())}
+
+
 def check_image(image, *, min_side: int = MIN_SIDE) -> None:
     """Refuse, with a :class:`~ragmed.errors.DomainError` naming the reason, what is not a diagnostic medical image:
 
     1. an image smaller than ``min_side`` pixels on a side (8×8 or fewer: a thumbnail, an icon);
     2. :func:`check_content`: a blank frame, random noise, a white page of text, a green/blue natural photograph;
+    2b. writing on paper (:func:`_ink_on_paper`, grey images): a smooth background (rough < 0.015) carrying more than
+       5 % ink strokes and under 2 % near-black, e.g. a scanned or photographed page, handwriting on a sheet;
     3. no large-scale structure (8×8 block means spread < 0.2 of the pixels' spread): a texture (brick, grass,
        gravel), a star field, a page of text; every body, organ, slide or smear has large-scale structure;
     4. a flat, low-contrast grey picture with no dark background (spread < 0.09, mean gradient < 0.012, < 5 %
@@ -129,6 +148,12 @@ def check_image(image, *, min_side: int = MIN_SIDE) -> None:
         raise DomainError(f"the image is {w}×{h} pixels, too small to be a diagnostic image (at least {min_side}×"
                           f"{min_side})", path=image.source, remedy="send the diagnostic image itself")
     check_content(image)
+    if not image.is_color:
+        ink = _ink_on_paper(image)
+        if ink["rough"] < 0.015 and ink["ink"] > 0.05 and ink["dark"] < 0.02:
+            raise DomainError(f"the image looks like writing on paper (smooth background, {ink['ink']:.0%} ink "
+                              "strokes), not a medical image", path=image.source,
+                              remedy="send the diagnostic image itself")
     s = _structure(image)
     if s["coarse"] < 0.2:
         raise DomainError(f"the image has no large-scale structure (block spread {s['coarse']:.2f}): it looks like a "
