@@ -133,6 +133,9 @@ def check_image(image, *, min_side: int = MIN_SIDE) -> None:
        5 % ink strokes and under 2 % near-black, e.g. a scanned or photographed page, handwriting on a sheet;
     3. no large-scale structure (8×8 block means spread < 0.2 of the pixels' spread): a texture (brick, grass,
        gravel), a star field, a page of text; every body, organ, slide or smear has large-scale structure;
+    3b. a grey picture with weak large-scale structure (block spread < 0.5) and no dark surround (< 6 % near-black):
+       objects or a texture spread evenly over a plain background (coins on a table); the grey medical images that
+       lack a dark surround (radiographs, MedMNIST) have block spreads above 0.65;
     4. a flat, low-contrast grey picture with no dark background (spread < 0.09, mean gradient < 0.012, < 5 %
        near-black: the moon, a wall clock; an ultrasound frame has its dark fan surround);
     5. a warm-coloured photograph: colour with sharp detail (mean gradient > 0.03), no dark frame (< 30 % near-black)
@@ -159,6 +162,10 @@ def check_image(image, *, min_side: int = MIN_SIDE) -> None:
         raise DomainError(f"the image has no large-scale structure (block spread {s['coarse']:.2f}): it looks like a "
                           "texture, a star field or a page of text, not a medical image", path=image.source,
                           remedy="send the diagnostic image itself")
+    if not image.is_color and s["dark"] < 0.06 and s["coarse"] < 0.5:
+        raise DomainError(f"the image has weak large-scale structure (block spread {s['coarse']:.2f}) and no dark "
+                          "surround: objects or texture spread evenly over a plain background, not a medical image",
+                          path=image.source, remedy="send the diagnostic image itself")
     if not image.is_color and s["std"] < 0.09 and s["edge"] < 0.012 and s["dark"] < 0.05:
         raise DomainError(f"the image is a flat, low-contrast picture (spread {s['std']:.2f}, gradient "
                           f"{s['edge']:.3f}), not a medical image", path=image.source,
