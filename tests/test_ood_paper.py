@@ -46,8 +46,23 @@ def _coins_on_a_table(p: Path) -> Path:
     return _save(a + np.random.default_rng(0).normal(0, 6, a.shape), p)
 
 
+def _blue_and_warm_photo(p: Path) -> Path:
+    """A scene in blue and skin tones with sharp detail (a uniform against a face, in blocks and stripes)."""
+    rng = np.random.default_rng(2)
+    a = np.zeros((240, 320, 3))
+    a[:, :160] = [40, 60, 140]  # navy
+    a[:, 160:] = [215, 160, 120]  # skin
+    a[60:180, 100:220] = [235, 225, 215]  # a white shirt / background patch
+    for _ in range(120):
+        y, x = rng.integers(0, 230), rng.integers(0, 310)
+        a[y:y + 8, x:x + 8] = a[y:y + 8, x:x + 8] * rng.uniform(0.4, 1.2)
+    a[::6] *= 0.7  # fabric stripes: sharp detail
+    return _save(a, p)
+
+
 @pytest.mark.parametrize("make,why", [(_handwriting_on_paper, "writing on paper"),
-                                      (_coins_on_a_table, "weak large-scale structure")])
+                                      (_coins_on_a_table, "weak large-scale structure"),
+                                      (_blue_and_warm_photo, "photograph")])
 def test_paper_and_evenly_spread_objects_are_refused(tmp_path, make, why):
     img = load_image(make(tmp_path / "x.png"))
     with pytest.raises(DomainError, match=why):

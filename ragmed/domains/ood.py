@@ -92,6 +92,22 @@ def _structure(image) -> dict[str, float]:
             "std": std, "dark": float((gs < 0.05).mean())}
 
 
+def _hue_mix(image) -> tuple[float, float, float]:
+    """(share of colourful pixels, share of them with a warm hue (< 60° or ≥ 345°), share with a blue hue
+    (180–260°)) of a colour image at most 256 px a side."""
+    from PIL import Image
+
+    px = np.asarray(image.pixels, dtype=np.float32)
+    step = max(1, int(math.ceil(max(px.shape[:2]) / 256)))
+    rgb = np.ascontiguousarray(np.clip(np.rint(px[::step, ::step] * 255), 0, 255).astype(np.uint8))
+    hsv = np.asarray(Image.fromarray(rgb, mode="RGB").convert("HSV"), dtype=np.float32).reshape(-1, 3) / 255.0
+    colourful = (hsv[:, 1] > 0.25) & (hsv[:, 2] > 0.15)
+    if not colourful.any():
+        return 0.0, 0.0, 0.0
+    hue = hsv[colourful, 0] * 360
+    return float(colourful.mean()), float(((hue < 60) | (hue >= 345)).mean()), float(((hue >= 180) & (hue < 260)).mean())
+
+
 def _warm_photo(image, s: dict[str, float]) -> float:
     """Share of colourful pixels with a warm hue (red, orange, brown, yellow: < 90°) when the colour image also has
     the sharp detail of a photograph and no dark frame; 0 otherwise."""
@@ -140,7 +156,10 @@ def check_image(image, *, min_side: int = MIN_SIDE) -> None:
        near-black: the moon, a wall clock; an ultrasound frame has its dark fan surround);
     5. a warm-coloured photograph: colour with sharp detail (mean gradient > 0.03), no dark frame (< 30 % near-black)
        and ≥ 50 % of its colourful pixels red, orange, brown or yellow (a cat, a cup of coffee, a portrait); a
-       dermoscopy image is smooth (gradient ≤ 0.02), a DICOM VL photograph has its dark frame, H&E is purple.
+       dermoscopy image is smooth (gradient ≤ 0.02), a DICOM VL photograph has its dark frame, H&E is purple;
+    6. a colour photograph mixing warm and blue hues in sharp detail (mean gradient > 0.03, ≥ 30 % colourful pixels,
+       ≥ 20 % of them warm and ≥ 20 % blue: a portrait in a blue uniform, a street); a blood smear mixes those hues
+       too but is smooth and mostly pale (≤ 13 % colourful, gradient ≤ 0.012).
 
     The thresholds were set on the shared medical images (VQA-RAD, NEMA DICOM, dermoscopy, lung ultrasound,
     histopathology, brain MRI, blood smears, MedMNIST) and the photographs bundled with scikit-image, scikit-learn
@@ -170,6 +189,12 @@ def check_image(image, *, min_side: int = MIN_SIDE) -> None:
         raise DomainError(f"the image is a flat, low-contrast picture (spread {s['std']:.2f}, gradient "
                           f"{s['edge']:.3f}), not a medical image", path=image.source,
                           remedy="send the diagnostic image itself")
+    if image.is_color and s["edge"] > 0.03:
+        colourful, warm_share, blue_share = _hue_mix(image)
+        if colourful >= 0.3 and warm_share >= 0.2 and blue_share >= 0.2:
+            raise DomainError(f"the image looks like a photograph (sharp detail in both warm and blue colours: "
+                              f"{warm_share:.0%} / {blue_share:.0%} of its colourful pixels), not a medical image",
+                              path=image.source, remedy="send the diagnostic image itself")
     if image.is_color and s["edge"] > 0.03 and s["dark"] < 0.3:
         warm = _warm_photo(image, s)
         if warm >= 0.5:
