@@ -48,7 +48,7 @@ def write_corpus(n: int, out: Path) -> Path:
     return manifest
 
 
-def build_one(manifest: str, out: str, pipeline: str | None) -> dict:
+def build_one(manifest: str, out: str, pipeline: str | None, fit_steps: int | None = None) -> dict:
     from ragmed.config import load_pipeline
     from ragmed.corpus import read_corpus
     from ragmed.pipeline.build import build_from_config
@@ -57,6 +57,8 @@ def build_one(manifest: str, out: str, pipeline: str | None) -> dict:
 
     t0 = time.perf_counter()
     cfg = load_pipeline(pipeline)
+    if fit_steps is not None:  # a shorter fit (same sample, so the same memory): for a loaded machine
+        cfg.index.fit_min_steps = cfg.index.fit_max_steps = int(fit_steps)
     corpus = read_corpus(manifest)
     t_read = time.perf_counter() - t0
     t = time.perf_counter()  # load the models first, so that encode timings are per-case work only
@@ -83,21 +85,27 @@ def main() -> None:
     ap.add_argument("--pipeline", default=None)
     ap.add_argument("--tmp", default=None, help="where corpora and indexes are written (deleted afterwards)")
     ap.add_argument("--out", default="bench_build")
+    ap.add_argument("--fit-steps", type=int, default=None,
+                    help="fit the image tower for exactly this many batches (default: as the pipeline says); the fit "
+                         "sample, so its memory, is unchanged")
     ap.add_argument("--worker", nargs=2, metavar=("MANIFEST", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.worker:
-        print(json.dumps(build_one(args.worker[0], args.worker[1], args.pipeline)))
+        print(json.dumps(build_one(args.worker[0], args.worker[1], args.pipeline, args.fit_steps)))
         return
     rows, results = [], []
     if args.tmp:
         Path(args.tmp).mkdir(parents=True, exist_ok=True)
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="ragmed-bench-build-", dir=args.tmp) as tmp:
         for n in [int(x) for x in args.sizes.split(",")]:
             manifest = write_corpus(n, Path(tmp))
             cmd = [sys.executable, __file__, "--worker", str(manifest), str(Path(tmp) / f"idx_{n}")]
             if args.pipeline:
                 cmd += ["--pipeline", args.pipeline]
+            if args.fit_steps is not None:
+                cmd += ["--fit-steps", str(args.fit_steps)]
             print(f"--- building {n} cases", file=sys.stderr, flush=True)
             p = subprocess.run(cmd, capture_output=True, text=True)
             if p.returncode != 0:
@@ -119,6 +127,7 @@ def main() -> None:
                   "peak_rss_delta_mb": b["peak_rss_mb"] - a["peak_rss_mb"]}
         print("growth " + ", ".join(f"{k}={v:.3g}" for k, v in growth.items()))
     write_result(args.out, {"results": results, "table": rows, "growth": growth,
+                            "load_avg_1_5_15": {"start": list(load_start), "end": list(os.getloadavg())},
                             "corpus": "N cases: VQA-RAD images cycled + IU X-ray reports cycled (unique ids)"})
 
 

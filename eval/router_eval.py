@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     from ragmed.io import load_image
     from ragmed.pipeline import Pipeline
     from ragmed.pipeline.build import build_from_config
-    from tests.multidomain_utils import make_nonmedical
+    from ragmed.eval.nonmedical import make_nonmedical
 
     t0 = time.time()
     data, work = Path(a.data), Path(a.work) / a.image_encoder

@@ -105,6 +105,34 @@ def refuse_set(work: Path, seed: int = 0) -> list[tuple[str, str, Path]]:
     return out
 
 
+def heldout_set(work: Path) -> list[tuple[str, str, Path]]:
+    """Public images the checks' thresholds were NOT set on, reported apart from the headline figures:
+    (``refuse`` | ``accept``, name, file). Refuse: scikit-image's 200 LFW face crops (25×25 grey), its other
+    photographs (colour wheel, right stereo view, motion-blurred clock, logo) and matplotlib's Minduka photo;
+    accept: scikit-image's retina fundus, microaneurysm angiogram, immunohistochemistry slide and cell micrograph."""
+    import matplotlib
+    from PIL import Image
+    import skimage
+    import skimage.data as skd
+
+    d = work / "heldout"
+    d.mkdir(parents=True, exist_ok=True)
+    out: list[tuple[str, str, Path]] = []
+    faces = np.load(Path(skimage.__file__).parent / "data" / "lfw_subset.npy")
+    for i, f in enumerate(faces):
+        out.append(("refuse", f"skimage:lfw_subset:{i}", _png((np.asarray(f) * 255).round(), d / f"lfw-{i}.png")))
+    for name in ("colorwheel", "logo"):
+        out.append(("refuse", f"skimage:{name}", _png(np.asarray(getattr(skd, name)())[..., :3], d / f"{name}.png")))
+    sk = Path(skimage.__file__).parent / "data"
+    for fname in ("motorcycle_right.png", "clock_motion.png"):
+        out.append(("refuse", f"skimage:{fname}", _png(np.asarray(Image.open(sk / fname).convert("RGB")), d / fname)))
+    mp = Path(matplotlib.get_data_path()) / "sample_data" / "Minduka_Present_Blue_Pack.png"
+    out.append(("refuse", "matplotlib:Minduka", _png(np.asarray(Image.open(mp).convert("RGB")), d / "minduka.png")))
+    for name in ("retina", "microaneurysms", "immunohistochemistry", "cell"):
+        out.append(("accept", f"skimage:{name}", _png(getattr(skd, name)(), d / f"med-{name}.png")))
+    return out
+
+
 def accept_set(work: Path, per_folder: int = 150, seed: int = 0) -> list[tuple[str, str, Path]]:
     """(folder, name, file) of real medical images in the shared data, at most ``per_folder`` per folder."""
     rng = np.random.default_rng(seed)
@@ -180,6 +208,10 @@ def main() -> None:
                 else:
                     ok, why = decide(path)
                 rows.append({"set": group, "kind": kind, "name": name, "accepted": ok, "reason": why})
+        held = []
+        for group, name, path in heldout_set(work):
+            ok, why = decide(path)
+            held.append({"set": group, "name": name, "accepted": ok, "reason": why})
     ref = [r for r in rows if r["set"] == "refuse"]
     acc = [r for r in rows if r["set"] == "accept"]
     by_kind = {}
@@ -199,12 +231,23 @@ def main() -> None:
         "by_kind": by_kind,
         "ood_accepted": [r["name"] for r in ref if r["accepted"]],
         "medical_refused": [{"name": r["name"], "reason": r["reason"]} for r in acc if not r["accepted"]],
+        "heldout": {"note": "public images the thresholds were not set on (see heldout_set)",
+                    "refused_share": round(sum(not r["accepted"] for r in held if r["set"] == "refuse")
+                                           / max(1, sum(r["set"] == "refuse" for r in held)), 4),
+                    "accepted_share": round(sum(r["accepted"] for r in held if r["set"] == "accept")
+                                            / max(1, sum(r["set"] == "accept" for r in held)), 4),
+                    "n_refuse": sum(r["set"] == "refuse" for r in held),
+                    "n_accept": sum(r["set"] == "accept" for r in held),
+                    "wrong": [{"name": r["name"], "set": r["set"], "reason": r["reason"]} for r in held
+                              if r["accepted"] != (r["set"] == "accept")][:60]},
         "seconds": round(time.perf_counter() - t0, 1),
     }
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(json.dumps({k: res[k] for k in ("refused_share_of_ood", "accepted_share_of_medical", "n_ood", "n_medical",
                                           "ood_accepted")}, indent=1))
     print(f"medical refused: {len(res['medical_refused'])}", res["medical_refused"][:10])
+    h = res["heldout"]
+    print(f"held out: refused {h['refused_share']} of {h['n_refuse']}, accepted {h['accepted_share']} of {h['n_accept']}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ GRAPH = cm.import_graph(MODS)
 
 STAGES = ("io", "corpus", "encoders", "index", "domains", "knowledge", "select", "generate", "align", "pipeline",
           "serve", "cli", "eval", "integrations", "demo")
-LEAVES = {"ragmed", "ragmed.version", "ragmed.errors", "ragmed.types", "ragmed.text", "ragmed.settings",
+LEAVES = {"ragmed", "ragmed.version", "ragmed.errors", "ragmed.types", "ragmed.text", "ragmed.settings", "ragmed.cache",
           "ragmed.paths", "ragmed.registry"}
 
 # (rule, importer, imported) -> the issue whose files hold it

@@ -92,6 +92,22 @@ def _structure(image) -> dict[str, float]:
             "std": std, "dark": float((gs < 0.05).mean())}
 
 
+def _hue_mix(image) -> tuple[float, float, float]:
+    """(share of colourful pixels, share of them with a warm hue (< 60° or ≥ 345°), share with a blue hue
+    (180–260°)) of a colour image at most 256 px a side."""
+    from PIL import Image
+
+    px = np.asarray(image.pixels, dtype=np.float32)
+    step = max(1, int(math.ceil(max(px.shape[:2]) / 256)))
+    rgb = np.ascontiguousarray(np.clip(np.rint(px[::step, ::step] * 255), 0, 255).astype(np.uint8))
+    hsv = np.asarray(Image.fromarray(rgb, mode="RGB").convert("HSV"), dtype=np.float32).reshape(-1, 3) / 255.0
+    colourful = (hsv[:, 1] > 0.25) & (hsv[:, 2] > 0.15)
+    if not colourful.any():
+        return 0.0, 0.0, 0.0
+    hue = hsv[colourful, 0] * 360
+    return float(colourful.mean()), float(((hue < 60) | (hue >= 345)).mean()), float(((hue >= 180) & (hue < 260)).mean())
+
+
 def _warm_photo(image, s: dict[str, float]) -> float:
     """Share of colourful pixels with a warm hue (red, orange, brown, yellow: < 90°) when the colour image also has
     the sharp detail of a photograph and no dark frame; 0 otherwise."""
@@ -107,18 +123,43 @@ def _warm_photo(image, s: dict[str, float]) -> float:
     return float(((hsv[:, 0] * 360) < 90)[colourful].mean())
 
 
+def _ink_on_paper(image) -> dict[str, float]:
+    """Statistics of writing on paper (grey image, at most 256 px a side): the *paper* is the image after a 7×7 grey
+    closing (thin dark strokes filled in); ``ink`` = share of pixels more than 0.12 darker than that paper,
+    ``rough`` = mean deviation of the paper from its 15×15 local mean where the image is paper (within 0.04), i.e.
+    how smooth the background is, ``dark`` = share of near-black pixels. A printed or handwritten page, photographed
+    or scanned, is smooth paper (rough ≈ 0.01) carrying 5–30 % ink and no black; anatomy is not smooth at that
+    scale and radiological images have their black surround."""
+    from scipy import ndimage as ndi
+
+    g = _gray_small(image, 256).astype(np.float32)
+    paper = ndi.grey_closing(g, size=(7, 7))
+    d = paper - g
+    flat = np.abs(d) < 0.04
+    rough = float(np.abs(paper - ndi.uniform_filter(paper, 15))[flat].mean()) if flat.any() else 1.0
+    return {"ink": float((d > 0.12).mean()), "rough": rough, "dark": float((g < 0.05).mean())}
+
+
 def check_image(image, *, min_side: int = MIN_SIDE) -> None:
     """Refuse, with a :class:`~ragmed.errors.DomainError` naming the reason, what is not a diagnostic medical image:
 
     1. an image smaller than ``min_side`` pixels on a side (8×8 or fewer: a thumbnail, an icon);
     2. :func:`check_content`: a blank frame, random noise, a white page of text, a green/blue natural photograph;
+    2b. writing on paper (:func:`_ink_on_paper`, grey images): a smooth background (rough < 0.015) carrying more than
+       5 % ink strokes and under 2 % near-black, e.g. a scanned or photographed page, handwriting on a sheet;
     3. no large-scale structure (8×8 block means spread < 0.2 of the pixels' spread): a texture (brick, grass,
        gravel), a star field, a page of text; every body, organ, slide or smear has large-scale structure;
+    3b. a grey picture with weak large-scale structure (block spread < 0.5) and no dark surround (< 6 % near-black):
+       objects or a texture spread evenly over a plain background (coins on a table); the grey medical images that
+       lack a dark surround (radiographs, MedMNIST) have block spreads above 0.65;
     4. a flat, low-contrast grey picture with no dark background (spread < 0.09, mean gradient < 0.012, < 5 %
        near-black: the moon, a wall clock; an ultrasound frame has its dark fan surround);
     5. a warm-coloured photograph: colour with sharp detail (mean gradient > 0.03), no dark frame (< 30 % near-black)
        and ≥ 50 % of its colourful pixels red, orange, brown or yellow (a cat, a cup of coffee, a portrait); a
-       dermoscopy image is smooth (gradient ≤ 0.02), a DICOM VL photograph has its dark frame, H&E is purple.
+       dermoscopy image is smooth (gradient ≤ 0.02), a DICOM VL photograph has its dark frame, H&E is purple;
+    6. a colour photograph mixing warm and blue hues in sharp detail (mean gradient > 0.03, ≥ 30 % colourful pixels,
+       ≥ 20 % of them warm and ≥ 20 % blue: a portrait in a blue uniform, a street); a blood smear mixes those hues
+       too but is smooth and mostly pale (≤ 13 % colourful, gradient ≤ 0.012).
 
     The thresholds were set on the shared medical images (VQA-RAD, NEMA DICOM, dermoscopy, lung ultrasound,
     histopathology, brain MRI, blood smears, MedMNIST) and the photographs bundled with scikit-image, scikit-learn
@@ -129,15 +170,31 @@ def check_image(image, *, min_side: int = MIN_SIDE) -> None:
         raise DomainError(f"the image is {w}×{h} pixels, too small to be a diagnostic image (at least {min_side}×"
                           f"{min_side})", path=image.source, remedy="send the diagnostic image itself")
     check_content(image)
+    if not image.is_color:
+        ink = _ink_on_paper(image)
+        if ink["rough"] < 0.015 and ink["ink"] > 0.05 and ink["dark"] < 0.02:
+            raise DomainError(f"the image looks like writing on paper (smooth background, {ink['ink']:.0%} ink "
+                              "strokes), not a medical image", path=image.source,
+                              remedy="send the diagnostic image itself")
     s = _structure(image)
     if s["coarse"] < 0.2:
         raise DomainError(f"the image has no large-scale structure (block spread {s['coarse']:.2f}): it looks like a "
                           "texture, a star field or a page of text, not a medical image", path=image.source,
                           remedy="send the diagnostic image itself")
+    if not image.is_color and s["dark"] < 0.06 and s["coarse"] < 0.5:
+        raise DomainError(f"the image has weak large-scale structure (block spread {s['coarse']:.2f}) and no dark "
+                          "surround: objects or texture spread evenly over a plain background, not a medical image",
+                          path=image.source, remedy="send the diagnostic image itself")
     if not image.is_color and s["std"] < 0.09 and s["edge"] < 0.012 and s["dark"] < 0.05:
         raise DomainError(f"the image is a flat, low-contrast picture (spread {s['std']:.2f}, gradient "
                           f"{s['edge']:.3f}), not a medical image", path=image.source,
                           remedy="send the diagnostic image itself")
+    if image.is_color and s["edge"] > 0.03:
+        colourful, warm_share, blue_share = _hue_mix(image)
+        if colourful >= 0.3 and warm_share >= 0.2 and blue_share >= 0.2:
+            raise DomainError(f"the image looks like a photograph (sharp detail in both warm and blue colours: "
+                              f"{warm_share:.0%} / {blue_share:.0%} of its colourful pixels), not a medical image",
+                              path=image.source, remedy="send the diagnostic image itself")
     if image.is_color and s["edge"] > 0.03 and s["dark"] < 0.3:
         warm = _warm_photo(image, s)
         if warm >= 0.5:

@@ -29,12 +29,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ragmed.cache import BoundedCache
 from ragmed.encoders.base import BaseImageEncoder, BaseTextEncoder
 from ragmed.errors import ConfigError, EncoderError, ModelNotFoundError
 
@@ -146,15 +146,11 @@ class TowerTextEncoder(BaseTextEncoder):
         return self.backend.encode_text([t or "" for t in texts])
 
 
-_CACHE: dict[tuple, TwoTowerBackend] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE: BoundedCache[tuple, TwoTowerBackend] = BoundedCache(2)  # loaded models (one image + text pair each)
 
 
 def _cached(key: tuple, build):
-    with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = build()
-        return _CACHE[key]
+    return _CACHE.get_or_create(key, build)
 
 
 def _make(role: str | None, backend_factory, key: tuple, batch_size: int | None):

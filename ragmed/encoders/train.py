@@ -80,7 +80,8 @@ class TrainSet:
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        h.update(np.ascontiguousarray(self.arrays).tobytes())
+        for i in range(0, len(self.arrays), 256):  # in chunks: ``arrays`` may be a disk-backed memmap
+            h.update(np.ascontiguousarray(self.arrays[i:i + 256]).tobytes())
         h.update(json.dumps([self.text_ids, self.texts, self.domains], sort_keys=True).encode())
         h.update(np.asarray(self.weights, dtype=np.float64).tobytes())
         return h.hexdigest()[:16]
@@ -428,10 +429,18 @@ def samples_from_corpus(corpus, *, text_fields: Sequence[str] = (), skipped: lis
     return out
 
 
+def fit_sample(n: int, max_images: int | None, seed: int = 0) -> np.ndarray:
+    """Which of ``n`` candidate images (corpus order) :func:`fit_to_corpus` fits on: all, or a seeded sample of
+    ``max_images`` (sorted)."""
+    if max_images is None or n <= max_images:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=int(max_images), replace=False))
+
+
 def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 10, work_dir: str | Path | None = None,
                   progress: bool = True, *, lr: float = 5e-4, seed: int = 0, ssl_weight: float = 3.0,
                   ssl_aug_strength: float = 2.0, batch_size: int = 64, min_steps: int = 200,
-                  max_steps: int = 2000, max_images: int | None = 4096):
+                  max_steps: int = 2000, max_images: int | None = 4096, trainset: TrainSet | None = None):
     """Fine-tune a ragmed-default image encoder on ``corpus`` and return the fitted encoder.
 
     Two signals, both from the corpus itself: each image–report pair (InfoNCE into the frozen text space, as in
@@ -445,6 +454,9 @@ def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 10, work_dir: str
     path=work_dir/"model")`` loads it) and its id is ``ragmed-default-fit-<corpus checksum>@<weights hash>``, so an
     index records which fitted encoder built it. A second call with the same encoder, corpus and settings reuses the
     saved model; an interrupted fit resumes from its checkpoint.
+
+    ``trainset``: the corpus's images already decoded and preprocessed (the index build's own, sampled as above), used
+    instead of decoding the corpus here.
     """
     import tempfile
 
@@ -472,11 +484,14 @@ def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 10, work_dir: str
             pass
     skipped: list = []
     ssl = ssl_weight > 0
-    samples = samples_from_corpus(corpus, skipped=skipped, textless=ssl)
-    if max_images is not None and len(samples) > max_images:
-        keep = np.sort(np.random.default_rng(seed).choice(len(samples), size=int(max_images), replace=False))
-        samples = [samples[i] for i in keep]
-    data = build_trainset(samples, encoder.preprocess_config.size, textless=ssl)
+    if trainset is not None:
+        data = trainset
+    else:
+        samples = samples_from_corpus(corpus, skipped=skipped, textless=ssl)
+        if max_images is not None and len(samples) > max_images:
+            keep = fit_sample(len(samples), max_images, seed)
+            samples = [samples[i] for i in keep]
+        data = build_trainset(samples, encoder.preprocess_config.size, textless=ssl)
     if len(data) < 2:
         raise EncoderError("cannot fit the image encoder: fewer than two decodable images"
                            + ("" if ssl else " with report text"), path=str(corpus.source))

@@ -63,15 +63,16 @@ def evidence_floors(store, text_encoder, *, n: int = FLOOR_SAMPLE, seed: int = 0
     for domain, kinds in store.manifest["domains"].items():
         if "image" not in kinds:
             continue
-        ids, vecs = store.vectors(domain, "image")
-        if len(ids) < 3:
+        count = _count(store, domain, "image")
+        if count < 3:
             continue
         index = store.faiss_index(domain, "image")
-        meta = {r["vec_id"]: (r["case_id"], r["content_hash"]) for r in store.image_rows(domain)}
-        pick = rng.choice(len(ids), size=min(n, len(ids)), replace=False)
-        D, I = index.search(np.ascontiguousarray(vecs[pick]), min(10, len(ids)))
-        for row, qi in enumerate(pick):
-            case, h = meta[int(ids[qi])]
+        pick = rng.choice(count, size=min(n, count), replace=False)
+        q_ids, q_vecs = _vectors_at(store, domain, "image", pick)
+        D, I = index.search(np.ascontiguousarray(q_vecs), min(10, count))
+        meta = _image_meta(store, set(q_ids.tolist()) | {int(j) for j in I.ravel() if j >= 0})
+        for row, qid in enumerate(q_ids):
+            case, h = meta[int(qid)]
             for s, j in zip(D[row], I[row]):
                 if j >= 0 and int(j) in meta and meta[int(j)][0] != case and meta[int(j)][1] != h:
                     img_scores.append(float(s))
@@ -79,26 +80,96 @@ def evidence_floors(store, text_encoder, *, n: int = FLOOR_SAMPLE, seed: int = 0
     if img_scores:
         out["image-image"] = _summary(img_scores)
     txt_scores = []
-    rows = store.texts()
-    if len(rows) >= 3 and text_encoder is not None:
-        pick = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
-        qv = text_encoder.encode_texts([first_sentence(rows[i][1], vqa=False) for i in pick])
+    n_rows = _count_texts(store, None)
+    if n_rows >= 3 and text_encoder is not None:
+        pick = rng.choice(n_rows, size=min(n, n_rows), replace=False)
+        rows = _texts_at(store, None, pick)
+        qv = text_encoder.encode_texts([first_sentence(r[1], vqa=False) for r in rows])
         for domain, kinds in store.manifest["domains"].items():
             if "text" not in kinds:
                 continue
             index = store.faiss_index(domain, "text")
             D, I = index.search(qv, min(10, index.ntotal))
             vec_to_case = store.text_vector_cases(domain)
-            for row, i in enumerate(pick):
-                if rows[i][2] != domain:
+            for row, r in enumerate(rows):
+                if r[2] != domain:
                     continue
-                own = rows[i][0]
+                own = r[0]
                 for s, j in zip(D[row], I[row]):
                     if j >= 0 and vec_to_case.get(int(j)) != own:
                         txt_scores.append(float(s))
                         break
     if txt_scores:
         out["question-report"] = _summary(txt_scores)
+    return out
+
+
+# --- streamed reads: only the sampled vectors and rows are held, never a whole domain ----------------------------
+def _count(store, domain: str, kind: str) -> int:
+    rec = store.manifest.get("domains", {}).get(domain, {}).get(kind)
+    if rec and "n" in rec:
+        return int(rec["n"])
+    return len(store.vectors(domain, kind)[0])
+
+
+def _vectors_at(store, domain: str, kind: str, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (ids, vectors) at ``positions`` (in that order) of ``store.vectors(domain, kind)``, read part by part."""
+    from ragmed.index.parts import list_parts
+
+    root = getattr(store, "version_dir", None)
+    parts = list_parts(Path(root) / "vectors", domain, kind) if root is not None else []
+    if not parts:
+        ids, vecs = store.vectors(domain, kind)
+        return ids[positions], vecs[positions]
+    positions = np.asarray(positions)
+    order = np.argsort(positions, kind="stable")
+    out_ids = np.zeros(len(positions), dtype=np.int64)
+    out_vecs: np.ndarray | None = None
+    start, k = 0, 0
+    for p in parts:
+        with np.load(p) as z:
+            ids, vecs = z["ids"], z["vectors"]
+        end = start + len(ids)
+        while k < len(order) and positions[order[k]] < end:
+            dst, src = order[k], positions[order[k]] - start
+            if out_vecs is None:
+                out_vecs = np.zeros((len(positions), vecs.shape[1]), dtype=np.float32)
+            out_ids[dst], out_vecs[dst] = ids[src], vecs[src]
+            k += 1
+        start = end
+    return out_ids, out_vecs if out_vecs is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _image_meta(store, vec_ids: set[int]) -> dict[int, tuple[str, str]]:
+    """vec id → (case id, content hash) for the given image vectors only."""
+    out: dict[int, tuple[str, str]] = {}
+    ids = sorted(vec_ids)
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        q = f"SELECT vec_id, case_id, content_hash FROM images WHERE vec_id IN ({','.join('?' * len(chunk))})"
+        out.update({int(r[0]): (r[1], r[2]) for r in store.db.execute(q, chunk)})
+    return out
+
+
+def _texts_query(domain: str | None, what: str) -> tuple[str, tuple]:
+    if domain is None:  # as IndexStore.texts: cases with text, in index order
+        return f"SELECT {what} FROM cases WHERE text != ''" + (" ORDER BY rowid" if what != "COUNT(*)" else ""), ()
+    return (f"SELECT {what} FROM cases WHERE domain=? AND text != ''" + (" ORDER BY rowid" if what != "COUNT(*)"
+                                                                          else ""), (domain,))
+
+
+def _count_texts(store, domain: str | None) -> int:
+    return int(store.db.execute(*_texts_query(domain, "COUNT(*)")).fetchone()[0])
+
+
+def _texts_at(store, domain: str | None, positions) -> list[tuple[str, str, str]]:
+    """``store.texts(domain)[i]`` for each i in ``positions`` (in that order), streamed from the metadata."""
+    want = {int(p): k for k, p in enumerate(positions)}
+    out: list = [None] * len(want)
+    for i, r in enumerate(store.db.execute(*_texts_query(domain, "case_id, text, domain"))):
+        k = want.get(i)
+        if k is not None:
+            out[k] = (r[0], r[1], r[2])
     return out
 
 
@@ -116,22 +187,25 @@ def calibrate_channels(store, *, text_encoder=None, image_encoder_space: str | N
     for dom in store.domains:
         res: dict[str, dict] = {}
         # image → image and image → report
-        img_ids, img_vecs = store.vectors(dom, "image")
-        if len(img_ids) >= 3:
-            pick = rng.choice(len(img_ids), size=min(n, len(img_ids)), replace=False)
-            meta = {r["vec_id"]: r["case_id"] for r in store.image_rows(dom)}
-            q = np.ascontiguousarray(img_vecs[pick])
+        n_img = _count(store, dom, "image") if "image" in store.manifest["domains"].get(dom, {}) else 0
+        if n_img >= 3:
+            pick = rng.choice(n_img, size=min(n, n_img), replace=False)
+            q_ids, q = _vectors_at(store, dom, "image", pick)
+            meta = _image_meta(store, set(q_ids.tolist()))
+            own = [meta.get(int(i), (None,))[0] for i in q_ids]
+            q = np.ascontiguousarray(q)
             hits = store.search("image", q, 5, domains=[dom])
-            res["image-image"] = _best_other(hits, [meta.get(int(img_ids[i])) for i in pick])
+            res["image-image"] = _best_other(hits, own)
             text_space = store.encoders.get("text", {}).get("space")
             if image_encoder_space is not None and image_encoder_space == text_space:
                 hits = store.search("text", q, 5, domains=[dom])
-                res["image-report"] = _best_other(hits, [meta.get(int(img_ids[i])) for i in pick])
-        rows = store.texts(dom)
-        if len(rows) >= 3:
-            pick = rng.choice(len(rows), size=min(n, len(rows)), replace=False)
-            queries = [first_sentence(rows[i][1]) for i in pick]
-            own = [rows[i][0] for i in pick]
+                res["image-report"] = _best_other(hits, own)
+        n_rows = _count_texts(store, dom)
+        if n_rows >= 3:
+            pick = rng.choice(n_rows, size=min(n, n_rows), replace=False)
+            rows = _texts_at(store, dom, pick)
+            queries = [first_sentence(r[1]) for r in rows]
+            own = [r[0] for r in rows]
             if text_encoder is not None and "text" in store.encoders:
                 hits = store.search("text", text_encoder.encode_texts(queries), 5, domains=[dom])
                 res["question-report"] = _best_other(hits, own)

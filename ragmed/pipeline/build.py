@@ -6,8 +6,10 @@ and image statistics gathered during that same pass → publish (the ``current``
 is written, so a build killed at any point leaves the previous version whole).
 
 ``build_from_config(corpus, out, cfg)``: see :func:`ragmed.index.build_index` for the index part; the report's
-``post_build`` summarises BM25, calibration and the router fit. Adding to an index (``add=True``) fits the router on
-the whole index, so the images already indexed are decoded again for it (their statistics are not stored).
+``post_build`` summarises BM25, calibration and the router fit. The router's image statistics
+(:func:`ragmed.domains.content_features`) are stored beside the image vectors (parts of kind ``features``), so adding
+to an index (``add=True``) refits the router on the whole index from stored vectors and statistics, decoding only the
+new images. (An index built before the statistics were stored is decoded again for it, once.)
 """
 from __future__ import annotations
 
@@ -17,23 +19,6 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger("ragmed.pipeline")
-
-
-class RouterSamples:
-    """Image statistics per vector id, gathered while the index is built (``on_images``), for the router fit."""
-
-    def __init__(self, domains: list[str]):
-        self.domains = set(domains)
-        self.features: dict[int, np.ndarray] = {}
-        self.domain_of: dict[int, str] = {}
-
-    def __call__(self, batch: list) -> None:
-        from ragmed.domains import content_features
-
-        for vec_id, domain, image in batch:
-            if domain in self.domains:
-                self.features[int(vec_id)] = content_features(image)
-                self.domain_of[int(vec_id)] = domain
 
 
 def build_from_config(corpus, out: str | Path, cfg, *, add: bool = False, progress: bool = True,
@@ -48,18 +33,18 @@ def build_from_config(corpus, out: str | Path, cfg, *, add: bool = False, progre
     fitting = cfg.index.fit_image_encoder if fit is None else fit
     if image_encoder is None and not fitting:
         image_encoder = comps.image_encoder  # (a fitted tower is created by build_index and loaded from the index)
-    router = samples = None
+    router = features = None
     if cfg.domains:
-        from ragmed.domains import build_router
+        from ragmed.domains import build_router, content_features
 
         router = build_router(cfg, image_encoder=image_encoder, text_encoder=text_encoder).route_case
-        samples = RouterSamples([d.name for d in cfg.domains]) if not add else None
+        features = content_features
 
     def before_publish(store, *, image_encoder, text_encoder) -> dict:
-        return fit_router_step(store, cfg, samples, image_encoder, corpus_root=corpus.root)
+        return fit_router_step(store, cfg, image_encoder, corpus_root=corpus.root)
 
     return build_index(corpus, out, cfg, router=router, add=add, progress=progress, text_encoder=text_encoder,
-                       image_encoder=image_encoder, fit=fit, on_images=samples,
+                       image_encoder=image_encoder, fit=fit, image_features=features,
                        before_publish=before_publish if cfg.domains else None, **kw)
 
 
@@ -83,13 +68,14 @@ def build_from_config_ray(corpus, out: str | Path, cfg, *, progress: bool = True
                              **kw)
     if cfg.domains:
         image_encoder = Components.from_config(cfg, out).image_encoder  # the index's own (as the actors loaded it)
-        report.post_build = fit_router_step(open_index(out), cfg, None, image_encoder, corpus_root=corpus.root)
+        report.post_build = fit_router_step(open_index(out), cfg, image_encoder, corpus_root=corpus.root)
     return report
 
 
-def fit_router_step(store, cfg, samples: RouterSamples | None, image_encoder, *, corpus_root) -> dict:
-    """Fit the router's classifier into the (staging) version: from the build's own vectors and image statistics
-    when it gathered them, else (adding to an index) by decoding the indexed images again."""
+def fit_router_step(store, cfg, image_encoder, *, corpus_root) -> dict:
+    """Fit the router's classifier into the (staging) version from the index's own image vectors and the image
+    statistics stored beside them; an index without stored statistics (built before they were, or by the Ray engine)
+    is decoded again for them."""
     from ragmed.domains import fit_router, fit_router_from_features
 
     if image_encoder is None:
@@ -97,16 +83,25 @@ def fit_router_step(store, cfg, samples: RouterSamples | None, image_encoder, *,
     params = cfg.router.params
     max_per_domain = int(params.get("fit_max_per_domain", 200))
     domains = [d.name for d in cfg.domains]
-    if samples is None:
+    vec_by_id: dict[int, np.ndarray] = {}
+    feat_by_id: dict[int, np.ndarray] = {}
+    domain_of: dict[int, str] = {}
+    complete = True
+    for dom in store.domains:
+        if dom not in domains:
+            continue
+        ids, vecs = store.vectors(dom, "image")
+        fids, feats = store.vectors(dom, "features")
+        if len(fids) != len(ids):
+            complete = False
+            break
+        vec_by_id.update({int(i): v for i, v in zip(ids, vecs)})
+        feat_by_id.update({int(i): f for i, f in zip(fids, feats)})
+        domain_of.update({int(i): dom for i in ids})
+    if not complete or set(vec_by_id) != set(feat_by_id):
         return {"router": fit_router(store, corpus_root, image_encoder, domains=domains,
                                      max_per_domain=max_per_domain)}
-    vec_by_id: dict[int, np.ndarray] = {}
-    for dom in store.domains:
-        if dom in samples.domains:
-            ids, vecs = store.vectors(dom, "image")
-            vec_by_id.update({int(i): v for i, v in zip(ids, vecs)})
-    rows = [(vid, samples.domain_of[vid]) for vid in sorted(samples.features) if vid in vec_by_id]
+    rows = [(vid, domain_of[vid]) for vid in sorted(vec_by_id)]
     return {"router": fit_router_from_features(store.version_dir, rows,
-                                               lambda vid: np.concatenate([vec_by_id[vid], samples.features[vid]]),
+                                               lambda vid: np.concatenate([vec_by_id[vid], feat_by_id[vid]]),
                                                image_encoder.id, domains=domains, max_per_domain=max_per_domain)}
-

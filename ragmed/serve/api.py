@@ -37,37 +37,23 @@ Errors are always ``{"error": {"type", "message"}}``: 400 bad input, 401 authent
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
-import io
 import ipaddress
 import logging
-import secrets
-import shutil
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
-from fastapi import File, Form, UploadFile  # at module level: the endpoints' annotations are resolved here
-
-from ragmed.errors import ConfigError, DomainError, ImageError, ImageTooLargeError, RagmedError
-from ragmed.api import MAX_QUESTION_CHARS, QuestionError
-from ragmed.api import validate_question as _validate
+from ragmed.errors import ConfigError, RagmedError
+from ragmed.api import MAX_QUESTION_CHARS, QuestionError  # noqa: F401
+from ragmed.serve.context import (CLIENT_ERRORS, ServiceContext, check_declared_size, declared_size,  # noqa: F401
+                                  image_id, study_reference, validate_question)
 
 log = logging.getLogger("ragmed.serve.api")
 
-CLIENT_ERRORS = (ImageError, DomainError)  # the request's own input is at fault: 400
 LOOPBACK_NAMES = {"localhost"}
-
-
-def validate_question(question: str | None, *, required: bool = True, max_chars: int = MAX_QUESTION_CHARS) -> str:
-    """The service's question check: ragmed's one validation (:func:`ragmed.text.questions.validate_question`,
-    the same rules and messages as the CLI and the Python API); ``required=False`` lets a report request through."""
-    return _validate(question, allow_empty=not required, max_chars=max_chars)
 
 
 def is_loopback(host: str) -> bool:
@@ -262,72 +248,58 @@ class WorkQueue:
         return await asyncio.get_running_loop().run_in_executor(self.pool, job)
 
 
-def declared_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) that a PNG or JPEG file declares in its header, read without a decoder (None for other files
-    or an unreadable header). DICOM's Rows / Columns are checked by ragmed.io before decoding."""
-    import struct
-
-    with open(path, "rb") as f:
-        head = f.read(64 * 1024)
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24 and head[12:16] == b"IHDR":
-        w, h = struct.unpack(">II", head[16:24])
-        return w, h
-    if head.startswith(b"\xff\xd8"):
-        i = 2
-        while i + 9 < len(head):
-            if head[i] != 0xFF:
-                return None
-            marker = head[i + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                i += 2
-                continue
-            seg = struct.unpack(">H", head[i + 2:i + 4])[0]
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                h, w = struct.unpack(">HH", head[i + 5:i + 9])
-                return w, h
-            i += 2 + seg
-    return None
-
-
-def check_declared_size(path: Path, max_pixels: int) -> None:
-    """Refuse (413) a PNG / JPEG whose header declares more than ``max_pixels`` pixels, before any decoder sees it
-    (Pillow would otherwise call a file over twice its own limit a decompression bomb: a 400 DecodeError)."""
-    size = declared_size(path)
-    if size is not None and size[0] * size[1] > max_pixels:
-        raise ImageTooLargeError(f"{size[0]}x{size[1]} pixels exceeds the limit of {max_pixels}", path="upload",
-                                 remedy="send a smaller image")
-
-
-def image_id(secret: bytes, case_id: str, source: str) -> str:
-    """The opaque id of an indexed image: a keyed hash of its case and corpus path (the path never leaves)."""
-    return "img-" + hmac.new(secret, f"{case_id}\0{source}".encode(), hashlib.sha256).hexdigest()[:24]
-
-
 def create_app(pipeline, settings: ServiceSettings | None = None, *, factory: Callable[[], Any] | None = None,
                api_key: str | None = None, max_upload_mb: float | None = None):
     """The ASGI app answering with ``pipeline`` (a loaded :class:`~ragmed.pipeline.Pipeline`). ``factory`` builds a
     fresh pipeline for the same index (used when the index gets a new version). ``api_key`` / ``max_upload_mb`` are
-    shorthands for the settings."""
-    from fastapi import FastAPI
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
+    shorthands for the settings. The routes share one :class:`~ragmed.serve.context.ServiceContext`."""
     from ragmed.serve.guard import Admission, Guard, GuardConfig
     from ragmed.serve.metrics import Metrics
-    from ragmed.types import ANSWER_SCHEMA
+    from ragmed.serve.routes import add_answer_routes, add_error_handlers, add_evidence_routes, add_operations_routes
 
+    s = _settings(settings, api_key, max_upload_mb)
+    admission = Admission(s.workers + s.queue)
+    metrics = Metrics(admission)
+    holder = PipelineHolder(pipeline, factory, check_every=s.reload_check_s, metrics=metrics)
+    ctx = ServiceContext(s, holder, WorkQueue(s.workers, admission), admission, metrics)
+    app = _fastapi_app(ctx)
+    add_error_handlers(app, ctx)
+    add_operations_routes(app, ctx)
+    add_answer_routes(app, ctx)
+    add_evidence_routes(app, ctx)
+    _mount_docs(app)
+    from ragmed.serve.viewer import mount_viewer
+
+    mount_viewer(app)
+    if s.cds is not None:
+        from ragmed.serve.cds import mount_cds
+
+        mount_cds(app, s.cds)
+    return Guard(app, GuardConfig(api_keys=s.api_keys, max_body_bytes=int(s.max_upload_mb * (1 << 20)),
+                                  chunk_timeout_s=s.chunk_timeout_s, body_timeout_s=s.body_timeout_s,
+                                  capacity=s.workers + s.queue, retry_after_s=s.retry_after_s,
+                                  signed_ok=ctx.signed_ok),
+                 admission, metrics)
+
+
+def _settings(settings: ServiceSettings | None, api_key: str | None, max_upload_mb: float | None) -> ServiceSettings:
     s = settings or ServiceSettings(no_auth=api_key is None)
     if api_key:
         s.api_keys = (*s.api_keys, api_key)
     if max_upload_mb is not None:
         s.max_upload_mb = max_upload_mb
     s.check()
-    admission = Admission(s.workers + s.queue)
-    metrics = Metrics(admission)
-    holder = PipelineHolder(pipeline, factory, check_every=s.reload_check_s, metrics=metrics)
-    queue = WorkQueue(s.workers, admission)
+    return s
+
+
+def _fastapi_app(ctx: ServiceContext):
+    """The FastAPI app (no routes yet): its lifespan logs start and drains the work queue at shutdown; ``app.state``
+    exposes the context's pieces to the mounted sub-services (CDS Hooks)."""
     from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    s, holder, queue = ctx.settings, ctx.holder, ctx.queue
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -337,297 +309,14 @@ def create_app(pipeline, settings: ServiceSettings | None = None, *, factory: Ca
         queue.pool.shutdown(wait=True)  # uvicorn has stopped accepting and finished the requests in flight
         log.info("shutdown complete")
 
-    app = FastAPI(title="ragmed", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+    app = FastAPI(title="ragmed", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json",
                   description="Multimodal medical retrieval-augmented answers with cited evidence. Decision support "
                               "only, not a diagnosis. Authenticate with `Authorization: Bearer KEY`.")
-    app.state.holder, app.state.metrics, app.state.settings = holder, metrics, s
-
-    def error(status: int, type_: str, message: str, headers: dict | None = None):
-        metrics.errors.labels(type_).inc()
-        return JSONResponse(status_code=status, content={"error": {"type": type_, "message": message}},
-                            headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, exc):
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = ".".join(str(x) for x in first.get("loc", ())[1:])
-        return error(400, "invalid_request", f"{loc}: {first.get('msg', 'invalid request')}" if loc
-                     else "invalid request")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request, exc):
-        kinds = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large", 400: "invalid_request"}
-        msg = exc.detail if isinstance(exc.detail, str) else "invalid request"
-        if exc.status_code == 400 and "parsing the body" in msg:
-            msg = "the request body is not a valid multipart form"
-        return error(exc.status_code, kinds.get(exc.status_code, "http_error"), msg,
-                     headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request, exc):
-        log.error("unhandled error", extra={"fields": {"error": type(exc).__name__}})
-        return error(500, "internal_error", "ragmed could not answer this request (see the server log)")
-
-    secret_cache: dict[str, bytes] = {}
-
-    def id_secret(p) -> bytes:
-        if s.image_id_secret:
-            return s.image_id_secret.encode()
-        v = holder.version or ""
-        if v not in secret_cache:
-            try:
-                checksum = str(p.store.manifest.get("corpus", {}).get("checksum", ""))
-            except RagmedError:
-                checksum = ""
-            secret_cache[v] = hashlib.sha256(b"ragmed-image-id\0" + checksum.encode()).digest()
-        return secret_cache[v]
-
-    def public_evidence(p, items: list[dict]) -> list[dict]:
-        """Evidence as clients see it: case id + opaque image id + thumbnail URL; the file name only if allowed."""
-        out = []
-        sec = id_secret(p)
-        for e in items:
-            e = dict(e)
-            src = e.get("image")
-            if src:
-                iid = image_id(sec, e["case_id"], src)
-                e["image_id"] = iid
-                e["thumbnail"] = f"/v1/cases/{e['case_id']}/images/{iid}/thumbnail"
-                if not s.allow_names:
-                    e["image"] = None
-            else:
-                e["image_id"] = e["thumbnail"] = None
-            out.append(e)
-        return out
-
-    # --- loading the request's image ----------------------------------------------------------------------------
-    def load_request_image(work: Path, upload: UploadFile | None, study: str | None, series: str | None,
-                           instance: str | None):
-        from ragmed.api import load_image  # the service decodes uploads itself: it enforces the pixel limit
-
-        if upload is not None and upload.filename is not None:
-            path = work / "upload"
-            size = 0
-            with path.open("wb") as f:
-                while chunk := upload.file.read(1 << 20):
-                    size += len(chunk)
-                    f.write(chunk)
-            if size == 0:
-                raise ImageError("image: the uploaded file is empty")
-            check_declared_size(path, s.max_image_pixels)
-            return load_image(path, root=work, max_pixels=s.max_image_pixels), None
-        if study:
-            ref = study_reference(study, series, instance)
-            if not s.dicomweb_url:
-                raise ConfigError("this service has no PACS configured (--dicomweb URL) for study references")
-            from ragmed.api import DicomWebSource
-
-            img = DicomWebSource(s.dicomweb_url).load_reference(ref, work, max_instances=s.max_study_instances,
-                                                                   max_pixels=s.max_image_pixels)
-            return img, ref
-        return None, None
-
-    def run_request(upload, study, series, instance, fn):
-        work = Path(tempfile.mkdtemp(prefix="ragmed-upload-"))
-        try:
-            img, ref = load_request_image(work, upload, study, series, instance)
-            return holder.call(lambda p: fn(p, img, ref))
-        except QuestionError as e:
-            return error(400, "invalid_question", str(e))
-        except ImageTooLargeError as e:
-            return error(413, "image_too_large", str(e).replace(str(work) + "/", ""))
-        except CLIENT_ERRORS as e:
-            return error(400, type(e).__name__, str(e).replace(str(work) + "/", ""))
-        except ConfigError as e:
-            return error(400, "invalid_request", str(e))
-        except RagmedError as e:
-            from ragmed.api import StudyNotFoundError, PacsError
-
-            if isinstance(e, StudyNotFoundError):
-                return error(404, "study_not_found", str(e))
-            if isinstance(e, PacsError):
-                return error(502, "pacs_error", str(e))
-            log.error("request failed", extra={"fields": {"error": type(e).__name__}})
-            return error(500, type(e).__name__, "ragmed could not answer this request (see the server log)")
-        except Exception as e:  # noqa: BLE001 - the client gets a generic message, the log the error type
-            log.error("request failed", extra={"fields": {"error": type(e).__name__}})
-            return error(500, "internal_error", "ragmed could not answer this request (see the server log)")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-    def answer_body(p, a, ref, fmt: str):
-        d = a.to_dict()
-        d["evidence"] = public_evidence(p, d["evidence"])
-        if ref is not None:
-            d["image"]["study"] = ref.to_dict()
-        metrics.answer(len(d["evidence"]), bool(d["insufficient_evidence"]))
-        if fmt == "fhir":
-            from ragmed.serve.fhir import diagnostic_report
-
-            return diagnostic_report(d, study_uid=ref.study if ref is not None else None, index_version=holder.version)
-        if fmt == "fhir-guidance":
-            from ragmed.serve.fhir import guidance_response
-            from ragmed.serve.guard import request_id
-
-            return guidance_response(d, service_uri="urn:ragmed:v1:ask", request_id=request_id.get(),
-                                     study_uid=ref.study if ref is not None else None)
-        return d
-
-    sign_key = secrets.token_bytes(32)
-
-    def sign(path: str, ttl: int = 3600) -> str:
-        """A link to a thumbnail that works without the API key until it expires (for CDS cards)."""
-        exp = int(time.time()) + ttl
-        sig = hmac.new(sign_key, f"{path}\0{exp}".encode(), hashlib.sha256).hexdigest()[:32]
-        return f"{path}?exp={exp}&sig={sig}"
-
-    def signed_ok(path: str, query: bytes) -> bool:
-        if not (path.startswith("/v1/cases/") and path.endswith("/thumbnail")):
-            return False
-        from urllib.parse import parse_qs
-
-        try:
-            q = parse_qs(query.decode("ascii"))
-            exp, sig = int(q["exp"][0]), q["sig"][0]
-        except (KeyError, ValueError, UnicodeDecodeError):
-            return False
-        want = hmac.new(sign_key, f"{path}\0{exp}".encode(), hashlib.sha256).hexdigest()[:32]
-        return exp >= time.time() and hmac.compare_digest(want.encode(), sig.encode())
-
-    app.state.sign = sign
-    app.state.answer_body = answer_body
-    app.state.run_request = run_request
-    app.state.queue = queue
-    app.state.error = error
-
-    # --- routes -------------------------------------------------------------------------------------------------
-    @app.get("/health", tags=["operations"], summary="Liveness")
-    def health() -> dict[str, Any]:
-        p = holder.pipeline
-        return {"status": "ok", "pipeline": p.config.name, "index_version": holder.version,
-                "answer_schema": ANSWER_SCHEMA}
-
-    @app.get("/readyz", tags=["operations"], summary="Readiness: models loaded and the live index served",
-             responses={503: {"description": "not ready"}})
-    def readyz():
-        ok, why = holder.readiness()
-        if not ok:
-            return error(503, "not_ready", why)
-        return {"status": "ready", "detail": why, "index_version": holder.version,
-                "queue": {"admitted": admission.admitted, "capacity": admission.capacity}}
-
-    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
-             response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-    def prometheus():
-        body, ctype = metrics.render()
-        return Response(body, media_type=ctype)
-
-    form_docs = {400: {"description": "invalid input"}, 401: {"description": "missing or wrong API key"},
-                 413: {"description": "body or image too large"}, 503: {"description": "queue full (Retry-After)"}}
-
-    @app.post("/v1/ask", tags=["answers"], summary="Answer a question about an image, with cited evidence",
-              responses=form_docs)
-    async def ask(question: str = Form(..., description="the clinical question"),
-                  image: UploadFile | None = File(None, description="DICOM, PNG or JPEG"),
-                  study: str | None = Form(None, description="StudyInstanceUID in the configured PACS"),
-                  series: str | None = Form(None), instance: str | None = Form(None),
-                  k: int | None = Form(None, ge=1, le=100),
-                  format: Literal["json", "fhir", "fhir-guidance"] = Form(
-                      "json", description="json; fhir: a FHIR R4B DiagnosticReport; fhir-guidance: a GuidanceResponse")):
-        try:
-            q = validate_question(question, max_chars=s.max_question_chars)
-        except QuestionError as e:
-            return error(400, "invalid_question", str(e))
-        return await queue.run(run_request, image, study, series, instance,
-                               lambda p, img, ref: answer_body(p, p.ask(img, q, k=k), ref, format))
-
-    @app.post("/v1/retrieve", tags=["answers"], summary="Retrieve evidence for an image and/or question",
-              responses=form_docs)
-    async def retrieve(question: str = Form(""), image: UploadFile | None = File(None),
-                       study: str | None = Form(None), series: str | None = Form(None),
-                       instance: str | None = Form(None), k: int | None = Form(None, ge=1, le=100)):
-        try:
-            q = validate_question(question, required=False, max_chars=s.max_question_chars)
-        except QuestionError as e:
-            return error(400, "invalid_question", str(e))
-
-        def go(p, img, ref):
-            if img is None and not q:
-                return error(400, "invalid_request", "send an image, a question or both")
-            r = p.retrieve(img, q, k=k)
-            return {"domain": r.domain, "domain_confidence": r.domain_confidence, "insufficient": r.insufficient,
-                    "reason": r.reason, "candidates": public_evidence(p, [e.to_dict() for e in r.candidates]),
-                    "timings": r.timings}
-
-        return await queue.run(run_request, image, study, series, instance, go)
-
-    @app.get("/v1/cases/{case_id}/images/{image_ref}/thumbnail", tags=["evidence"],
-             summary="A PNG thumbnail of an indexed evidence image", response_class=Response,
-             responses={200: {"content": {"image/png": {}}}, 404: {"description": "unknown image"}})
-    async def thumbnail(case_id: str, image_ref: str, size: int = 256):
-        size = max(32, min(512, size))
-        import asyncio
-
-        return await asyncio.get_running_loop().run_in_executor(queue.pool, render_thumbnail, case_id, image_ref,
-                                                                size)
-
-    thumb_cache: dict[tuple, bytes] = {}
-
-    def render_thumbnail(case_id: str, image_ref: str, size: int):
-        if not s.corpus_root:
-            return error(404, "thumbnails_unavailable", "this service was started without --corpus-root")
-        key = (holder.version, case_id, image_ref, size)
-        if key in thumb_cache:
-            return Response(thumb_cache[key], media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
-        p = holder.pipeline
-        try:
-            rec = p.store.cases([case_id]).get(case_id)
-        except Exception:  # noqa: BLE001
-            rec = None
-        if rec is None:
-            return error(404, "not_found", "unknown case")
-        sec = id_secret(p)
-        src = next((im["source"] for im in rec.images if image_id(sec, case_id, im["source"]) == image_ref), None)
-        if src is None:
-            return error(404, "not_found", "unknown image")
-        from PIL import Image
-
-        from ragmed.api import load_image
-
-        root = Path(s.corpus_root)
-        try:
-            img = load_image(root / src, root=root, max_pixels=s.max_image_pixels)
-        except RagmedError as e:
-            log.warning("thumbnail failed", extra={"fields": {"error": type(e).__name__}})
-            return error(404, "image_unavailable", "the indexed image cannot be read on this server")
-        import numpy as np
-
-        arr = np.clip(img.pixels * 255.0, 0, 255).astype("uint8")
-        im = Image.fromarray(arr)
-        im.thumbnail((size, size))
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")
-        data = buf.getvalue()
-        if len(thumb_cache) > 512:
-            thumb_cache.clear()
-        thumb_cache[key] = data
-        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
-
-    # --- docs (local Swagger UI) and the viewer ---------------------------------------------------------------
-    _mount_docs(app)
-    from ragmed.serve.viewer import mount_viewer
-
-    mount_viewer(app)
-    if s.cds is not None:
-        from ragmed.serve.cds import mount_cds
-
-        mount_cds(app, s.cds)
-
-    return Guard(app, GuardConfig(api_keys=s.api_keys, max_body_bytes=int(s.max_upload_mb * (1 << 20)),
-                                  chunk_timeout_s=s.chunk_timeout_s, body_timeout_s=s.body_timeout_s,
-                                  capacity=s.workers + s.queue, retry_after_s=s.retry_after_s,
-                                  signed_ok=signed_ok),
-                 admission, metrics)
+    app.state.holder, app.state.metrics, app.state.settings = holder, ctx.metrics, s
+    app.state.sign, app.state.answer_body, app.state.run_request = ctx.sign, ctx.answer_body, ctx.run_request
+    app.state.queue, app.state.error = queue, ctx.error
+    return app
 
 
 def _mount_docs(app) -> None:
@@ -648,12 +337,6 @@ def _mount_docs(app) -> None:
                                    swagger_js_url="/docs/static/swagger-ui-bundle.js",
                                    swagger_css_url="/docs/static/swagger-ui.css",
                                    swagger_favicon_url="/docs/static/favicon-32x32.png")
-
-
-def study_reference(study: str, series: str | None = None, instance: str | None = None):
-    from ragmed.api import StudyRef
-
-    return StudyRef.parse(study, series, instance)
 
 
 def limit_malloc_arenas(n: int | None) -> bool:
