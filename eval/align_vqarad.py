@@ -181,9 +181,24 @@ def collect(work: Path, out: Path, cmds: list[str], run_dir: Path, ev_path: Path
             res["training"].update({"steps_timed": len(st), "seconds_steps_sum": round(sum(st), 1),
                                     "seconds_per_step": round(sum(st) / len(st), 1),
                                     "seconds_per_step_median": st[len(st) // 2]})
+    preds = ev_path.with_suffix(".predictions.jsonl")
+    if ev is not None and preds.exists():  # what changed: answers equal with / without retrieval, closed answers "no"
+        gens = ev["generators"]
+        rows = {(r["model"], r["qid"]): r for r in map(json.loads, preds.read_text().splitlines()) if r}
+        diag = {}
+        for name, mid in gens.items():
+            rs = [r for (m, _), r in rows.items() if m == mid]
+            cl = [r for r in rs if r["task"] == "closed"]
+            diag[name] = {"n": len(rs), "rag_equals_no_rag": round(sum(
+                r["rag"].strip().lower() == r["no_rag"].strip().lower() for r in rs) / max(1, len(rs)), 4),
+                "closed_answered_no_with_retrieval": round(sum(
+                    r["rag"].strip().lower().startswith("no") for r in cl) / max(1, len(cl)), 4),
+                "closed_gold_no": round(sum(r["gold"].strip().lower() == "no" for r in cl) / max(1, len(cl)), 4)}
+        res["diagnosis"] = diag
     commands = res.pop("commands")
     res = scrub(res)  # machine paths out (the commands use $WORK / $DATA instead)
     res["commands"] = commands
+    res["split"]["file"] = f"eval/splits/{SPLIT.name}"  # a repository path, not a machine path (scrub would cut it)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     stem = out.stem
