@@ -2,7 +2,7 @@
 
     python eval/align_vqarad.py --work /tmp/align [--pair-limit 800] [--max-steps 46] [--lr 5e-4] [--eval-n 240]
 
-The recipe (sized for a shared 2-core CPU: ~14 CPU-s per DPO step at ~110-150 tokens, torch threads 1):
+The recipe (sized for a shared 2-core CPU: ≈ 6 CPU-s per DPO step at ≈ 149 tokens, measured; torch threads 1):
 
 - split: the committed VQA-RAD split by image, ``eval/splits/vqa_rad_vlm_seed0.json`` (220 training images / 2166
   questions, 94 evaluation images / 898 questions); the index and the pairs use only its training images, the
