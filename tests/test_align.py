@@ -352,3 +352,17 @@ def test_cli_lists_align_commands():
     assert r.exit_code == 0 and all(c in r.output for c in ("pairs", "train", "eval"))
     r = CliRunner().invoke(main, ["eval", "align", "--help"])
     assert r.exit_code == 0 and "--adapter" in r.output and "copy" in r.output
+
+
+def test_pipeline_resolves_a_relative_adapter_path_beside_its_yaml(tmp_path):
+    """``generator.params.adapter: DIR`` in a pipeline YAML is a path like ``path`` / ``model_path``: relative to the
+    YAML's folder when it is there (Components resolves it), so a run directory's pipeline.yaml loads its adapter."""
+    from ragmed.config import load_pipeline
+    from ragmed.pipeline import Components
+
+    (tmp_path / "run" / "adapter").mkdir(parents=True)
+    yml = tmp_path / "run" / "pipeline.yaml"
+    yml.write_text("generator:\n  name: gguf\n  params: {closed: model, adapter: adapter}\n")
+    gen = Components(load_pipeline(yml)).get("generator")  # building is lazy: no weights are loaded here
+    assert gen.adapter == str(tmp_path / "run" / "adapter")
+    assert gen.model_id.endswith("+lora:adapter")

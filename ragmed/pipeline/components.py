@@ -128,7 +128,7 @@ class Components:
         params = dict(self.config.generator.params)
         if self.config.generator.name == "extractive":
             params.setdefault("text_encoder", self.text_encoder)
-        for key in ("path", "model_path", "prompts_dir"):
+        for key in ("path", "model_path", "prompts_dir", "adapter"):
             if isinstance(params.get(key), str):
                 params[key] = self.config.resolve_path(params[key])
         return create_generator(self.config.generator.name, **params)
