@@ -7,8 +7,9 @@ The recipe (sized for a shared 2-core CPU: ≈ 6 CPU-s per DPO step at ≈ 149 t
 - split: the committed VQA-RAD split by image, ``eval/splits/vqa_rad_vlm_seed0.json`` (220 training images / 2166
   questions, 94 evaluation images / 898 questions); the index and the pairs use only its training images, the
   evaluation only its evaluation images;
-- pipeline: the default one with a short prompt, the same at pair time, training and evaluation
-  (``generator.params.closed=model``: the vote is not trainable; ``max_evidence=2``, ``evidence_chars=120``,
+- pipeline: the default one with SmolLM2 as its generator (``generator.name=gguf``: the default's own
+  ragmed-answerer is a classifier, not a causal LM DPO can train) and a short prompt, the same at pair time, training
+  and evaluation (``generator.params.closed=model``: the vote is not trainable; ``max_evidence=2``, ``evidence_chars=120``,
   ``max_knowledge=0``: ~150 tokens a sequence instead of ~290, so a DPO step costs half);
 - pairs: ``ragmed align pairs`` on a seeded subset of the training questions (each question's own image excluded from
   its retrieval); the committed result stopped after 60 questions (16 min, time; the file resumes) and finalised
@@ -37,7 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "eval" / "results"
 SPLIT = REPO / "eval" / "splits" / "vqa_rad_vlm_seed0.json"
-SETS = ["generator.params.closed=model", "generator.params.max_evidence=2", "generator.params.evidence_chars=120",
+SETS = ["generator.name=gguf", "generator.params.closed=model", "generator.params.max_evidence=2",
+        "generator.params.evidence_chars=120",
         "generator.params.max_knowledge=0"]
 
 

@@ -10,7 +10,7 @@ each paired with a real Indiana University report of its class: a normal image w
 the reports mention pneumothorax, effusion or cardiomegaly about as often as real ones do (mostly to deny them).
 Queries: 50 PneumoniaMNIST *test* images × 4 yes/no questions (pneumothorax, pleural effusion, cardiomegaly,
 pneumonia), asked through ``Pipeline.ask`` of the default pipeline (top-5 evidence) with the vote answerer (its closed
-strategy; the knowledge graph off).
+strategy; the knowledge graph off), or with ``--generator default`` the default pipeline's own generator.
 
 Per finding: ``yes_share`` (yes answers / questions), ``evidence_share`` (mean share of the 5 cited-or-retrieved
 cases whose report asserts the finding: its MeSH indexing lists it), and their gap; target |gap| ≤ 0.10.
@@ -82,18 +82,19 @@ def build(work: Path, n: int = 280, seed: int = 0) -> None:
                       text_encoder=create_encoder("minilm"))
 
 
-def run(work: Path, n_queries: int = 50, seed: int = 0) -> dict:
+def run(work: Path, n_queries: int = 50, seed: int = 0, generator: str = "vote") -> dict:
     from PIL import Image
 
     from ragmed.errors import RagmedError
-    from ragmed.generate.vote import VoteGenerator
     from ragmed.io import load_image
     from ragmed.pipeline import Pipeline
 
     meta = json.loads((work / "meta.json").read_text())
-    p = Pipeline.for_index(work / "index")
+    if generator == "vote":  # the index records the default pipeline with the vote as its generator
+        p = Pipeline.for_index(work / "index")
+    else:  # the default pipeline as shipped (its generator, e.g. ragmed-answerer), on the same index
+        p = Pipeline.for_index(work / "index", pipeline=generator)
     p.config.knowledge.max_concepts = 0
-    p._generator = VoteGenerator(text_encoder=p.text_encoder)
     with np.load(DATA / "images" / "pneumoniamnist.npz") as z:
         x = z["test_images"]
     rng = random.Random(seed)
@@ -136,6 +137,9 @@ def main() -> None:
     ap.add_argument("--work", required=True)
     ap.add_argument("--label", default="after")
     ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--generator", default="vote",
+                    help="'vote' (the index's recorded pipeline, the vote answerer) or a pipeline name/YAML whose "
+                         "generator answers, e.g. 'default'")
     ap.add_argument("--out", default=str(REPO / "eval" / "results" / "safety_rare.json"))
     a = ap.parse_args()
     if not DATA.exists():
@@ -148,8 +152,9 @@ def main() -> None:
         print(f"built {work / 'index'} in {time.perf_counter() - t0:.0f}s")
         return
     res = {"task": "safety_rare", "label": a.label,
-           "command": f"python eval/safety_rare.py run --work WORK --label {a.label} --queries {a.queries}",
-           "by_question": run(work, a.queries), "seconds": None}
+           "command": f"python eval/safety_rare.py run --work WORK --label {a.label} --queries {a.queries}"
+                      + (f" --generator {a.generator}" if a.generator != "vote" else ""),
+           "generator": a.generator, "by_question": run(work, a.queries, generator=a.generator), "seconds": None}
     res["seconds"] = round(time.perf_counter() - t0, 1)
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))

@@ -179,7 +179,7 @@ def test_smollm2_pairs_two_dpo_steps_and_ask_with_the_adapter(vqa, tmp_path):
     from ragmed.align.pairs import read_pairs
     from ragmed.align.train import TrainOptions, train_dpo
 
-    p = _pipeline(vqa, ["generator.params.closed=model", *SHORT], "smol")
+    p = _pipeline(vqa, ["generator.name=gguf", "generator.params.closed=model", *SHORT], "smol")
     pairs_path, meta = _pairs(vqa, p, "smol", limit=3)
     assert meta["generator_takes_image"] is False and meta["counts"]["cross-modality"] == 0
     assert meta["n_questions_answered"] + meta["n_questions_skipped"] == 3
@@ -198,7 +198,8 @@ def test_smollm2_pairs_two_dpo_steps_and_ask_with_the_adapter(vqa, tmp_path):
 
     # the adapter loads by path into ask
     q = json.loads(vqa["train"].read_text())[0]
-    aligned = _pipeline(vqa, ["generator.params.closed=model", *SHORT, f"generator.params.adapter={adapter}"], "smol-a")
+    aligned = _pipeline(vqa, ["generator.name=gguf", "generator.params.closed=model", *SHORT,
+                                   f"generator.params.adapter={adapter}"], "smol-a")
     ans = aligned.ask(vqa["images"] / q["image_name"], q["question"], task="closed")
     assert "+lora:adapter" in ans.models["generator"] and ans.text and ans.evidence
     # a yes/no answer, or (issue S) that answer withheld below the calibrated evidence level

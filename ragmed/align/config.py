@@ -19,7 +19,8 @@ def pipeline_variant(pipeline: str | None, sets: list[str] | tuple[str, ...] = (
                      ) -> tuple[Path | str | None, dict[str, Any]]:
     """``pipeline`` (a name or path) with dotted overrides applied (``generator.params.closed=model``). Without
     overrides the pipeline itself is returned; with them the variant is written to ``out`` (a .yaml path) and that
-    path is returned, with the overrides."""
+    path is returned, with the overrides. Setting ``generator.name`` to another generator drops the previous
+    generator's parameters (set the new ones after it)."""
     from ragmed.config import find_pipeline, load_pipeline
     from ragmed.errors import ConfigError
 
@@ -37,7 +38,10 @@ def pipeline_variant(pipeline: str | None, sets: list[str] | tuple[str, ...] = (
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {k} is not a mapping")
-        node[parts[-1]] = applied[key] = parse_value(val)
+        value = parse_value(val)
+        if parts == ["generator", "name"] and value != node.get("name"):
+            node["params"] = {}  # the previous generator's parameters do not apply to another generator
+        node[parts[-1]] = applied[key] = value
     src = find_pipeline(pipeline)
     if src is not None and cfg.get("knowledge", {}).get("path"):
         # keep relative paths of the original meaningful from wherever the variant is written

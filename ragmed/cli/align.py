@@ -13,7 +13,8 @@ def align():
     """Preference fine-tuning of the generator (RAG-PT pairs, DPO with LoRA)."""
 
 
-_SET_HELP = "Override a pipeline setting, KEY=VALUE (repeatable), e.g. generator.params.closed=model."
+_SET_HELP = ("Override a pipeline setting, KEY=VALUE (repeatable), e.g. generator.name=gguf then "
+             "generator.params.closed=model.")
 
 
 @align.command("pairs")

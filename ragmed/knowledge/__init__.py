@@ -13,10 +13,10 @@ Schema of nodes and edges: ``ragmed/knowledge/schema.py``; on-disk format: ``sto
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ragmed.cache import BoundedCache
 from ragmed.errors import KnowledgeError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -26,8 +26,8 @@ __all__ = ["load_graph", "default_graph_path", "knowledge_evidence", "build_grap
            "LinkedConcept"]
 
 DEFAULT_NAME = "open-default"
-_CACHE: dict[tuple[str, float], "KnowledgeGraph"] = {}
-_LOCK = threading.Lock()
+# Loaded graphs, per (resolved path, manifest mtime); bounded so that rebuilt or many graphs do not pile up.
+_CACHE: "BoundedCache[tuple[str, float], KnowledgeGraph]" = BoundedCache(4)
 
 
 def default_graph_path() -> Path:
@@ -57,16 +57,11 @@ def load_graph(path: str | Path | None = None, *, cache: bool = True) -> "Knowle
         raise KnowledgeError("knowledge graph directory not found", path=str(p), remedy=remedy)
     manifest = read_manifest(p)
     key = (str(p.resolve()), (p / "manifest.json").stat().st_mtime)
-    if cache and key in _CACHE:
-        return _CACHE[key]
-    with _LOCK:
-        if cache and key in _CACHE:
-            return _CACHE[key]
+    def build() -> "KnowledgeGraph":
         cols, edges, lex = read_columns(p)
-        kg = KnowledgeGraph(p, manifest, cols, edges, lex)
-        if cache:
-            _CACHE[key] = kg
-    return kg
+        return KnowledgeGraph(p, manifest, cols, edges, lex)
+
+    return _CACHE.get_or_create(key, build) if cache else build()
 
 
 def knowledge_evidence(kg: "KnowledgeGraph", question: str, reports: list[str], max_concepts: int = 5):
