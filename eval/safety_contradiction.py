@@ -27,6 +27,7 @@ import os
 import random
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -121,6 +122,9 @@ def main() -> None:
     ap.add_argument("--per-finding", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", action="store_true", help="also ask SmolLM2-135M directly (slow: ~1-2 s an answer)")
+    ap.add_argument("--answerer", action="store_true",
+                    help="also the default ragmed-answerer, shown a real chest X-ray with each item (PneumoniaMNIST "
+                         "test images, seeded): the classifier answers, ground() decides what it may cite")
     a = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"shared data not found at {DATA} (set RAGMED_DATA)")
@@ -136,17 +140,33 @@ def main() -> None:
             "extractive": create_generator("extractive", text_encoder=te)}
     if a.model:
         gens["smollm2"] = create_generator("gguf", closed="model")
+    images: list = [None]
+    if a.answerer:
+        import numpy as np
+
+        from ragmed.io import load_image
+        gens["ragmed-answerer"] = create_generator("ragmed-answerer", text_encoder=te)
+        tmp = Path(tempfile.mkdtemp(prefix="ragmed-contradiction-"))
+        with np.load(DATA / "images" / "pneumoniamnist.npz") as z:
+            x = z["test_images"]
+        from PIL import Image
+        picks = random.Random(a.seed).sample(range(len(x)), 50)
+        images = []
+        for i in picks:
+            Image.fromarray(x[i]).resize((224, 224)).save(tmp / f"{i}.png")
+            images.append(load_image(tmp / f"{i}.png"))
     items = build_items(a.per_finding, a.seed)
     res: dict = {"task": "safety_contradiction", "label": a.label,
                  "command": f"python eval/safety_contradiction.py --label {a.label} --per-finding {a.per_finding} "
-                            f"--seed {a.seed}" + (" --model" if a.model else ""),
+                            f"--seed {a.seed}" + (" --model" if a.model else "") + (" --answerer" if a.answerer else ""),
                  "n_items": len(items), "judge": "IU MeSH indexing + explicit negation cues (see the module docstring)", "by_generator": {}}
     for name, g in gens.items():
         rows = []
-        for it in items:
+        for k, it in enumerate(items):
             ev = [Evidence(case_id=f"iu:{r['uid']}", score=s, ref=f"[{i}]", text=r["text"], excerpt=r["text"][:300])
                   for i, (r, s) in enumerate(zip(it["evidence"], it["scores"]), start=1)]
-            out = g.generate(it["question"], ev, [], task="closed")
+            img = images[k % len(images)] if name == "ragmed-answerer" else None
+            out = g.generate(it["question"], ev, [], task="closed", image=img)
             ans = None if out.insufficient else yes_no(out.text)
             gold = {f"[{i}]": r["gold"] for i, r in enumerate(it["evidence"], start=1)}
             cites = [r for r in cited_refs(out.text) if r in gold]
@@ -160,6 +180,9 @@ def main() -> None:
             "contradiction_rate": round(n_bad / len(rows), 4),
             "contradiction_rate_of_answered": round(n_bad / max(1, len(answered)), 4),
             "n_contradicting_answers": n_bad,
+            "n_flagged_departing_from_evidence": sum(any(str(f).startswith("departs-from-evidence")
+                                                         for f in r["flags"]) for r in rows),
+            "n_citing_nothing": sum(r["answer"] is not None and not r["cited"] for r in rows),
             "examples": [r for r in rows if r["contradicting"]][:5]}
         print(name, json.dumps({k: v for k, v in res["by_generator"][name].items() if k != "examples"}))
     res["seconds"] = round(time.perf_counter() - t0, 1)
