@@ -128,6 +128,10 @@ class Components:
         params = dict(self.config.generator.params)
         if self.config.generator.name == "extractive":
             params.setdefault("text_encoder", self.text_encoder)
+        elif (self.config.generator.name == "ragmed-answerer" and self.config.encoders.text.name == "minilm"
+              and not self.config.encoders.text.params):
+            # its classifier reads MiniLM question vectors: share the pipeline's MiniLM instead of loading a second
+            params.setdefault("text_encoder", self.text_encoder)
         for key in ("path", "model_path", "prompts_dir", "adapter"):
             if isinstance(params.get(key), str):
                 params[key] = self.config.resolve_path(params[key])

@@ -64,6 +64,7 @@ class AnswererGenerator:
         self._model = None
         self._fallback = None
         self._lock = threading.Lock()
+        self._fallback_lock = threading.Lock()
 
     # --- loading ---------------------------------------------------------------------------------------------
     @property
@@ -97,12 +98,14 @@ class AnswererGenerator:
 
     def fallback(self):
         if self._fallback is None and self.fallback_name:
-            from ragmed.generate import create_generator
+            with self._fallback_lock:  # one instance, also when a warm-up thread and an answer ask at once
+                if self._fallback is None:
+                    from ragmed.generate import create_generator
 
-            params = dict(self.fallback_params)
-            if self.fallback_name == "vote":
-                params.setdefault("text_encoder", None)
-            self._fallback = create_generator(self.fallback_name, **params)
+                    params = dict(self.fallback_params)
+                    if self.fallback_name == "vote":
+                        params.setdefault("text_encoder", None)
+                    self._fallback = create_generator(self.fallback_name, **params)
         return self._fallback
 
     def warm_up(self) -> None:
@@ -111,6 +114,25 @@ class AnswererGenerator:
         fb = self.fallback()
         if fb is not None:
             fb.warm_up()
+
+    @property
+    def _ready(self) -> bool:
+        """Whether the fallback model (the slow part to load, e.g. SmolLM2) is loaded; the pipeline starts
+        :meth:`warm_up_async` for open questions when it is not."""
+        fb = self._fallback
+        return not self.fallback_name or (fb is not None and getattr(fb, "_ready", True))
+
+    def warm_up_async(self) -> threading.Thread:
+        """Load the fallback generator's model in a background thread while retrieval runs (an open question may
+        need it); the classifier itself loads in milliseconds on first use. Returns the thread."""
+        def load() -> None:
+            fb = self.fallback()
+            if fb is not None:
+                fb.warm_up()
+
+        th = threading.Thread(target=load, name=f"warm-up {self.id} fallback", daemon=True)
+        th.start()
+        return th
 
     @property
     def model_id(self) -> str:
