@@ -437,6 +437,20 @@ def fit_sample(n: int, max_images: int | None, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=int(max_images), replace=False))
 
 
+def check_fittable(encoder, text_encoder) -> None:
+    """Raise :class:`~ragmed.errors.ConfigError` unless ``encoder`` is a ragmed-default tower in ``text_encoder``'s
+    space (what :func:`fit_to_corpus` can fit); callers check before a long decode pass, not after it."""
+    from ragmed.encoders.default import RagmedImageEncoder
+    from ragmed.errors import ConfigError
+
+    if not isinstance(encoder, RagmedImageEncoder):
+        raise ConfigError(f"index.fit_image_encoder needs the ragmed-default image encoder, not {encoder.id!r}",
+                          remedy="set encoders.image.name: ragmed-default, or fit_image_encoder: false")
+    if encoder.space != text_encoder.space:
+        raise ConfigError(f"cannot fit {encoder.id} (space {encoder.space!r}) to text encoder {text_encoder.id} "
+                          f"(space {text_encoder.space!r})")
+
+
 def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 10, work_dir: str | Path | None = None,
                   progress: bool = True, *, lr: float = 5e-4, seed: int = 0, ssl_weight: float = 3.0,
                   ssl_aug_strength: float = 2.0, batch_size: int = 64, min_steps: int = 200,
@@ -461,14 +475,8 @@ def fit_to_corpus(encoder, corpus, text_encoder, epochs: int = 10, work_dir: str
     import tempfile
 
     from ragmed.encoders.default import RagmedImageEncoder, read_model_dir
-    from ragmed.errors import ConfigError
 
-    if not isinstance(encoder, RagmedImageEncoder):
-        raise ConfigError(f"index.fit_image_encoder needs the ragmed-default image encoder, not {encoder.id!r}",
-                          remedy="set encoders.image.name: ragmed-default, or fit_image_encoder: false")
-    if encoder.space != text_encoder.space:
-        raise ConfigError(f"cannot fit {encoder.id} (space {encoder.space!r}) to text encoder {text_encoder.id} "
-                          f"(space {text_encoder.space!r})")
+    check_fittable(encoder, text_encoder)
     work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="ragmed-fit-"))
     work.mkdir(parents=True, exist_ok=True)
     target = work / "model"

@@ -131,7 +131,9 @@ def build_index(corpus: Corpus, out: str | Path, config=None, *, image_encoder=N
         image_encoder, fitted_dir = _check_base(out, base_dir, image_encoder, text_encoder)
     fitting = image_encoder is not None and base_dir is None and (should_fit(icfg, corpus) if fit is None else fit)
     if fitting:
-        _check_fittable(image_encoder, text_encoder)
+        from ragmed.encoders.train import check_fittable
+
+        check_fittable(image_encoder, text_encoder)  # before the decode pass, not after it
     enc_ids = {"text": {"id": text_encoder.id, "dim": int(text_encoder.dim), "space": text_encoder.space}}
     if image_encoder is not None:
         enc_ids["image"] = {"id": image_encoder.id, "dim": int(image_encoder.dim), "space": image_encoder.space}
@@ -223,19 +225,6 @@ def _check_base(out: Path, base_dir: Path, image_encoder, text_encoder):
             raise EncoderMismatchError(f"cannot add: the index's {role} encoder is {rec['id']!r} ({rec['dim']}-d), "
                                        f"this pipeline's is {enc.id!r} ({enc.dim}-d)", path=str(out))
     return image_encoder, fitted_dir
-
-
-def _check_fittable(image_encoder, text_encoder) -> None:
-    """Fail before the decode pass (not after it) when the configured tower cannot be fitted."""
-    from ragmed.encoders.default import RagmedImageEncoder
-    from ragmed.errors import ConfigError
-
-    if not isinstance(image_encoder, RagmedImageEncoder):
-        raise ConfigError(f"index.fit_image_encoder needs the ragmed-default image encoder, not {image_encoder.id!r}",
-                          remedy="set encoders.image.name: ragmed-default, or fit_image_encoder: false")
-    if image_encoder.space != text_encoder.space:
-        raise ConfigError(f"cannot fit {image_encoder.id} (space {image_encoder.space!r}) to text encoder "
-                          f"{text_encoder.id} (space {text_encoder.space!r})")
 
 
 def _decode_pass(corpus: Corpus, todo: list[Case], icfg, step: "_Step", next_part: int, progress: bool,
