@@ -88,6 +88,9 @@ def main() -> None:
     ap.add_argument("--fit-steps", type=int, default=None,
                     help="fit the image tower for exactly this many batches (default: as the pipeline says); the fit "
                          "sample, so its memory, is unchanged")
+    ap.add_argument("--parallel", action="store_true",
+                    help="build all sizes at once (each in its own process, so each peak RSS is still its own build's; "
+                         "timings then share the CPUs)")
     ap.add_argument("--worker", nargs=2, metavar=("MANIFEST", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -99,7 +102,7 @@ def main() -> None:
         Path(args.tmp).mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="ragmed-bench-build-", dir=args.tmp) as tmp:
-        for n in [int(x) for x in args.sizes.split(",")]:
+        def start(n: int) -> subprocess.Popen:
             manifest = write_corpus(n, Path(tmp))
             cmd = [sys.executable, __file__, "--worker", str(manifest), str(Path(tmp) / f"idx_{n}")]
             if args.pipeline:
@@ -107,10 +110,17 @@ def main() -> None:
             if args.fit_steps is not None:
                 cmd += ["--fit-steps", str(args.fit_steps)]
             print(f"--- building {n} cases", file=sys.stderr, flush=True)
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            if p.returncode != 0:
-                sys.exit(f"build of {n} cases failed:\n{p.stderr[-3000:]}")
-            r = json.loads(p.stdout.strip().splitlines()[-1])
+            err = (Path(tmp) / f"build_{n}.err").open("w+")  # a file, not a pipe: a full pipe would block a worker
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+
+        sizes = [int(x) for x in args.sizes.split(",")]
+        started = {n: start(n) for n in sizes} if args.parallel else {}
+        for n in sizes:
+            proc = started.get(n) or start(n)
+            out, _ = proc.communicate()
+            if proc.returncode != 0:
+                sys.exit(f"build of {n} cases failed:\n{(Path(tmp) / f'build_{n}.err').read_text()[-3000:]}")
+            r = json.loads(out.strip().splitlines()[-1])
             results.append(r)
             t = r["timings"]
             rows.append({"cases": r["n_cases"], "cases/s": r["cases_per_s"], "build_s": r["build_s"],
@@ -126,7 +136,7 @@ def main() -> None:
                   "peak_rss_ratio": b["peak_rss_mb"] / a["peak_rss_mb"],
                   "peak_rss_delta_mb": b["peak_rss_mb"] - a["peak_rss_mb"]}
         print("growth " + ", ".join(f"{k}={v:.3g}" for k, v in growth.items()))
-    write_result(args.out, {"results": results, "table": rows, "growth": growth,
+    write_result(args.out, {"parallel": bool(args.parallel), "results": results, "table": rows, "growth": growth,
                             "load_avg_1_5_15": {"start": list(load_start), "end": list(os.getloadavg())},
                             "corpus": "N cases: VQA-RAD images cycled + IU X-ray reports cycled (unique ids)"})
 

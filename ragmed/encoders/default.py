@@ -173,6 +173,22 @@ def load_tower(path: Path, cfg: TowerConfig):
     return model
 
 
+def weights_digest(state: dict) -> str:
+    """12 hex digits of SHA-256 over the tensors (names, dtypes, shapes, bytes, in name order): a fitted tower's id.
+    Not the file's hash: safetensors writes its header's metadata in a per-process random order (a Rust HashMap), so
+    the same weights saved twice can differ in bytes."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
 def save_model_dir(model, out: str | Path, *, tower: TowerConfig, preprocess: PreprocessConfig,
                    info: dict[str, Any] | None = None, id_prefix: str = DEFAULT_NAME) -> Path:
     """Write config.json + model.safetensors + preprocess.json atomically (temp dir, then rename)."""
@@ -191,7 +207,7 @@ def save_model_dir(model, out: str | Path, *, tower: TowerConfig, preprocess: Pr
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "arch": tower.arch})
     os.chmod(tmp / "model.safetensors", 0o644)
-    digest = content_hash(tmp / "model.safetensors")[:12]
+    digest = weights_digest(state)
     config = {"name": DEFAULT_NAME, "id": f"{id_prefix}@{digest}", "space": tower.space, "dim": tower.embed_dim,
               "tower": tower.to_dict(), "ragmed_version": __version__, **(info or {})}
     (tmp / "config.json").write_text(json.dumps(config, indent=2))

@@ -250,6 +250,7 @@ def train_tower(data: TrainSet, out: str | Path, text_encoder, *, config: TrainC
     from tqdm import tqdm
 
     from ragmed.encoders.default import read_model_dir, save_model_dir
+    from ragmed.encoders.memory import trim_heap
     from ragmed.encoders.text import set_torch_threads
     from ragmed.encoders.tower import build_tower
 
@@ -281,6 +282,7 @@ def train_tower(data: TrainSet, out: str | Path, text_encoder, *, config: TrainC
     text_vecs = (torch.from_numpy(np.asarray(text_encoder.encode_texts(data.texts), dtype=np.float32)) if data.texts
                  else torch.zeros((1, tower.embed_dim)))
     t_text = time.perf_counter() - t_text
+    trim_heap()  # the text encoder's freed batches (hundreds of MB for long reports) back to the OS before training
 
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's global RNG

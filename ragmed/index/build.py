@@ -231,6 +231,7 @@ def _decode_pass(corpus: Corpus, todo: list[Case], icfg, step: "_Step", next_par
                  stop_after_batches: int | None, con) -> int:
     """Decode each case's images (a thread pool, one batch ahead) and commit batch after batch; returns the number of
     cases added."""
+    from ragmed.encoders.memory import trim_heap
     from ragmed.io import load_image
 
     root = corpus.root
@@ -259,6 +260,8 @@ def _decode_pass(corpus: Corpus, todo: list[Case], icfg, step: "_Step", next_par
             step.timings["decode"] += time.perf_counter() - td
             pending = submit(batches[bi + 1]) if bi + 1 < len(batches) else None  # decode ahead while encoding
             added += step.commit(next_part, decoded)
+            del decoded  # this batch's images and tensors: freed, and the freed heap handed back (trim_heap)
+            trim_heap()
             next_part += 1
             bar.update(len(batch))
             if stop_after_batches is not None and bi + 1 >= stop_after_batches:
@@ -448,6 +451,7 @@ def _fit_from_spool(con, spool: Path, corpus: Corpus, image_encoder, text_encode
     :func:`ragmed.encoders.fit_to_corpus` draws from a corpus (images of cases with a report, every image when the
     image–image term is on), gathered into a disk-backed array so that memory does not grow with the sample."""
     from ragmed.encoders import fit_to_corpus
+    from ragmed.encoders.memory import RowFile, trim_heap
     from ragmed.encoders.train import TrainSet, fit_sample
 
     textless = icfg.fit_ssl_weight > 0
@@ -461,31 +465,38 @@ def _fit_from_spool(con, spool: Path, corpus: Corpus, image_encoder, text_encode
     size = int(image_encoder.preprocess_config.size)
     work_dir.mkdir(parents=True, exist_ok=True)
     arr_path = work_dir / "trainset.u8"
-    arrays = np.lib.format.open_memmap(arr_path, mode="w+", dtype=np.uint8, shape=(len(chosen), size, size, 3))
+    # a plain file read with pread (RowFile), not a memmap: the rows the fit reads do not stay mapped into this
+    # process, so its resident memory does not grow with the sample (4,096 × 112² × 3 B = 154 MB)
+    arrays = RowFile.create(arr_path, len(chosen), (size, size, 3), np.uint8)
     filled = 0
-    for part in _spool_parts(spool):
-        with np.load(part) as z:
-            ids, a = z["ids"], z["arrays"]
-            for r, vid in enumerate(ids):
-                j = slot.get(int(vid))
-                if j is not None:
-                    arrays[j] = a[r]
-                    filled += 1
-    arrays.flush()
-    del arrays
+    try:
+        for part in _spool_parts(spool):
+            with np.load(part) as z:
+                ids, a = z["ids"], z["arrays"]
+                for r, vid in enumerate(ids):
+                    j = slot.get(int(vid))
+                    if j is not None:
+                        arrays.write_row(j, a[r])
+                        filled += 1
+            del a
+    finally:
+        arrays.close()
     if filled != len(chosen):
         raise IndexStoreError(f"the build's image spool holds {filled} of the {len(chosen)} images to fit on",
                               path=str(spool), remedy="delete the index's .staging directory and build again")
     vocab: dict[str, int] = {}
     text_ids = [[vocab.setdefault(text, len(vocab))] if text else [] for _, text, _ in chosen]
     domains = [json.loads(meta).get("domain", "corpus") for _, _, meta in chosen]
-    data = TrainSet(arrays=np.load(arr_path, mmap_mode="r"), text_ids=text_ids, texts=list(vocab), domains=domains)
+    data = TrainSet(arrays=arrays, text_ids=text_ids, texts=list(vocab), domains=domains)
+    del chosen, slot, keep
+    trim_heap()
     try:
         return fit_to_corpus(image_encoder, corpus, text_encoder, epochs=icfg.fit_epochs,
                              ssl_weight=icfg.fit_ssl_weight, min_steps=icfg.fit_min_steps,
                              max_steps=icfg.fit_max_steps, max_images=icfg.fit_max_images, work_dir=work_dir,
                              progress=progress, trainset=data)
     finally:
+        arrays.close()
         del data
         arr_path.unlink(missing_ok=True)
 
@@ -514,6 +525,7 @@ def _encode_spool(spool: Path, vec_root: Path, image_encoder, timings: dict) -> 
     """Encode the spooled tower inputs with the fitted tower, batch by batch as the decode pass committed them (each
     batch's vectors are what ``encode_images`` of its decoded images gives; rewriting a part is idempotent)."""
     from ragmed.encoders.base import l2_normalise
+    from ragmed.encoders.memory import trim_heap
     from ragmed.index.parts import write_part
 
     bs = int(image_encoder.batch_size)
@@ -524,6 +536,8 @@ def _encode_spool(spool: Path, vec_root: Path, image_encoder, timings: dict) -> 
         vecs = l2_normalise(np.concatenate([image_encoder.encode_arrays(arrays[i:i + bs])
                                             for i in range(0, len(arrays), bs)]))
         timings["encode_image"] += time.perf_counter() - ti
+        del arrays
+        trim_heap()
         number = int(part.stem.rsplit("-", 1)[1])
         for dom in dict.fromkeys(domains.tolist()):
             m = domains == dom
