@@ -255,7 +255,7 @@ def parts_key(path: str | Path) -> str:
 def materialise(path: str | Path | None = None, *, cache: str | None = None) -> Path:
     """The merged model as a standard transformers checkpoint under ragmed's cache (written once, atomically);
     returns its directory."""
-    from ragmed.paths import cache_dir
+    from ragmed.paths import cache_dir, publish_dir
 
     p = check_parts(path or SHIPPED)
     root = Path(cache) if cache else cache_dir("models")
@@ -263,17 +263,8 @@ def materialise(path: str | Path | None = None, *, cache: str | None = None) -> 
     if (out / "config.json").is_file():
         return out
     model, processor = load_parts(p, cache=cache)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=root))
-    try:
+    with publish_dir(out) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / "SOURCE.txt").write_text(f"ragmed-vlm merged from {p.name} (parts key {parts_key(p)})\n")
-        try:
-            os.replace(tmp, out)
-        except OSError:
-            if not (out / "config.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
