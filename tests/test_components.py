@@ -73,3 +73,34 @@ def test_stages_one_by_one(built, text_encoder):
     assert isinstance(g0, Generation) and not g0.citations
     a = p.answer(r, "Is there a pneumothorax?")
     assert a.evidence and a.evidence[0].case_id == sel.kept[0].case_id
+
+
+def test_generators_take_the_pipelines_text_encoder_by_their_registry_flag(built, text_encoder):
+    """``shares_text_encoder`` in a generator's registry entry decides whether it gets the pipeline's text encoder:
+    "any" always; an encoder name only when the pipeline uses exactly that encoder with default parameters."""
+    from ragmed.generate import register_generator
+
+    root, cfg = built
+    seen = {}
+
+    def factory(name):
+        def make(text_encoder=None, **params):
+            seen[name] = text_encoder
+            return object()
+        return make
+
+    register_generator("plumbing-any", factory("plumbing-any"), shares_text_encoder="any")
+    register_generator("plumbing-minilm", factory("plumbing-minilm"), shares_text_encoder="minilm")
+    register_generator("plumbing-none", factory("plumbing-none"))
+    for name in ("plumbing-any", "plumbing-minilm", "plumbing-none"):
+        c = PipelineConfig.from_dict({**CFG, "generator": {"name": name}})
+        _ = Components(c, root / "idx", text_encoder=text_encoder).generator
+    assert seen["plumbing-any"] is text_encoder and seen["plumbing-minilm"] is text_encoder
+    assert seen["plumbing-none"] is None
+    # the same encoder name with other parameters is another vector space: not shared
+    c = PipelineConfig.from_dict({**CFG, "encoders": {"text": {"name": "minilm", "params": {"space": "my-minilm"}},
+                                                      "image": {"name": "classic"}},
+                                  "generator": {"name": "plumbing-minilm"}})
+    seen.clear()
+    _ = Components(c, root / "idx", text_encoder=text_encoder).generator
+    assert seen["plumbing-minilm"] is None

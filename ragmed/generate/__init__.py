@@ -2,6 +2,10 @@
 
 Built in: ``extractive`` (no model: composes the answer from the evidence's most relevant sentences, each cited).
 Model backends (``gguf``, ``transformers``, ``openai``) register themselves from their modules.
+
+A backend that embeds text with a ``text_encoder`` parameter registers ``shares_text_encoder``: ``"any"`` (it works
+in whatever space the pipeline's text encoder has) or an encoder name (it needs exactly that encoder with default
+parameters); the pipeline then passes its own text encoder instead of letting the backend load a second one.
 """
 from __future__ import annotations
 
@@ -22,12 +26,13 @@ class Generator(Protocol):
 
 
 GENERATORS = Registry("generator")
-GENERATORS.register("extractive", "ragmed.generate.extractive:ExtractiveGenerator")
+GENERATORS.register("extractive", "ragmed.generate.extractive:ExtractiveGenerator", shares_text_encoder="any")
 GENERATORS.register("gguf", "ragmed.generate.gguf:GGUFGenerator", extra="llm")
 GENERATORS.register("transformers", "ragmed.generate.hf:TransformersGenerator", extra="llm")
 GENERATORS.register("openai", "ragmed.generate.openai_backend:OpenAIGenerator")
 GENERATORS.register("vote", "ragmed.generate.vote:VoteGenerator")
-GENERATORS.register("ragmed-answerer", "ragmed.generate.answerer.backend:AnswererGenerator")  # reads the image
+# reads the image; its classifier was trained on plain MiniLM question vectors
+GENERATORS.register("ragmed-answerer", "ragmed.generate.answerer.backend:AnswererGenerator", shares_text_encoder="minilm")
 GENERATORS.register("ragmed-vlm", "ragmed.generate.vlm.backend:VLMGenerator", extra="llm")  # ragmed's own small VLM
 
 

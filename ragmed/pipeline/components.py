@@ -122,15 +122,22 @@ class Components:
             params.setdefault("search_dirs", [self.index_path, PIPELINES_DIR])
         return create_selector(self.config.select.name, **params)
 
+    def _shares_text_encoder(self, generator: str) -> bool:
+        """Whether the generator can use the pipeline's text encoder (its registry entry's ``shares_text_encoder``:
+        ``"any"``, or the one encoder name, with default parameters, whose vector space it was trained on)."""
+        from ragmed.generate import GENERATORS
+
+        if generator not in GENERATORS:
+            return False
+        want = GENERATORS.info(generator).get("shares_text_encoder")
+        spec = self.config.encoders.text
+        return want == "any" or (bool(want) and spec.name == want and not spec.params)
+
     def _build_generator(self):
         from ragmed.generate import create_generator
 
         params = dict(self.config.generator.params)
-        if self.config.generator.name == "extractive":
-            params.setdefault("text_encoder", self.text_encoder)
-        elif (self.config.generator.name == "ragmed-answerer" and self.config.encoders.text.name == "minilm"
-              and not self.config.encoders.text.params):
-            # its classifier reads MiniLM question vectors: share the pipeline's MiniLM instead of loading a second
+        if self._shares_text_encoder(self.config.generator.name):
             params.setdefault("text_encoder", self.text_encoder)
         for key in ("path", "model_path", "prompts_dir", "adapter"):
             if isinstance(params.get(key), str):
