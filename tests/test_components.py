@@ -104,3 +104,14 @@ def test_generators_take_the_pipelines_text_encoder_by_their_registry_flag(built
     seen.clear()
     _ = Components(c, root / "idx", text_encoder=text_encoder).generator
     assert seen["plumbing-minilm"] is None
+
+
+def test_a_path_given_as_the_config_is_refused_with_the_right_constructor_named(tmp_path):
+    from pathlib import Path
+
+    with pytest.raises(TypeError, match=r"config must be a PipelineConfig, not str.*Pipeline\.for_index\('indexes/x'\)"):
+        Pipeline("indexes/x")
+    with pytest.raises(TypeError, match=r"not PosixPath.*Pipeline\.from_yaml"):
+        Components(Path("pipelines/default.yaml"))
+    with pytest.raises(TypeError, match=r"not dict$"):
+        Pipeline({"name": "x"})

@@ -32,6 +32,12 @@ class Components:
         unknown = sorted(set(given) - set(SLOTS))
         if unknown:
             raise TypeError(f"unknown component(s) {unknown}; available: {', '.join(SLOTS)}")
+        if config is not None and not isinstance(config, PipelineConfig):
+            hint = ""
+            if isinstance(config, (str, Path)):
+                hint = (f"; for an index directory use Pipeline.for_index({str(config)!r}), for a pipeline YAML "
+                        f"Pipeline.from_yaml({str(config)!r}, index=DIR)")
+            raise TypeError(f"config must be a PipelineConfig, not {type(config).__name__}{hint}")
         self.config = config or PipelineConfig()
         self.index_path = Path(index) if index is not None else DEFAULT_INDEX
         self._values: dict[str, Any] = dict(given)
