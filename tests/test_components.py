@@ -115,3 +115,26 @@ def test_a_path_given_as_the_config_is_refused_with_the_right_constructor_named(
         Components(Path("pipelines/default.yaml"))
     with pytest.raises(TypeError, match=r"not dict$"):
         Pipeline({"name": "x"})
+
+
+def test_ask_takes_the_files_bytes_and_refuses_bad_k_task_and_image_types(built, text_encoder):
+    import numpy as np
+
+    from ragmed.errors import ConfigError
+    from ragmed.text.questions import QuestionError
+
+    root, cfg = built
+    p = Pipeline.from_components(cfg, root / "idx", text_encoder=text_encoder)
+    img = root / "c" / "img3.png"
+    by_path = p.retrieve(img, "What does the image show?")
+    by_bytes = p.retrieve(img.read_bytes(), "What does the image show?")
+    assert [c.case_id for c in by_bytes.candidates] == [c.case_id for c in by_path.candidates]
+    assert by_bytes.image.content_hash == by_path.image.content_hash and by_bytes.image.source == "upload"
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="k must be a whole number of cases, at least 1"):
+            p.ask(img, "What does the image show?", k=k)
+    assert len(p.retrieve(img, "What does the image show?", k=np.int64(3)).candidates) == 3
+    with pytest.raises(QuestionError, match="unknown task 'summarise'; use one of closed, open, report"):
+        p.ask(img, "What does the image show?", task="summarise")
+    with pytest.raises(TypeError, match="not ndarray .save the array as a PNG"):
+        p.ask(np.zeros((32, 32), dtype=np.uint8), "What does the image show?")

@@ -22,7 +22,7 @@ from typing import Any
 
 from ragmed.config import PipelineConfig, load_pipeline
 from ragmed.corpus.questions import read_questions
-from ragmed.text.questions import guess_task, validate_question  # guess_task re-exported: ragmed.pipeline.guess_task
+from ragmed.text.questions import guess_task, validate_question, validate_task  # guess_task re-exported
 from ragmed.errors import RagmedError
 from ragmed.pipeline.components import DEFAULT_INDEX, Components
 from ragmed.pipeline.fusion import fuse
@@ -114,7 +114,7 @@ class Pipeline:
         if knowledge is True:
             knowledge = self.flow.add_knowledge(question, evidence)
         return self.flow.generate(question, evidence, image=image, knowledge=knowledge or [], domain=domain,
-                                  task=task or guess_task(question), generator=generator)
+                                  task=validate_task(task) or guess_task(question), generator=generator)
 
     # --- answering ------------------------------------------------------------------------------------------------
     def ask(self, image=None, question: str = "", *, k: int | None = None, exclude_hashes: set[str] | None = None,
@@ -122,6 +122,7 @@ class Pipeline:
         """Route, retrieve, select, add knowledge, generate: one cited :class:`Answer`. Thread-safe. An empty
         question is refused (:class:`ragmed.text.questions.QuestionError`) unless ``task="report"``."""
         t0 = time.perf_counter()
+        task = validate_task(task)
         question = validate_question(question, task=task)
         task = task or guess_task(question)
         gen = self.generator
@@ -149,7 +150,7 @@ class Pipeline:
                generator=None) -> Answer:
         """Answer from an existing :class:`Retrieval` (the evaluation harness reuses one retrieval with several
         selectors / generators)."""
-        return self.flow.answer(r, question, task=task or guess_task(question), selector=selector,
+        return self.flow.answer(r, question, task=validate_task(task) or guess_task(question), selector=selector,
                                 generator=generator)
 
     def ask_batch(self, items: list[tuple[Any, str]], *, workers: int = 1, **kw) -> list[Answer | RagmedError]:

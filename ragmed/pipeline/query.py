@@ -9,8 +9,10 @@ and applies the insufficient-evidence rule. Components come from :class:`ragmed.
 from __future__ import annotations
 
 import copy
+import numbers
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ragmed.domains.ood import check_image
@@ -39,11 +41,24 @@ class Retrieval:
 
 
 def load_image(image):
-    """A path (or an already decoded :class:`~ragmed.io.MedicalImage`, or None) as a MedicalImage."""
+    """The query's image as a MedicalImage: a file path or DICOM series directory, the file's bytes (decoded from
+    a private temporary file, shown as ``upload``), an already decoded :class:`~ragmed.io.MedicalImage`, or None."""
     from ragmed.io import MedicalImage, load_image as _load
 
     if image is None or isinstance(image, MedicalImage):
         return image
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ragmed-image-") as work:
+            path = Path(work) / "upload"
+            path.write_bytes(bytes(image))
+            return _load(path, root=work)
+    if not isinstance(image, (str, Path)) and not hasattr(image, "__fspath__"):
+        raise TypeError(f"image must be a file path, a DICOM series directory, the file's bytes, a "
+                        f"ragmed.io.MedicalImage or None, not {type(image).__name__}"
+                        + (" (save the array as a PNG, or wrap it in a MedicalImage)"
+                           if type(image).__name__ == "ndarray" else ""))
     return _load(image)
 
 
@@ -75,7 +90,9 @@ class QueryFlow:
         if img is None and not question:
             raise ConfigError("give an image, a question or both")
         c, store, rc = self.c, self.c.store, self.config.retrieval
-        k = k or rc.top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1):
+            raise ConfigError(f"k must be a whole number of cases, at least 1; got {k!r}")
+        k = int(k) if k is not None else rc.top_k
         exclude_case_ids = set(exclude_case_ids or ())
         for h in exclude_hashes or ():
             exclude_case_ids |= store.case_ids_with_hash(h)

@@ -14,6 +14,7 @@ import re
 from ragmed.errors import ConfigError
 
 MAX_QUESTION_CHARS = 4000
+TASKS = ("closed", "open", "report")
 # a closed (yes/no) question starts with one of these auxiliaries
 CLOSED_VERBS = ("is", "are", "was", "were", "does", "do", "did", "can", "could", "has", "have", "will", "should",
                 "would", "may")
@@ -22,7 +23,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 class QuestionError(ConfigError, ValueError):
-    """A question ragmed refuses. ``code``: ``empty`` | ``too-long``."""
+    """A question ragmed refuses. ``code``: ``empty`` | ``too-long`` | ``task`` (an unknown task name)."""
 
     stage = "question"
 
@@ -50,6 +51,14 @@ def validate_question(question: str | None, *, allow_empty: bool = False, task: 
     return q
 
 
+def validate_task(task: str | None) -> str | None:
+    """``task`` when it is one of :data:`TASKS` or None (guess from the question), else :class:`QuestionError`."""
+    if task is None or task in TASKS:
+        return task
+    raise QuestionError(f"unknown task {task!r}; use one of {', '.join(TASKS)}, or none to guess it from the question",
+                        "task")
+
+
 def guess_task(question: str) -> str:
     """``closed`` for a yes/no or either/or question, ``open`` otherwise, ``report`` for no question. Templated
     auxiliaries such as "Is/Are there …" or "Does/Do …" count as their first form."""
@@ -60,4 +69,5 @@ def guess_task(question: str) -> str:
     return "closed" if q.startswith(_CLOSED_START) or " or " in q and q.endswith("?") else "open"
 
 
-__all__ = ["MAX_QUESTION_CHARS", "CLOSED_VERBS", "QuestionError", "validate_question", "guess_task"]
+__all__ = ["MAX_QUESTION_CHARS", "TASKS", "CLOSED_VERBS", "QuestionError", "validate_question", "validate_task",
+           "guess_task"]
