@@ -292,7 +292,8 @@ def uberon_graph():
 def extract_umls_terms(paths: list[str | Path], out: str | Path, *, prefix: str = "UBERON",
                        header: list[str] = ()) -> int:
     """Write the non-obsolete ``prefix`` terms of the OBO files ``paths`` that carry a UMLS xref to ``out`` (OBO 1.4):
-    id, name, def, EXACT synonyms, is_a (to terms kept) and the xrefs of ``_KEEP_XREFS``; the first file that has a
+    id, name, def, EXACT synonyms, is_a (to terms kept) and the xrefs of ``_KEEP_XREFS`` (MeSH: descriptor ids only,
+    not tree numbers such as ``MESH:A01.911``); the first file that has a
     term wins. ``header`` lines go into the file's header (provenance, licence). Returns the number of terms.
 
     How ``data/uberon-umls.obo`` was made (from a checkout of the UBERON repository at the commits named there)::
@@ -314,7 +315,8 @@ def extract_umls_terms(paths: list[str | Path], out: str | Path, *, prefix: str 
             tid = (tags.get("id") or [""])[0]
             if not tid.startswith(prefix + ":") or tid in stanzas or tags.get("is_obsolete") == ["true"]:
                 continue
-            xrefs = [x for x in tags.get("xref", []) if (px := parse_xref(x)) and px[0] in _KEEP_XREFS]
+            xrefs = [x for x in tags.get("xref", []) if (px := parse_xref(x)) and px[0] in _KEEP_XREFS
+                     and (px[0] != "MSH" or re.fullmatch(r"D\d{6,9}", px[1]))]  # MeSH tree numbers left out
             if not any(parse_xref(x)[0] == "UMLS" for x in xrefs):
                 continue
             stanzas[tid] = {"name": tags.get("name", [""])[0], "def": tags.get("def", [])[:1],
