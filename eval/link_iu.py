@@ -249,9 +249,17 @@ def cui_coverage(kg, reports: list[dict]) -> dict:
     from ragmed.knowledge.radiology import CUIS
 
     hand = set(CUIS.values())
+    # the build lists the nodes whose CUI only ragmed's hand-entered radiology CUIs state (no open source's own xref);
+    # graphs built before that list existed: a hand-entered CUI counts only beside an HPO member
+    only_hand = kg.manifest.get("cui_hand_entered_only")
+
+    def open_xref(m) -> bool:
+        if only_hand is not None:
+            return m.id not in only_hand
+        return m.cui not in hand or "HP" in kg.concept(m.id)["xrefs"]
 
     def from_sources(ms):  # CUIs from a source's own xrefs only (not ragmed's 35 hand-entered ones)
-        ok = [m for m in ms if m.cui and (m.cui not in hand or "HP" in kg.concept(m.id)["xrefs"])]
+        ok = [m for m in ms if m.cui and open_xref(m)]
         return round(len(ok) / len(ms), 4) if ms else 0.0
 
     return {"linked_concepts": len(allc), "with_cui": share(allc), "findings": len(fnd),
@@ -259,6 +267,9 @@ def cui_coverage(kg, reports: list[dict]) -> dict:
             "with_cui_from_source_xrefs_only": from_sources(allc),
             "findings_with_cui_from_source_xrefs_only": from_sources(fnd),
             "by_source": dict(Counter(m.source for m in allc).most_common()),
+            "cui_by_origin": dict(Counter("none" if not m.cui else "open xref" if open_xref(m) else "hand-entered only"
+                                          for m in allc)),
+            "hand_entered_only_top": Counter(m.name for m in allc if m.cui and not open_xref(m)).most_common(10),
             "without_cui_top": Counter(m.name for m in allc if not m.cui).most_common(15)}
 
 

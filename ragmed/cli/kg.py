@@ -16,7 +16,8 @@ def kg():
 
 @kg.command("build")
 @click.option("--source", "sources", multiple=True, required=True, metavar="SPEC",
-              help="open | icd10cm | hpo | mesh | obo:FILE | umls:DIR (repeatable; combined into one graph).")
+              help="open | icd10cm | hpo | mesh | radiology | uberon | obo:FILE | umls:DIR "
+                   "(repeatable; combined into one graph).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory, e.g. knowledge/NAME.")
 @click.option("--name", default=None, help="Graph name (default: the output directory's name).")
 @click.option("--lang", "langs", multiple=True, default=("ENG",), show_default=True, help="UMLS: languages (LAT).")

@@ -24,12 +24,14 @@ from ragmed.knowledge.text import normalise
 
 log = logging.getLogger(__name__)
 
-SOURCE_SPECS = "open | icd10cm | hpo | mesh | radiology | obo:FILE | umls:DIR"
+SOURCE_SPECS = "open | icd10cm | hpo | mesh | radiology | uberon | obo:FILE | umls:DIR"
 # the order in which a merged concept takes its preferred name, source and definition
-MERGE_PRIORITY = ("UMLS", "DOID", "HPO", "SYMP", "RAD", "MSH", "ICD10CM")
+MERGE_PRIORITY = ("UMLS", "DOID", "HPO", "SYMP", "RAD", "UBERON", "MSH", "ICD10CM")
 # xref vocabularies whose one-to-one mappings name the same concept (merged); ICD-10-CM categories are broader
 MERGE_VOCABS = ("MSH",)
 NAME_ALIGNED = ("MSH", "RAD")  # sources aligned to the ontologies by exact name (they carry no CUIs of their own)
+HAND_CUI_SOURCES = ("RAD",)  # sources whose CUIs ragmed entered by hand (radiology.CUIS), not an open cross-reference
+DERIVED_CUI_SOURCES = ("MSH",)  # sources that state no CUI themselves (theirs come from a mapping concept)
 
 
 def _radiology(mesh):
@@ -39,14 +41,17 @@ def _radiology(mesh):
 
 
 def load_source(spec: str, **umls_options):
-    """One source spec → a graph. ``open`` = ICD-10-CM + HPO (with diseases) + MeSH."""
+    """One source spec → a graph. ``open`` = ICD-10-CM + HPO (with diseases) + MeSH + radiology vocabulary + UBERON
+    anatomy (the terms with UMLS CUIs)."""
     from ragmed.knowledge import open_sources as osrc
 
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
     if kind == "open":
         mesh = osrc.mesh_graph()
-        return [osrc.icd10cm_graph(), osrc.hpo_graph(), mesh, _radiology(mesh)]
+        return [osrc.icd10cm_graph(), osrc.hpo_graph(), mesh, _radiology(mesh), osrc.uberon_graph()]
+    if kind == "uberon":
+        return [osrc.uberon_graph()]
     if kind == "radiology":
         return [_radiology(osrc.mesh_graph())]
     if kind == "icd10cm":
@@ -185,7 +190,9 @@ def merge_concepts(G):
     another typed source, become one node. Its id is the CUI when any member has one (else the id of the member
     first in ``MERGE_PRIORITY``); it takes that member's name, source and definition, the union of all names,
     types and xrefs, and every member's edges. ``G.graph["aliases"]`` maps each former id to the new one, so that
-    ``kg.concept("HP:0002107")`` still finds the merged node. Returns (new graph, counts)."""
+    ``kg.concept("HP:0002107")`` still finds the merged node. ``G.graph["cui_hand_entered_only"]`` lists the merged
+    nodes whose CUI only a hand-entered source (``HAND_CUI_SOURCES``) states: no member of an ontology source
+    carries it among its own UMLS xrefs. Returns (new graph, counts)."""
     import networkx as nx
 
     parent: dict[str, str] = {}
@@ -249,6 +256,7 @@ def merge_concepts(G):
     H.graph.update(G.graph)
     new_id: dict[str, str] = {}
     used: set[str] = set()
+    hand_only: list[str] = []
     for members in groups.values():
         members.sort(key=lambda m: (_prio(G.nodes[m]), m))
         ds = [G.nodes[m] for m in members]
@@ -275,6 +283,9 @@ def merge_concepts(G):
         H.add_node(nid, id=nid, name=head["name"], source=head["source"], synonyms=syns,
                    definition=next((d["definition"] for d in ds if d.get("definition")), ""), types=types,
                    xrefs=xrefs, cui=cui)
+        if cui and not any(d["source"] not in (*HAND_CUI_SOURCES, *DERIVED_CUI_SOURCES)
+                           and cui in d.get("xrefs", {}).get("UMLS", []) for d in ds):
+            hand_only.append(nid)
         for m in members:
             new_id[m] = nid
         if len(members) > 1:
@@ -287,4 +298,5 @@ def merge_concepts(G):
         seen_edges.add((a, b, r))
         H.add_edge(a, b, rel=r)
     H.graph["aliases"] = {old: new for old, new in new_id.items() if old != new}
+    H.graph["cui_hand_entered_only"] = sorted(hand_only)
     return H, dict(stats)

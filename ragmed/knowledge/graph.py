@@ -26,7 +26,7 @@ from ragmed.knowledge.text import negated_tokens, sentence_ids, tokenize, uncert
 
 __all__ = ["KnowledgeGraph", "LinkedConcept", "SOURCE_PRIORITY", "UNCERTAIN_FACTOR"]
 
-SOURCE_PRIORITY = ("UMLS", "DOID", "HPO", "SYMP", "RAD", "MSH", "ICD10CM")
+SOURCE_PRIORITY = ("UMLS", "DOID", "HPO", "SYMP", "RAD", "UBERON", "MSH", "ICD10CM")
 # a word joined by a hyphen (or "non" written apart) in front of a match makes a longer term that means something
 # else: "non-ossifying fibroma" is not "ossifying fibroma", "pseudo-obstruction" is not "obstruction"
 _PREFIX_WORDS = frozenset({"non", "pseudo", "anti", "un", "in", "de", "post", "pre", "peri", "para", "sub", "supra",

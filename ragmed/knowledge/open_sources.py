@@ -11,6 +11,13 @@
   ("Hernia, Hiatal") also gets its natural-order form ("Hiatal Hernia") as a synonym. The package has no tree
   numbers, so MeSH nodes carry no semantic type of their own: they get one from a source that maps to them (a DOID
   or Symptom Ontology xref) or whose concept has the same name (see ``build.py``).
+- UBERON anatomy with its UMLS CUI cross-references: ``ragmed/knowledge/data/uberon-umls.obo``, the terms of two
+  subsets that the UBERON project publishes in its public repository (``subsets/efo-slim.obo`` of 2021-07-27 and
+  ``subsets/vertebrate-head.obo`` of 2018-11-20) that carry at least one ``xref: UMLS:`` line, cut down by
+  :func:`extract_umls_terms` to id, name, definition, EXACT synonyms, is-a and their UMLS / MeSH / FMA / NCIt /
+  SNOMED CT xrefs (UBERON: CC BY 3.0 in that repository, CC BY 4.0 for current releases; attribution: Mungall et
+  al., *Genome Biology* 2012 / Haendel et al., *J Biomed Semantics* 2014, http://uberon.org). No registry package
+  ships UBERON *with* its xrefs (``cellxgene-ontology-guide`` ships UBERON names and synonyms only).
 - OBO files (Disease Ontology, Symptom Ontology, HPO's hp.obo, any OBO 1.2/1.4 file), parsed with ``obonet``.
 """
 from __future__ import annotations
@@ -190,6 +197,12 @@ def mesh_graph():
 # --- OBO ---------------------------------------------------------------------------------------------------
 
 _OBO_SOURCE = {"HP": "HPO"}
+BODY_PART = "Body Part, Organ, or Organ Component"
+UBERON_FILE = Path(__file__).with_name("data") / "uberon-umls.obo"
+UBERON_LICENCE = ("UBERON: CC BY 3.0 (the LICENSE of the UBERON repository the subsets come from; current releases "
+                  "CC BY 4.0); attribution: Mungall et al., Genome Biology 2012; http://uberon.org")
+# xrefs kept by extract_umls_terms (the rest of UBERON's xrefs name other species' anatomy ontologies)
+_KEEP_XREFS = ("UMLS", "MSH", "FMA", "NCI", "SNOMEDCT")
 _OBO_TYPES = {"DOID": ["Disease or Syndrome"], "SYMP": ["Sign or Symptom"], "HP": ["Finding"],
               "MONDO": ["Disease or Syndrome"]}
 _QUOTED = re.compile(r'^"((?:[^"\\]|\\.)*)"\s*(.*)$')
@@ -264,3 +277,57 @@ def _obo_licence(header: dict) -> str | None:
         if "licen" in r.lower():
             return r
     return None
+
+
+def uberon_graph():
+    """UBERON anatomy terms with UMLS CUIs (``data/uberon-umls.obo``; see the module docstring), typed as body parts.
+    Terms with several CUIs keep the first as their ``cui`` and all of them as xrefs."""
+    G = obo_graph(UBERON_FILE, types=[BODY_PART], licence=UBERON_LICENCE)
+    src = G.graph["sources"][0]
+    src.pop("path", None)
+    src.update({"name": "UBERON", "package": "ragmed", "file": f"ragmed/knowledge/data/{UBERON_FILE.name}"})
+    return G
+
+
+def extract_umls_terms(paths: list[str | Path], out: str | Path, *, prefix: str = "UBERON",
+                       header: list[str] = ()) -> int:
+    """Write the non-obsolete ``prefix`` terms of the OBO files ``paths`` that carry a UMLS xref to ``out`` (OBO 1.4):
+    id, name, def, EXACT synonyms, is_a (to terms kept) and the xrefs of ``_KEEP_XREFS`` (MeSH: descriptor ids only,
+    not tree numbers such as ``MESH:A01.911``); the first file that has a
+    term wins. ``header`` lines go into the file's header (provenance, licence). Returns the number of terms.
+
+    How ``data/uberon-umls.obo`` was made (from a checkout of the UBERON repository at the commits named there)::
+
+        python -c "from ragmed.knowledge.open_sources import extract_umls_terms as x; x(['efo-slim.obo',
+            'vertebrate-head.obo'], 'ragmed/knowledge/data/uberon-umls.obo', header=[...])"
+    """
+    stanzas: dict[str, dict] = {}
+    for path in paths:
+        text = Path(path).read_text(encoding="utf-8")
+        for block in re.split(r"\n(?=\[)", text):
+            if not block.startswith("[Term]"):
+                continue
+            tags: dict[str, list[str]] = {}
+            for line in block.splitlines()[1:]:
+                tag, sep, value = line.partition(": ")
+                if sep:
+                    tags.setdefault(tag.strip(), []).append(value.strip())
+            tid = (tags.get("id") or [""])[0]
+            if not tid.startswith(prefix + ":") or tid in stanzas or tags.get("is_obsolete") == ["true"]:
+                continue
+            xrefs = [x for x in tags.get("xref", []) if (px := parse_xref(x)) and px[0] in _KEEP_XREFS
+                     and (px[0] != "MSH" or re.fullmatch(r"D\d{6,9}", px[1]))]  # MeSH tree numbers left out
+            if not any(parse_xref(x)[0] == "UMLS" for x in xrefs):
+                continue
+            stanzas[tid] = {"name": tags.get("name", [""])[0], "def": tags.get("def", [])[:1],
+                            "synonym": [s for s in tags.get("synonym", []) if _quoted(s)[1].startswith("EXACT")],
+                            "xref": [x.split(" ", 1)[0] for x in xrefs],
+                            "is_a": [i.split(" ", 1)[0] for i in tags.get("is_a", [])]}
+    lines = ["format-version: 1.4", *header, ""]
+    for tid in sorted(stanzas):
+        st = stanzas[tid]
+        lines += ["[Term]", f"id: {tid}", f"name: {st['name']}", *(f"def: {d}" for d in st["def"]),
+                  *(f"synonym: {s}" for s in st["synonym"]), *(f"xref: {x}" for x in dict.fromkeys(st["xref"])),
+                  *(f"is_a: {i}" for i in st["is_a"] if i in stanzas), ""]
+    Path(out).write_text("\n".join(lines), encoding="utf-8")
+    return len(stanzas)

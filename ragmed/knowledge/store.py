@@ -263,6 +263,8 @@ def save_graph(G, out: str | Path, *, name: str | None = None, link_types: Itera
                    "lexicon_entries": len(lexicon["keys"]), "by_source": counts_by_source, "by_relation": counts_by_rel,
                    "with_cui": sum(1 for c in cols["cuis"] if c),
                    "synonyms": sum(len(x) for x in cols["synonyms"]), "aliases": len(aliases)},
+        # nodes whose CUI only ragmed's hand-entered radiology CUIs state (no open cross-reference carries it)
+        "cui_hand_entered_only": [n for n in G.graph.get("cui_hand_entered_only", []) if n in index],
         "xref_stats": G.graph.get("xref_stats", {}), "load_report": G.graph.get("report", {}),
         "relations": rel_names, "link_types": sorted(link_types),
         "files": {f: {"sha256": file_hashes[f], "bytes": (tmp / f).stat().st_size} for f in FILES},
