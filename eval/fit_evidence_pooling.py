@@ -63,6 +63,10 @@ def pooled(py, wy, wn, beta, alpha):
     return 1 / (1 + np.exp(-z))
 
 
+def _predict_alpha(predict, rows, votes, b):
+    return predict(rows, votes, b, 0.5)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True)
@@ -107,7 +111,7 @@ def main(argv=None) -> int:
     best = max(grid, key=lambda g: (g["dev_loglik"], -g["beta"]))
     beta, alpha = best["beta"], best["alpha"]
 
-    def predict(rows, votes, b):
+    def predict(rows, votes, b, alpha=alpha):
         """(answers, confidences) of the closed policy for rows: yes/no pooled, either/or as before."""
         from ragmed.generate.answerer.model import choose
         from ragmed.generate.chat import closed_choices
@@ -154,6 +158,16 @@ def main(argv=None) -> int:
                                else None, "yes_share": round(float(np.mean([p == "yes" for p in ep])), 4),
                                "dev_closed_accuracy": round(float(np.mean(dok)), 4)}
         res.setdefault("_ok", {})[name] = eok
+    # the trade-off, reported (not used to choose): closed accuracy at other weights, dev and evaluation half
+    res["sweep_alpha_0.5"] = []
+    for b in (0.0, 0.5, 1.0, 2.0, 4.0):
+        row = {"beta": b}
+        for name, rows, votes in (("dev", dev, dvotes), ("eval", ev, evotes)):
+            pr, _ = predict(rows, votes, b) if alpha == 0.5 else _predict_alpha(predict, rows, votes, b)
+            row[f"{name}_closed_accuracy"] = round(float(np.mean([closed_correct(x, r["answer"])
+                                                                  for x, r in zip(pr, rows)])), 4)
+            row[f"{name}_yes_share"] = round(float(np.mean([x == "yes" for x in pr])), 4)
+        res["sweep_alpha_0.5"].append(row)
     # paired bootstrap over evaluation images of pooled − classifier closed accuracy
     ok = res.pop("_ok")
     imgs = sorted({r["image"][1] for r in ev})
