@@ -125,6 +125,8 @@ def main() -> None:
     ap.add_argument("--answerer", action="store_true",
                     help="also the default ragmed-answerer, shown a real chest X-ray with each item (PneumoniaMNIST "
                          "test images, seeded): the classifier answers, ground() decides what it may cite")
+    ap.add_argument("--answerer-beta", type=float, action="append", default=[],
+                    help="also ragmed-answerer with this evidence-pooling weight (evidence_alpha 0.5); repeatable")
     a = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"shared data not found at {DATA} (set RAGMED_DATA)")
@@ -146,6 +148,9 @@ def main() -> None:
 
         from ragmed.io import load_image
         gens["ragmed-answerer"] = create_generator("ragmed-answerer", text_encoder=te)
+        for b in a.answerer_beta:
+            gens[f"ragmed-answerer-beta{b:g}"] = create_generator("ragmed-answerer", text_encoder=te,
+                                                                  evidence_beta=b, evidence_alpha=0.5)
         tmp = Path(tempfile.mkdtemp(prefix="ragmed-contradiction-"))
         with np.load(DATA / "images" / "pneumoniamnist.npz") as z:
             x = z["test_images"]
@@ -158,14 +163,15 @@ def main() -> None:
     items = build_items(a.per_finding, a.seed)
     res: dict = {"task": "safety_contradiction", "label": a.label,
                  "command": f"python eval/safety_contradiction.py --label {a.label} --per-finding {a.per_finding} "
-                            f"--seed {a.seed}" + (" --model" if a.model else "") + (" --answerer" if a.answerer else ""),
+                            f"--seed {a.seed}" + (" --model" if a.model else "") + (" --answerer" if a.answerer else "")
+                            + "".join(f" --answerer-beta {b:g}" for b in a.answerer_beta),
                  "n_items": len(items), "judge": "IU MeSH indexing + explicit negation cues (see the module docstring)", "by_generator": {}}
     for name, g in gens.items():
         rows = []
         for k, it in enumerate(items):
             ev = [Evidence(case_id=f"iu:{r['uid']}", score=s, ref=f"[{i}]", text=r["text"], excerpt=r["text"][:300])
                   for i, (r, s) in enumerate(zip(it["evidence"], it["scores"]), start=1)]
-            img = images[k % len(images)] if name == "ragmed-answerer" else None
+            img = images[k % len(images)] if name.startswith("ragmed-answerer") else None
             out = g.generate(it["question"], ev, [], task="closed", image=img)
             ans = None if out.insufficient else yes_no(out.text)
             gold = {f"[{i}]": r["gold"] for i, r in enumerate(it["evidence"], start=1)}

@@ -2,7 +2,12 @@
 the retrieved cases are cited only where they agree (issue S's rules, :func:`ragmed.generate.citations.ground`).
 
 - closed questions: the classifier's choice among the question's options (yes/no, or an either/or question's
-  options); ``ground()`` cites the retrieved cases that say the same, never one that says the opposite, and when the
+  options). A yes/no answer pools the classifier with the image-matched evidence on the log-odds scale,
+  ``logit P(yes) = logit P_clf(yes) + beta * log((W_yes + alpha) / (W_no + alpha))`` (W: the vote weights of the
+  retrieved cases that assert / deny the finding, :meth:`ragmed.generate.vote.VoteGenerator.votes`); beta, alpha and
+  the closed-confidence threshold are fitted on the dev slice of the training part
+  (``eval/fit_evidence_pooling.py`` → ``evidence_pooling.json``; beta = 0 or no file: the classifier alone);
+  ``ground()`` cites the retrieved cases that say the same, never one that says the opposite, and when the
   answer departs from the majority of the cases that answer it says so and flags ``departs-from-evidence``;
 - open questions: the classifier's in-vocabulary answer when its probability is at least ``min_open_confidence``
   (calibrated on the training part's dev slice, stored in the weights' ``config.json``), cited where a case contains
@@ -27,6 +32,30 @@ from ragmed.types import Evidence, Generation, KnowledgeEvidence
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_NAME = "ragmed-answerer"
+POOLING_FILE = Path(__file__).with_name("evidence_pooling.json")
+
+
+def pooling_params() -> dict[str, float]:
+    """beta, alpha and min_closed_confidence of the evidence pooling (``evidence_pooling.json``, written by
+    eval/fit_evidence_pooling.py); beta 0 (the classifier alone) when the file is absent or unreadable."""
+    import json
+
+    try:
+        d = json.loads(POOLING_FILE.read_text())
+        return {"beta": float(d["beta"]), "alpha": float(d["alpha"]),
+                "min_closed_confidence": float(d["min_closed_confidence"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"beta": 0.0, "alpha": 1.0}
+
+
+def pool_yes(p_yes: float, w_yes: float, w_no: float, beta: float, alpha: float) -> float:
+    """P(yes) pooled from the classifier's ``p_yes`` and the evidence's vote weights for / against the finding:
+    logit P = logit p_yes + beta * log((w_yes + alpha) / (w_no + alpha)). No votes (w = 0) leave p_yes unchanged."""
+    import math
+
+    p = min(max(float(p_yes), 1e-6), 1 - 1e-6)
+    z = math.log(p / (1 - p)) + float(beta) * math.log((w_yes + alpha) / (w_no + alpha))
+    return 1.0 / (1.0 + math.exp(-z))
 
 
 def shipped_path() -> Path:
@@ -46,19 +75,27 @@ def confidence_of(g: Generation) -> float | None:
 class AnswererGenerator:
     """Parameters: ``weights`` (a weights directory written by eval/train_answerer.py; default the shipped one),
     ``fallback`` / ``fallback_params`` (the generator for open questions the classifier is unsure of, text-only
-    questions and reports), ``min_open_confidence`` / ``min_closed_confidence`` (default: the weights' calibration),
-    ``threads`` (torch threads, 1), ``text_encoder`` (the question encoder; default ragmed's ``minilm``)."""
+    questions and reports), ``min_open_confidence`` / ``min_closed_confidence`` (default: the weights' calibration,
+    or the pooling's dev calibration when pooling is on), ``evidence_beta`` / ``evidence_alpha`` (the pooling of
+    yes/no answers with the evidence; default ``evidence_pooling.json``; ``evidence_beta: 0`` = the classifier
+    alone), ``threads`` (torch threads, 1), ``text_encoder`` (the question encoder; default ragmed's ``minilm``)."""
 
     id = "ragmed-answerer"
 
     def __init__(self, weights: str | None = None, *, fallback: str | None = "gguf",
                  fallback_params: dict[str, Any] | None = None, min_open_confidence: float | None = None,
-                 min_closed_confidence: float | None = None, threads: int | None = 1, text_encoder=None):
+                 min_closed_confidence: float | None = None, evidence_beta: float | None = None,
+                 evidence_alpha: float | None = None, threads: int | None = 1, text_encoder=None):
         self.weights = Path(weights) if weights else shipped_path()
         self.fallback_name = fallback
         self.fallback_params = dict(fallback_params or {})
         self._min_open = min_open_confidence
         self._min_closed = min_closed_confidence
+        pool = pooling_params()
+        self.evidence_beta = float(pool["beta"] if evidence_beta is None else evidence_beta)
+        self.evidence_alpha = float(pool["alpha"] if evidence_alpha is None else evidence_alpha)
+        # the pooled answers' threshold was calibrated with the pooling it goes with; explicit beta → weights' own
+        self._pool_min_closed = pool.get("min_closed_confidence") if evidence_beta is None else None
         self.threads = threads
         self.text_encoder = text_encoder
         self._model = None
@@ -87,6 +124,8 @@ class AnswererGenerator:
     def min_closed_confidence(self) -> float:
         if self._min_closed is not None:
             return float(self._min_closed)
+        if self.evidence_beta > 0 and self._pool_min_closed is not None:
+            return float(self._pool_min_closed)
         return float(self.model.config.get("calibration", {}).get("min_closed_confidence", 0.0))
 
     def _encoder(self):
@@ -165,6 +204,28 @@ class AnswererGenerator:
         j = int(np.argmax(p))
         return self.model.vocab[j], float(p[j])
 
+    def predict_closed(self, question: str, image, evidence: list[Evidence]) -> tuple[str | None, float, str | None]:
+        """(answer, confidence, pooling note) of a closed question: a yes/no question pools the classifier's P(yes)
+        with the image-matched evidence (:func:`pool_yes`), an either/or question is the classifier's choice."""
+        from ragmed.generate.answerer.model import choose
+        from ragmed.generate.chat import closed_choices
+        from ragmed.generate.vote import VoteGenerator
+
+        p = self.probabilities(question, image)
+        choices = closed_choices(question)
+        idx = self.model.index
+        if sorted(choices) != ["no", "yes"] or "yes" not in idx or "no" not in idx or self.evidence_beta <= 0:
+            a, c = choose(p, idx, choices)
+            return a, c, None
+        py = float(p[idx["yes"]] / max(float(p[idx["yes"]] + p[idx["no"]]), 1e-12))
+        w = {"yes": 0.0, "no": 0.0}
+        for v in VoteGenerator(text_encoder=None).votes(question, evidence, "closed"):
+            if v.answer in w:
+                w[v.answer] += v.weight
+        pp = pool_yes(py, w["yes"], w["no"], self.evidence_beta, self.evidence_alpha)
+        note = f"evidence-pooled:{py:.2f}->{pp:.2f}" if w["yes"] or w["no"] else None
+        return ("yes", pp, note) if pp >= 0.5 else ("no", 1 - pp, note)
+
     def _fallback_generate(self, question, evidence, knowledge, image, domain, task, why: str) -> Generation:
         fb = self.fallback()
         if fb is None and task == "closed":
@@ -186,7 +247,11 @@ class AnswererGenerator:
         if task == "report" or image is None:
             return self._fallback_generate(question, evidence, knowledge, image, domain, task,
                                            "report" if task == "report" else "no-image")
-        ans, p = self.predict(question, image, task)
+        note = None
+        if task == "closed":
+            ans, p, note = self.predict_closed(question, image, evidence)
+        else:
+            ans, p = self.predict(question, image, task)
         if ans is None:
             return self._fallback_generate(question, evidence, knowledge, image, domain, task, "options-unknown")
         if task == "open" and (p < self.min_open_confidence or ans in ("yes", "no")):
@@ -200,7 +265,7 @@ class AnswererGenerator:
             text = (text.rstrip() + " No retrieved case states this answer; it rests on ragmed-answerer reading "
                     "the image.")
         return Generation(text=text, citations=cites, model=self.model_id,
-                          flags=flags + [f"answer-confidence:{p:.3f}"])
+                          flags=flags + ([note] if note else []) + [f"answer-confidence:{p:.3f}"])
 
     def abstain(self, g: Generation, question: str, evidence: list[Evidence], *, task: str,
                 min_confidence: float | None = None) -> Generation:
