@@ -86,3 +86,18 @@ def test_stratified_cap_keeps_rag_pt_pairs_and_balance():
     assert by[("cross-modality", "yes")] == by[("cross-modality", "no")] == 3
     assert by[("hallucination", "yes")] == by[("hallucination", "no")] == 3
     assert json.dumps(out)  # plain records
+
+
+def test_ragmed_vlm_refuses_an_adapter_of_another_base_model(tmp_path):
+    from ragmed.errors import GeneratorError
+    from ragmed.generate.vlm.backend import VLMGenerator
+
+    d = tmp_path / "adapter"
+    d.mkdir()
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    (d / "ragmed_adapter.json").write_text(json.dumps({"base_model": "transformers:other", "base_fingerprint": {
+        "model_type": "llava", "vocab_size": 49153, "hidden_size": 576, "num_hidden_layers": 30,
+        "embeddings_sha256": "0" * 20}}))
+    g = VLMGenerator(adapter=str(d))
+    with pytest.raises(GeneratorError, match="another base model"):
+        g.warm_up()
