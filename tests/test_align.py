@@ -241,6 +241,22 @@ def test_tiny_vlm_pairs_two_dpo_steps_and_ask(arch, vqa, tmp_path):
     ans = aligned.ask(vqa["images"] / q["image_name"], q["question"], task="open")
     assert "+lora:adapter" in ans.models["generator"] and ans.text and ans.evidence
 
+    if arch == "llava":  # the evaluation, base vs adapter: noise and unrelated-image answers for a VLM
+        from ragmed.align.evaluate import EvalOptions, evaluate_alignment
+
+        qs = [r for r in json.loads((vqa["root"] / "index.json").read_text())
+              if r["answer_type"].strip().upper() == "CLOSED"]
+        (tmp_path / "ev.json").write_text(json.dumps(qs))
+        res = evaluate_alignment(p, tmp_path / "ev.json", vqa["images"], [("aligned", str(adapter))],
+                                 tmp_path / "ev" / "align.json", EvalOptions(limit=3, bootstrap=20))
+        assert res["generators"]["aligned"].endswith("+lora:adapter") and res["n_questions"] == 3
+        for m in ("base", "aligned"):
+            assert {"copy_rate", "accuracy_noise", "image_gain_noise"} <= set(res["models"][m])
+        if len({r["image_organ"] for r in qs}) > 1:
+            assert {"copy_rate_unrelated", "accuracy_unrelated"} <= set(res["models"]["aligned"])
+        rows = [json.loads(x) for x in (tmp_path / "ev" / "align.predictions.jsonl").read_text().splitlines()]
+        assert all(r["noise"] is not None and r["copy"] in (True, False) for r in rows)
+
 
 def test_pair_collator_puts_each_sides_image_in_its_rows(tmp_path):
     """A cross-modality pair: the chosen row sees the real image, the rejected row the noise image (LLaVA)."""

@@ -14,7 +14,7 @@ Heavy imports (torch, trl, peft) happen inside the functions.
 from __future__ import annotations
 
 _NAMES = {
-    "build_pairs": "pairs", "read_pairs": "pairs", "PairOptions": "pairs",
+    "build_pairs": "pairs", "read_pairs": "pairs", "PairOptions": "pairs", "balance_pairs": "pairs",
     "train_dpo": "train", "TrainOptions": "train",
     "evaluate_alignment": "evaluate", "EvalOptions": "evaluate", "table": "evaluate",
     "pipeline_variant": "config",

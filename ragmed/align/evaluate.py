@@ -6,13 +6,19 @@ Per question and per generator (the pipeline's own, then the same generator with
 
 - ``rag``: with the retrieved evidence (``Pipeline.answer(..., generator=g)``);
 - ``no_rag``: without it (``g.generate(question, [], [], image=...)``);
-- ``noise``: with the same evidence and the image replaced by Gaussian noise (generators that take the image).
+- ``noise``: with the same evidence and the image replaced by Gaussian noise (generators that take the image);
+- ``unrelated``: with the same evidence and the image replaced by another evaluation image of a different organ
+  (generators that take the image; ``EvalOptions.unrelated``, on by default) — tells a model that reads the image
+  from one that only learned to tell noise from a real image.
 
 Metrics (correct = closed exact match, open token F1 ≥ ``f1_threshold``; the evaluation's normaliser):
 ``accuracy_rag``, ``accuracy_no_rag``, ``over_reliance`` (right without retrieval, wrong with it — share of all
 questions), ``helpfulness`` (wrong without, right with), ``copy_rate`` (the short answer unchanged when the image is
-noise: the cross-modality symptom; absent for a text-only generator, whose input does not change), and
-``accuracy_rag_closed`` / ``accuracy_rag_open``. Intervals: 95 % percentile bootstrap resampling *images* (every
+noise: the cross-modality symptom; absent for a text-only generator, whose input does not change),
+``accuracy_noise`` / ``accuracy_unrelated`` (right with the replaced image), ``image_gain_noise`` /
+``image_gain_unrelated`` (per question: right with the real image minus right with the replaced one; > 0 when the
+image helps), ``copy_rate_unrelated``, and ``accuracy_rag_closed`` / ``accuracy_rag_open``. Intervals: 95 %
+percentile bootstrap resampling *images* (every
 question of a drawn image comes along), and for each adapter the paired difference to the base generator on the same
 resamples. Answers are cached in ``<out>.predictions.jsonl`` by (model, question): a second run with another adapter
 reuses the base generator's answers.
@@ -27,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METRICS = ("accuracy_rag", "accuracy_no_rag", "over_reliance", "helpfulness", "copy_rate", "accuracy_rag_closed",
-           "accuracy_rag_open")
+METRICS = ("accuracy_rag", "accuracy_no_rag", "over_reliance", "helpfulness", "copy_rate", "accuracy_noise",
+           "image_gain_noise", "copy_rate_unrelated", "accuracy_unrelated", "image_gain_unrelated",
+           "accuracy_rag_closed", "accuracy_rag_open")
 
 
 @dataclass
@@ -38,6 +45,7 @@ class EvalOptions:
     bootstrap: int = 1000
     f1_threshold: float = 0.5
     noise: bool = True
+    unrelated: bool = True
     fmt: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -68,12 +76,24 @@ def _generators(pipeline, adapters: list[tuple[str, str]]):
     return gens
 
 
+def unrelated_image(by_organ: dict[str, set[str]], it, seed: int) -> str | None:
+    """Another image of the same question file whose organ differs from the question's (seeded), or None."""
+    pool = sorted(x for o, xs in by_organ.items() if o != (it.organ or "") for x in xs if x != it.image)
+    return pool[seed % len(pool)] if pool else None
+
+
 def per_item_flags(row: dict[str, Any]) -> dict[str, float]:
     out = {"accuracy_rag": float(row["rag_correct"]), "accuracy_no_rag": float(row["no_rag_correct"]),
            "over_reliance": float(row["no_rag_correct"] and not row["rag_correct"]),
            "helpfulness": float(row["rag_correct"] and not row["no_rag_correct"])}
     if row.get("copy") is not None:
         out["copy_rate"] = float(row["copy"])
+    for rep in ("noise", "unrelated"):
+        if row.get(f"{rep}_correct") is not None:
+            out[f"accuracy_{rep}"] = float(row[f"{rep}_correct"])
+            out[f"image_gain_{rep}"] = float(row["rag_correct"]) - float(row[f"{rep}_correct"])
+    if row.get("copy_unrelated") is not None:
+        out["copy_rate_unrelated"] = float(row["copy_unrelated"])
     out["accuracy_rag_closed" if row["task"] == "closed" else "accuracy_rag_open"] = float(row["rag_correct"])
     return out
 
@@ -148,7 +168,11 @@ def evaluate_alignment(pipeline, data: str | Path, images: str | Path, adapters:
             if line.strip():
                 r = json.loads(line)
                 cache[(r["model"], r["qid"])] = r
-    items = select_items(read_qa(data, format=opts.fmt), opts.limit, opts.seed)
+    all_items = read_qa(data, format=opts.fmt)
+    items = select_items(all_items, opts.limit, opts.seed)
+    by_organ: dict[str, set[str]] = {}
+    for it in all_items:
+        by_organ.setdefault(it.organ or "", set()).add(it.image)
     gens = _generators(pipeline, adapters)
     t0 = time.perf_counter()
     images = Path(images)
@@ -180,6 +204,15 @@ def evaluate_alignment(pipeline, data: str | Path, images: str | Path, adapters:
                                         task=task)
                         row["noise"] = short_answer(gn)
                         row["copy"] = row["noise"].strip().lower() == row["rag"].strip().lower()
+                        row["noise_correct"] = is_correct(row["noise"], it.answer, it.answer_type, opts.f1_threshold)
+                    other = unrelated_image(by_organ, it, item_seed(opts.seed, it.qid))
+                    if opts.unrelated and other and getattr(g, "accepts_images", False):
+                        gu = g.generate(it.question, ans.evidence, ans.knowledge, image=load_image(images / other),
+                                        domain=r.domain, task=task)
+                        row["unrelated"], row["unrelated_image"] = short_answer(gu), other
+                        row["copy_unrelated"] = row["unrelated"].strip().lower() == row["rag"].strip().lower()
+                        row["unrelated_correct"] = is_correct(row["unrelated"], it.answer, it.answer_type,
+                                                              opts.f1_threshold)
                     row["rag_correct"] = is_correct(row["rag"], it.answer, it.answer_type, opts.f1_threshold)
                     row["no_rag_correct"] = is_correct(row["no_rag"], it.answer, it.answer_type, opts.f1_threshold)
                     cache[key] = row
@@ -192,7 +225,8 @@ def evaluate_alignment(pipeline, data: str | Path, images: str | Path, adapters:
         "task": "align", "schema": 1, "command": " ".join(["ragmed"] + sys.argv[1:]) if sys.argv else "",
         "config": {"data": Path(data).name, "format": opts.fmt, "limit": opts.limit, "seed": opts.seed,
                    "bootstrap": opts.bootstrap, "bootstrap_unit": "image", "f1_threshold": opts.f1_threshold,
-                   "noise": opts.noise, "n_items_in_file": len(read_qa(data, format=opts.fmt)),
+                   "noise": opts.noise, "unrelated": opts.unrelated,
+                   "n_items_in_file": len(all_items),
                    "pipeline": {"name": cfg.name, "generator": cfg.to_dict()["generator"]},
                    "index": Path(str(pipeline.index_path)).name, **opts.extra},
         "generators": {name: g.model_id for name, g in gens},

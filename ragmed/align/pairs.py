@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -256,3 +257,34 @@ def read_pairs(path: str | Path) -> list[dict[str, Any]]:
     """The pairs of a pair file (question records skipped)."""
     return [r for r in (json.loads(x) for x in Path(path).read_text().splitlines() if x.strip())
             if r.get("type") == "pair"]
+
+
+def answer_key(text: str) -> str:
+    """A pair side's answer for balancing: its first word, lower-cased, without punctuation (``"No." → "no"``)."""
+    import re
+
+    words = re.findall(r"[a-z0-9]+", (text or "").lower())
+    return words[0] if words else ""
+
+
+def balance_pairs(pairs: list[dict[str, Any]], seed: int = 0, answers: tuple[str, ...] = ("yes", "no")
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Pairs balanced by answer so that DPO cannot lower its loss by learning a yes / no prior: within each pair kind,
+    the pairs whose *chosen* answer is one of ``answers`` are downsampled (seeded) to the same count for each of
+    them (the smallest); pairs with any other chosen answer are all kept. Returns (pairs, report of the counts
+    before and after). A cross-modality pair's two sides carry the same answer, so there it is the prior under the
+    replaced image that balancing removes (all-"no" pairs would teach "noise image → yes")."""
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    report: dict[str, Any] = {}
+    for kind in sorted({p["kind"] for p in pairs}):
+        mine = [p for p in pairs if p["kind"] == kind]
+        groups = {a: [p for p in mine if answer_key(p["chosen"]) == a] for a in answers}
+        rest = [p for p in mine if answer_key(p["chosen"]) not in answers]
+        n = min(len(g) for g in groups.values())
+        kept = [p for a in answers for p in rng.sample(groups[a], n)] + rest
+        report[kind] = {"before": {a: len(g) for a, g in groups.items()} | {"other": len(rest)},
+                        "after": {a: n for a in answers} | {"other": len(rest)}}
+        out.extend(kept)
+    keep_ids = {p["id"] for p in out}
+    return [p for p in pairs if p["id"] in keep_ids], report

@@ -38,7 +38,8 @@ class VLMGenerator(TransformersGenerator):
 
     @property
     def model_id(self) -> str:
-        return f"ragmed-vlm:{self.name or (Path(self.weights).name if self.weights else 'ragmed-vlm')}"
+        return (f"ragmed-vlm:{self.name or (Path(self.weights).name if self.weights else 'ragmed-vlm')}"
+                + self.adapter_suffix)
 
     def _load(self) -> None:
         """Rebuilt from the parts (SmolLM2 from its package + tower + merged adapter: a few seconds, nothing
@@ -51,6 +52,11 @@ class VLMGenerator(TransformersGenerator):
         self.tokenizer = self.processor.tokenizer
         self.is_vlm = True
         self.path = str(self.weights or shipped_path())
+        if self.adapter:  # an alignment adapter (ragmed align train), refused for another base model
+            from ragmed.generate.adapter import attach_adapter
+
+            base_id = self.model_id.removesuffix(self.adapter_suffix)
+            self.model = attach_adapter(self.model, self.adapter, model_id=base_id)
         self.model.to(self.device).eval()
 
 
