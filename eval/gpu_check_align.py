@@ -18,7 +18,7 @@ text tokens (1,000 by default) plus the 576 image tokens, one-word answers, a th
 (noise image on the rejected side), weights as MMedPO-style pairs carry. The only stand-in is
 :class:`SyntheticGenerator`, which hands train_dpo the model and processor a pipeline generator would (plumbing).
 
-For each setting (batch 1 and 4, gradient checkpointing off, then batch 4 with it on) a fresh model is built, a few
+For each setting (batch 1 and 4, gradient checkpointing off, then batch 4 with it on) a fresh process builds a fresh model, a few
 steps run (the first is warm-up and not counted), and the JSON gets: peak GPU memory (allocated and reserved),
 seconds per step (median of the timed steps), tokens per sequence, settings, versions; an out-of-memory is recorded
 as such. Imports: torch, transformers, peft, accelerate, numpy, pillow, tokenizers (a transformers dependency), trl
@@ -198,14 +198,38 @@ def one_setting(shape: dict, batch: int, gc: bool, steps: int, prompt_words: int
     return res
 
 
+def shown_args(args: list[str]) -> list[str]:
+    """The arguments as recorded in the JSON: the output path's folder replaced by OUT (no machine paths)."""
+    return [f"OUT/{Path(x).name}" if i and args[i - 1] == "--out" else x for i, x in enumerate(args)]
+
+
+def run_one(a) -> int:
+    """One batch:gradient-checkpointing setting in this process (what ``main`` runs in a fresh process each)."""
+    import torch
+
+    before = set(sys.modules)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shape = TINY if a.tiny else FULL
+    prompt_words = max(20, round(a.prompt_tokens * 0.62)) if not a.tiny else 60
+    b, gc = (int(x) for x in a.one.split(":"))
+    with tempfile.TemporaryDirectory(prefix="align_gpu_one_") as tmp:
+        r = one_setting(shape, b, bool(gc), a.steps, prompt_words, device, Path(tmp))
+    r["imported_top_level"] = sorted({m.split(".")[0] for m in set(sys.modules) - before if not m.startswith("_")})
+    Path(a.out).write_text(json.dumps(r))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="shrink everything (a CPU check of the plumbing)")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per setting (after one warm-up step)")
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per setting (after one warm-up step)")
     ap.add_argument("--prompt-tokens", type=int, default=1000, help="about this many text tokens of evidence")
     ap.add_argument("--settings", default="1:0,4:0,4:1", help="batch:gradient-checkpointing, comma-separated")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--one", metavar="BATCH:GC", help=argparse.SUPPRESS)  # internal: one setting, in this process
     a = ap.parse_args(argv)
+    if a.one:
+        return run_one(a)
     before = set(sys.modules)
     import torch
 
@@ -213,16 +237,26 @@ def main(argv=None) -> int:
     shape = TINY if a.tiny else FULL
     # ≈ 1.55 BPE tokens a synthetic word with the 8,000-token vocabulary (measured: 500 words → 774 text tokens)
     prompt_words = max(20, round(a.prompt_tokens * 0.62)) if not a.tiny else 60
-    out: dict = {"task": "align-gpu-check", "command": "python " + " ".join(["eval/gpu_check_align.py"] + sys.argv[1:]),
+    out: dict = {"task": "align-gpu-check", "command": "python " + " ".join(["eval/gpu_check_align.py"] + shown_args(sys.argv[1:])),
                  "shape": "tiny" if a.tiny else "llava-1.5-7b (Llama-2-7B text + CLIP ViT-L/14-336 vision), random",
                  "device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
                  "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
                  if device == "cuda" else None, "python": platform.python_version(), "runs": []}
+    # each setting in a fresh process: a model the trainer still references would otherwise count in the next
+    # setting's peak memory (seen on the first GPU run: 13 GiB left over from batch 1 in batch 4's peak)
+    import subprocess
+
     with tempfile.TemporaryDirectory(prefix="align_gpu_") as tmp:
         for s in a.settings.split(","):
-            b, gc = (int(x) for x in s.split(":"))
+            res = Path(tmp) / f"run-{s.replace(':', '_')}.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--one", s, "--steps", str(a.steps),
+                   "--prompt-tokens", str(a.prompt_tokens), "--out", str(res)] + (["--tiny"] if a.tiny else [])
             t = time.perf_counter()
-            r = one_setting(shape, b, bool(gc), a.steps, prompt_words, device, Path(tmp))
+            proc = subprocess.run(cmd, check=False)
+            if res.exists():
+                r = json.loads(res.read_text())
+            else:
+                r = {"setting": s, "ok": False, "error": f"the setting's process exited with {proc.returncode}"}
             r["wall_seconds"] = round(time.perf_counter() - t, 1)
             print(json.dumps(r), flush=True)
             out["runs"].append(r)
@@ -234,8 +268,8 @@ def main(argv=None) -> int:
             out["versions"][pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             out["versions"][pkg] = None
-    out["imported_top_level"] = sorted({m.split(".")[0] for m in set(sys.modules) - before
-                                        if not m.startswith("_")})
+    out["imported_top_level"] = sorted({m.split(".")[0] for m in set(sys.modules) - before if not m.startswith("_")}
+                                       | {m for r in out["runs"] for m in r.pop("imported_top_level", [])})
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {a.out}")
