@@ -27,7 +27,7 @@ WEIGHTS = "model.safetensors"
 
 def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden: int = 256, qdim: int = 384,
                 dropout: float = 0.3, image_branch: bool = True, img_dim: int = 0, img_dropout: float = 0.0,
-                align: bool = False, knn: int = 0):
+                align: bool = False, knn: int = 0, aux: tuple[int, ...] = ()):
     """``img_dim`` > 0: the compact variant — the image enters only as its pooled embedding squeezed to ``img_dim``
     numbers (no attention over the map), fused with the question by concatenation and a product; during training
     each sample's image vector is dropped with probability ``img_dropout`` (fights memorising the few training
@@ -35,7 +35,11 @@ def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden:
     all-MiniLM-L6-v2's space): the cosine of the two and a projection of their elementwise product. ``knn`` > 0
     (memory of that many training pairs, :meth:`set_memory`): adds β·log p_knn to the logits, where p_knn is the
     answer distribution of the training pairs weighted by softmax(a·question similarity + b·image similarity) — the
-    answers given to similar questions about similar images (a, b, β learned; a pair's own image never counts)."""
+    answers given to similar questions about similar images (a, b, β learned; a pair's own image never counts).
+    ``aux`` (with ``img_dim``; e.g. (3, 3)): the image enters only through the probabilities of image-level labels
+    (one softmax head per entry: organ HEAD/CHEST/ABD and modality X-ray/CT/MRI in ragmed's recipe), trained as
+    auxiliary targets beside the answer (:attr:`aux_logits` holds the last forward's logits) — a bottleneck of a few
+    interpretable numbers instead of ``img_dim`` free ones."""
     import torch
     from torch import nn
 
@@ -54,6 +58,17 @@ def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden:
                 self.knn_scale = nn.Parameter(torch.tensor([10.0, 10.0, 1.0]))
             self.q = nn.Sequential(nn.Linear(qdim, hidden), nn.LayerNorm(hidden), nn.GELU())
             n_parts = 1
+            self.aux_logits: list = []
+            if image_branch and aux:
+                self.tower = build_tower(tcfg)
+                self.enc = nn.Sequential(nn.LayerNorm(tcfg.embed_dim), nn.Dropout(0.2), nn.Linear(tcfg.embed_dim, 64),
+                                         nn.GELU())
+                self.aux = nn.ModuleList(nn.Linear(64, k) for k in aux)
+                z = sum(aux)
+                self.qs = nn.Linear(hidden, z)
+                self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden + 2 * z, hidden), nn.GELU(),
+                                          nn.Dropout(dropout), nn.Linear(hidden, vocab_size))
+                return
             if image_branch and img_dim:
                 self.tower = build_tower(tcfg)
                 self.small = nn.Sequential(nn.Linear(tcfg.embed_dim, img_dim), nn.LayerNorm(img_dim), nn.GELU())
@@ -115,6 +130,13 @@ def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden:
                 return self.head(q)
             f, emb = feats if feats is not None else self.image_features(pixels)
             self._emb = emb
+            if aux:
+                e = self.enc(emb)
+                self.aux_logits = [h(e) for h in self.aux]
+                v = torch.cat([lg.softmax(-1) for lg in self.aux_logits], dim=1)
+                if self.training and img_dropout > 0:
+                    v = v * (torch.rand(v.shape[0], 1, device=v.device) >= img_dropout).to(v.dtype)
+                return self.head(torch.cat([q, v, self.qs(q) * v], dim=1))
             if img_dim:
                 v = self.small(emb)
                 if self.training and img_dropout > 0:
@@ -155,7 +177,7 @@ class Answerer:
         a = self.config["arch"]
         self.model = build_model(len(self.vocab), self.config.get("tower"), hidden=a["hidden"], qdim=a["qdim"],
                                  image_branch=a.get("image_branch", True), img_dim=a.get("img_dim", 0),
-                                 align=a.get("align", False), knn=a.get("knn", 0))
+                                 align=a.get("align", False), knn=a.get("knn", 0), aux=tuple(a.get("aux", ())))
         sd = load_file(str(self.path / WEIGHTS))
         if "mem_img" in sd:  # the kNN memory's sizes come from the file
             self.model.set_memory(sd["mem_q"], sd["mem_img"], sd["mem_img_idx"], sd["mem_ans"])
