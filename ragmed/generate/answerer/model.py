@@ -189,6 +189,17 @@ class Answerer:
     def image_branch(self) -> bool:
         return bool(self.config["arch"].get("image_branch", True))
 
+    def image_heads(self, arrs: np.ndarray) -> list[np.ndarray]:
+        """The image-level auxiliary heads' probabilities (``arch.aux``, e.g. organ and modality) for (n, S, S, 3)
+        letterboxed images; [] for a model without them."""
+        torch = self._torch
+        if not self.config["arch"].get("aux"):
+            return []
+        with torch.inference_mode():
+            q = torch.zeros(len(arrs), int(self.config["arch"]["qdim"]))
+            self.model(q, to_tensor_batch(arrs, self.preprocess))
+            return [lg.softmax(-1).numpy() for lg in self.model.aux_logits]
+
     def letterbox(self, pixels: np.ndarray) -> np.ndarray:
         from ragmed.encoders.tower import letterbox_uint8
 
