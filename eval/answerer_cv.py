@@ -111,11 +111,17 @@ def main():
     closed = np.array([r['closed'] for r in keep])
     choices = [[index[c] for c in closed_choices(r['question']) if c in index] if r['closed'] else [] for r in keep]
     folds = np.random.default_rng(1).permutation(len(names)) % 5
-    return dict(vocab=vocab, F=F, org=org, mod=mod, q=q, y=y, ii=ii, closed=closed, choices=choices, folds=folds, names=names)
+    from ragmed.generate.answerer.model import LABEL_PHRASES
+    from ragmed.encoders import create_encoder
+    phr = torch.from_numpy(np.asarray(create_encoder('minilm').encode_texts(LABEL_PHRASES), dtype=np.float32))
+    phr = nn.functional.normalize(phr, dim=-1)
+    return dict(phr=phr, vocab=vocab, F=F, org=org, mod=mod, q=q, y=y, ii=ii, closed=closed, choices=choices, folds=folds, names=names)
 
 class Net(nn.Module):
-    def __init__(self, V, nvocab, img_in, mode, hidden=256, zdim=16, imgdrop=0.3, drop=0.3):
+    def __init__(self, V, nvocab, img_in, mode, hidden=256, zdim=16, imgdrop=0.3, drop=0.3, names=None):
         super().__init__()
+        self.names = names  # (6, 384) label-phrase vectors: "agree" mode adds cos(question, phrase) and its product
+        extra = 12 if names is not None else 0
         self.mode, self.imgdrop = mode, imgdrop
         self.q = nn.Sequential(nn.Linear(384, hidden), nn.LayerNorm(hidden), nn.GELU())
         if mode == 'qonly':
@@ -139,7 +145,7 @@ class Net(nn.Module):
         else:
             self.small = nn.Sequential(nn.Linear(64, zdim), nn.LayerNorm(zdim), nn.GELU())
         self.qs = nn.Linear(hidden, zdim)
-        self.head = nn.Sequential(nn.Dropout(drop), nn.Linear(hidden + 2 * zdim, hidden), nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, nvocab))
+        self.head = nn.Sequential(nn.Dropout(drop), nn.Linear(hidden + 2 * zdim + extra, hidden), nn.GELU(), nn.Dropout(drop), nn.Linear(hidden, nvocab))
     def forward(self, qv, x):
         h = self.q(qv)
         if self.mode == 'qonly':
@@ -164,7 +170,11 @@ class Net(nn.Module):
         z = torch.cat([lo.softmax(-1), lm.softmax(-1)], 1) if self.mode == 'aux' else self.small(e)
         if self.training and self.imgdrop:
             z = z * (torch.rand(z.shape[0], 1) >= self.imgdrop).float()
-        return self.head(torch.cat([h, z, self.qs(h) * z], 1)), lo, lm
+        parts = [h, z, self.qs(h) * z]
+        if self.names is not None:
+            sim = nn.functional.normalize(qv, dim=-1) @ self.names.T * 5.0
+            parts += [sim, sim * z]
+        return self.head(torch.cat(parts, 1)), lo, lm
 
 def img_input(F, tag, kind):
     d = F[tag]
@@ -197,7 +207,8 @@ def run(D, mode, kind='emb', aux_w=0.0, epochs=25, seed=0, zdim=16, imgdrop=0.3)
         torch.manual_seed(seed + k)
         trm = D['folds'][D['ii'].numpy()] != k
         tri, tei = np.where(trm)[0], np.where(~trm)[0]
-        net = Net(None, len(D['vocab']), xdim, mode, zdim=zdim, imgdrop=imgdrop)
+        net = Net(None, len(D['vocab']), xdim, 'aux' if mode == 'agree' else mode, zdim=zdim, imgdrop=imgdrop,
+                  names=D['phr'] if mode == 'agree' else None)
         if mode == 'ft':
             tp = list(net.stage3.parameters()) + list(net.thead.parameters()); ids = {id(p) for p in tp}
             opt = torch.optim.AdamW([{'params': [p for p in net.parameters() if id(p) not in ids], 'lr': 1e-3}, {'params': tp, 'lr': 2e-4}], weight_decay=1e-2)
@@ -212,7 +223,7 @@ def run(D, mode, kind='emb', aux_w=0.0, epochs=25, seed=0, zdim=16, imgdrop=0.3)
                 b = perm[i:i + 32]; bi = D['ii'][b]
                 out, lo, lm = net(D['q'][b], X[bi])
                 loss = nn.functional.cross_entropy(out, D['y'][b], label_smoothing=0.05)
-                if aux_w and lo is not None:
+                if aux_w and lo is not None and mode in ('aux', 'agree'):
                     loss = loss + aux_w * nn.functional.cross_entropy(lo, D['org'][bi])
                     m = D['mod'][bi]
                     if (m >= 0).any():

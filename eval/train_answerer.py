@@ -131,6 +131,9 @@ def main(argv=None) -> int:
                     help="the image enters only as the probabilities of organ (3) and modality (3), trained as "
                          "auxiliary targets derived from the training part (answers_common.image_labels)")
     ap.add_argument("--aux-weight", type=float, default=1.0)
+    ap.add_argument("--agree", action="store_true",
+                    help="with --aux: the head also reads cos(question, label phrase) and its product with the image's "
+                         "label probability (model.LABEL_PHRASES)")
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     ap.add_argument("--min-count", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -163,7 +166,13 @@ def main(argv=None) -> int:
     pre = json.loads((tower_dir / "preprocess.json").read_text())
     model = build_model(len(vocab), tcfg, hidden=a.hidden, dropout=a.dropout, image_branch=not a.question_only,
                         img_dim=a.img_dim, img_dropout=a.img_dropout, align=a.align,
-                        knn=len(tr) if a.knn else 0, aux=(3, 3) if a.aux else ())
+                        knn=len(tr) if a.knn else 0, aux=(3, 3) if a.aux else (), agree=a.aux and a.agree)
+    if a.aux and a.agree:
+        from ragmed.encoders import create_encoder
+        from ragmed.generate.answerer.model import LABEL_PHRASES
+
+        model.label_vecs.copy_(torch.from_numpy(np.asarray(create_encoder("minilm").encode_texts(LABEL_PHRASES),
+                                                            dtype=np.float32)))
     if not a.question_only:
         model.tower.load_state_dict(load_file(str(tower_dir / "model.safetensors")))
     from ragmed.encoders.tower import PreprocessConfig, to_tensor_batch
@@ -254,7 +263,7 @@ def main(argv=None) -> int:
                             "dropout": a.dropout, "tower_frozen": bool(a.freeze_tower),
                             "img_dim": a.img_dim, "img_dropout": a.img_dropout, "align": a.align,
                             "knn": len(keep) if a.knn else 0, **({"aux": [3, 3], "aux_labels": [
-                                A.ORGANS, A.MODALITIES]} if a.aux else {})},
+                                A.ORGANS, A.MODALITIES], "agree": bool(a.agree)} if a.aux else {})},
                    "tower": tcfg, "preprocess": pre, "question_encoder": "minilm (all-MiniLM-L6-v2, frozen)",
                    "epoch": epoch + 1, "dev": hist[-1],
                    "trained_on": "VQA-RAD (CC0) question-answer pairs of the training images of "

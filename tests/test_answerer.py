@@ -27,7 +27,7 @@ def _toy(n=64, seed=0):
     return arr, q, np.where(bright, 0, 1)  # vocab ["yes", "no"]
 
 
-@pytest.mark.parametrize("kw", [{}, {"img_dim": 8, "align": True}, {"img_dim": 6, "aux": [3, 3]}])
+@pytest.mark.parametrize("kw", [{}, {"img_dim": 8, "align": True}, {"img_dim": 6, "aux": [3, 3], "agree": True}])
 def test_tiny_instance_trains_predicts_and_round_trips(tmp_path, kw):
     from ragmed.encoders.tower import PreprocessConfig, to_tensor_batch
     from ragmed.generate.answerer.model import Answerer, build_model, choose, save

@@ -22,12 +22,16 @@ import numpy as np
 from ragmed.encoders.tower import PreprocessConfig, TowerConfig, build_tower, to_tensor_batch
 
 CONFIG = "config.json"
+# the image-level labels of the ``aux`` heads (organ HEAD/CHEST/ABD, modality X-ray/CT/MRI) as text: with ``agree``
+# the head also reads cos(question, phrase) and its product with the head's probability for that label
+LABEL_PHRASES = ["head brain skull", "chest lungs heart", "abdomen abdominal bowel liver kidney",
+                 "x-ray radiograph film", "CT computed tomography scan", "MRI magnetic resonance FLAIR T2"]
 WEIGHTS = "model.safetensors"
 
 
 def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden: int = 256, qdim: int = 384,
                 dropout: float = 0.3, image_branch: bool = True, img_dim: int = 0, img_dropout: float = 0.0,
-                align: bool = False, knn: int = 0, aux: tuple[int, ...] = ()):
+                align: bool = False, knn: int = 0, aux: tuple[int, ...] = (), agree: bool = False):
     """``img_dim`` > 0: the compact variant — the image enters only as its pooled embedding squeezed to ``img_dim``
     numbers (no attention over the map), fused with the question by concatenation and a product; during training
     each sample's image vector is dropped with probability ``img_dropout`` (fights memorising the few training
@@ -39,7 +43,9 @@ def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden:
     ``aux`` (with ``img_dim``; e.g. (3, 3)): the image enters only through the probabilities of image-level labels
     (one softmax head per entry: organ HEAD/CHEST/ABD and modality X-ray/CT/MRI in ragmed's recipe), trained as
     auxiliary targets beside the answer (:attr:`aux_logits` holds the last forward's logits) — a bottleneck of a few
-    interpretable numbers instead of ``img_dim`` free ones."""
+    interpretable numbers instead of ``img_dim`` free ones. ``agree`` (with ``aux``): the head also reads the cosine of
+    the question with each label's phrase (``LABEL_PHRASES``, MiniLM vectors kept in the buffer ``label_vecs``) and
+    its product with the image's probability of that label ("is this an MRI?" × p(MRI))."""
     import torch
     from torch import nn
 
@@ -66,7 +72,10 @@ def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden:
                 self.aux = nn.ModuleList(nn.Linear(64, k) for k in aux)
                 z = sum(aux)
                 self.qs = nn.Linear(hidden, z)
-                self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden + 2 * z, hidden), nn.GELU(),
+                if agree:
+                    self.register_buffer("label_vecs", torch.zeros(z, qdim))
+                self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden + 2 * z + (2 * z if agree else 0), hidden),
+                                          nn.GELU(),
                                           nn.Dropout(dropout), nn.Linear(hidden, vocab_size))
                 return
             if image_branch and img_dim:
@@ -136,7 +145,11 @@ def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden:
                 v = torch.cat([lg.softmax(-1) for lg in self.aux_logits], dim=1)
                 if self.training and img_dropout > 0:
                     v = v * (torch.rand(v.shape[0], 1, device=v.device) >= img_dropout).to(v.dtype)
-                return self.head(torch.cat([q, v, self.qs(q) * v], dim=1))
+                parts = [q, v, self.qs(q) * v]
+                if agree:
+                    sim = nn.functional.normalize(qvec, dim=-1) @ nn.functional.normalize(self.label_vecs, dim=-1).T * 5.0
+                    parts += [sim, sim * v]
+                return self.head(torch.cat(parts, dim=1))
             if img_dim:
                 v = self.small(emb)
                 if self.training and img_dropout > 0:
@@ -177,7 +190,8 @@ class Answerer:
         a = self.config["arch"]
         self.model = build_model(len(self.vocab), self.config.get("tower"), hidden=a["hidden"], qdim=a["qdim"],
                                  image_branch=a.get("image_branch", True), img_dim=a.get("img_dim", 0),
-                                 align=a.get("align", False), knn=a.get("knn", 0), aux=tuple(a.get("aux", ())))
+                                 align=a.get("align", False), knn=a.get("knn", 0), aux=tuple(a.get("aux", ())),
+                                 agree=a.get("agree", False))
         sd = load_file(str(self.path / WEIGHTS))
         if "mem_img" in sd:  # the kNN memory's sizes come from the file
             self.model.set_memory(sd["mem_q"], sd["mem_img"], sd["mem_img_idx"], sd["mem_ans"])
@@ -235,4 +249,4 @@ def choose(probs: np.ndarray, vocab_index: dict[str, int], choices: list[str]) -
     return known[j][0], float(p[j] / max(p.sum(), 1e-12))
 
 
-__all__ = ["Answerer", "build_model", "save", "choose", "CONFIG", "WEIGHTS"]
+__all__ = ["Answerer", "build_model", "save", "choose", "CONFIG", "WEIGHTS", "LABEL_PHRASES"]
