@@ -18,6 +18,8 @@
   the closed-confidence threshold calibrated on the dev slice;
 - departures: the share of closed answers that go against the majority of the retrieved cases that vote (they are
   answered, flagged ``departs-from-evidence`` and cite no disagreeing case).
+- closed accuracy by VQA-RAD question type (real / noise image, question-only), and for an answerer with image-level
+  heads (``--aux``) their accuracy on the evaluation images (labels from those images' own questions: a diagnostic).
 95 % bootstrap intervals resample evaluation images (1,000 resamples), also for paired differences.
 """
 from __future__ import annotations

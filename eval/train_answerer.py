@@ -2,6 +2,7 @@
 
     python eval/train_answerer.py --tower TOWER_DIR --out RUN_DIR [--resume] [--threads 2] [--seed 0]
     python eval/train_answerer.py ... --question-only        # the same head without the image (the baseline)
+    python eval/train_answerer.py ... --freeze-tower --aux [--agree]   # image only as organ + modality heads
 
 Data: the training part of the committed VQA-RAD split by image (eval/splits/vqa_rad_vlm_seed0.json, CC0) only; its
 dev slice (10 % of the training images, eval/train_vlm.py's dev_images, seed 0) is held out of the gradient and
