@@ -51,6 +51,17 @@ def hand_feats(arr):
         out.append(np.concatenate([np.sqrt(h), th, [hfrac, wfrac, v.mean(), v.std(), (v < 0.05).mean(), (v > 0.9).mean()]]))
     return np.asarray(out, np.float32)
 
+def _tower():
+    """The frozen tower (trained without the evaluation images) and its preprocessing."""
+    from safetensors.torch import load_file
+    from ragmed.encoders.tower import PreprocessConfig, TowerConfig, build_tower
+    tcfg = TowerConfig.from_dict(json.loads((TOWER / 'config.json').read_text())['tower'])
+    tower = build_tower(tcfg)
+    tower.load_state_dict(load_file(str(TOWER / 'model.safetensors')))
+    tower.eval()
+    return tower, PreprocessConfig.from_dict(json.loads((TOWER / 'preprocess.json').read_text()))
+
+
 def main():
     tr, dv, _ = A.split_rows()
     rows = tr + dv
@@ -67,12 +78,8 @@ def main():
     if cache.exists():
         F = torch.load(cache)
     else:
-        from safetensors.torch import load_file
-        from ragmed.encoders.tower import PreprocessConfig, TowerConfig, build_tower, to_tensor_batch
-        td = TOWER
-        tcfg = TowerConfig.from_dict(json.loads((td / 'config.json').read_text())['tower'])
-        tower = build_tower(tcfg); tower.load_state_dict(load_file(str(td / 'model.safetensors'))); tower.eval()
-        pc = PreprocessConfig.from_dict(json.loads((td / 'preprocess.json').read_text()))
+        from ragmed.encoders.tower import to_tensor_batch
+        tower, pc = _tower()
         F = {}
         with torch.no_grad():
             for tag, a in (('real', arr), ('noise', narr)):
@@ -83,12 +90,8 @@ def main():
     print('map', F['real']['map'].shape, file=sys.stderr)
     c2 = W / 'cvstage2.pt'
     if not c2.exists():
-        from safetensors.torch import load_file
-        from ragmed.encoders.tower import PreprocessConfig, TowerConfig, build_tower, to_tensor_batch
-        td = TOWER
-        tcfg = TowerConfig.from_dict(json.loads((td / 'config.json').read_text())['tower'])
-        tower = build_tower(tcfg); tower.load_state_dict(load_file(str(td / 'model.safetensors'))); tower.eval()
-        pc = PreprocessConfig.from_dict(json.loads((td / 'preprocess.json').read_text()))
+        from ragmed.encoders.tower import to_tensor_batch
+        tower, pc = _tower()
         g = torch.Generator().manual_seed(0)
         S = {}
         with torch.no_grad():
@@ -130,11 +133,7 @@ class Net(nn.Module):
         self.enc = nn.Sequential(nn.Dropout(0.2), nn.Linear(img_in, 64), nn.GELU())
         self.aux_org = nn.Linear(64, 3); self.aux_mod = nn.Linear(64, 3)
         if mode == 'ft':
-            from safetensors.torch import load_file
-            from ragmed.encoders.tower import TowerConfig, build_tower
-            td = TOWER
-            tcfg = TowerConfig.from_dict(json.loads((td / 'config.json').read_text())['tower'])
-            tw = build_tower(tcfg); tw.load_state_dict(load_file(str(td / 'model.safetensors')))
+            tw, _ = _tower()
             self.stage3, self.thead = tw.features[3], tw.head
             self.small = nn.Sequential(nn.Linear(64, zdim), nn.LayerNorm(zdim), nn.GELU())
         elif mode == 'att':
