@@ -6,7 +6,8 @@ training images (train + dev slice, 220 images; the evaluation images are never 
 SPEC is a JSON object: {"mode": M, "kind": K, "aux_w": w, "epochs": E, "seed": s, "zdim": d, "imgdrop": p}
 - mode "qonly": the question-only head; "small": the image squeezed to ``zdim`` numbers (the shipped answerer's
   design); "aux": the image enters only as the probabilities of organ (3) and modality (3) heads trained as auxiliary
-  targets (answers_common.image_labels, ``aux_w``); "att": question-conditioned attention over the tower's 4x4 feature
+  targets (answers_common.image_labels, ``aux_w``); "agree": "aux" + cos(question, label phrase) and its product with
+  the label's probability (model.LABEL_PHRASES); "att": question-conditioned attention over the tower's 4x4 feature
   map + the squeezed vector; "ft": the tower's last stage and head fine-tuned (lr 2e-4) on 8 precomputed augmented
   views per image (shift ±6 px, luma gain ±10 %), then squeezed;
 - kind (image features for small / aux): "emb" (tower embedding), "map" (2x2-pooled feature map), "hand" (generic

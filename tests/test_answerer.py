@@ -56,6 +56,9 @@ def test_tiny_instance_trains_predicts_and_round_trips(tmp_path, kw):
     p = ans.probabilities(q, arr)
     assert p.shape == (len(y), 2) and np.allclose(p.sum(1), 1, atol=1e-5)
     assert (p.argmax(1) == y).mean() >= 0.9  # it reads the image: the question is the same for every sample
+    if kw.get("aux"):  # the image-level heads' probabilities, one array per head
+        heads = ans.image_heads(arr)
+        assert [h.shape for h in heads] == [(len(y), 3), (len(y), 3)] and np.allclose(heads[0].sum(1), 1, atol=1e-5)
     a, c = choose(p[0], ans.index, ["yes", "no"])
     assert a in ("yes", "no") and 0.5 <= c <= 1.0
     assert choose(p[0], ans.index, ["left", "right"]) == (None, 0.0)
