@@ -7,6 +7,7 @@ images (eval/eval_vlm.py's build_index); a question's own image is excluded from
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,42 @@ def split_rows(split: Path = SPLIT):
     dv = [r for r in T.vqa_rows(dev) if ok(r)]
     ev = [r for r in T.vqa_rows(set(eval_images)) if ok(r)]
     return tr, dv, ev
+
+
+ORGANS = ["HEAD", "CHEST", "ABD"]
+MODALITIES = ["xray", "ct", "mri"]
+_MOD_RE = {"xray": r"x[- ]?ray|radiograph|\bfilm\b|\bcxr\b", "ct": r"\bct\b|computed tomography",
+           "mri": r"\bmri?\b|flair|\bt1\b|\bt2\b|\bdwi\b|\badc\b|diffusion"}
+
+
+def image_labels(rows: list[dict]) -> dict[str, tuple[int, int]]:
+    """Image-level auxiliary targets derived from the given (training-part) rows only, per image name:
+    (organ index in ORGANS from VQA-RAD's ``image_organ`` field, modality index in MODALITIES or -1 when unknown).
+    Modality votes: "Is this a CT?"-style closed questions (+2 yes / −2 no), open answers naming a modality (+2), other
+    questions of the same image naming one ("... on this CT", +1); the top vote when positive."""
+    from ragmed.eval.normalize import normalize_answer
+
+    raw = {r["qid"]: r for r in json.loads((DATA / "vqa-rad" / "train.json").read_text())}
+    votes: dict[str, dict[str, int]] = {}
+    organ: dict[str, int] = {}
+    for r in rows:
+        n = r["image"][1]
+        organ[n] = ORGANS.index(str(raw[r["qid"]]["image_organ"]).strip().upper())
+        q, a = r["question"].lower(), normalize_answer(r["answer"])
+        v = votes.setdefault(n, dict.fromkeys(MODALITIES, 0))
+        for m in MODALITIES:
+            hit = re.search(_MOD_RE[m], q)
+            if r["closed"] and hit and len(q) < 50 and re.match(r"^(is|was) (this|the image|this image) (a |an )?", q):
+                v[m] += 2 if a == "yes" else (-2 if a == "no" else 0)
+            elif not r["closed"] and re.search(_MOD_RE[m], a):
+                v[m] += 2
+            elif hit and (not r["closed"] or not q.startswith(("is this a", "is this an", "was this"))):
+                v[m] += 1
+    out = {}
+    for n, v in votes.items():
+        m = max(v, key=v.get)
+        out[n] = (organ[n], MODALITIES.index(m) if v[m] > 0 else -1)
+    return out
 
 
 def retrieve_evidence_votes(idx: Path, pipe: Path, rows: list[dict], cache: Path, log_every: int = 50) -> dict:

@@ -18,6 +18,8 @@
   the closed-confidence threshold calibrated on the dev slice;
 - departures: the share of closed answers that go against the majority of the retrieved cases that vote (they are
   answered, flagged ``departs-from-evidence`` and cite no disagreeing case).
+- closed accuracy by VQA-RAD question type (real / noise image, question-only), and for an answerer with image-level
+  heads (``--aux``) their accuracy on the evaluation images (labels from those images' own questions: a diagnostic).
 95 % bootstrap intervals resample evaluation images (1,000 resamples), also for paired differences.
 """
 from __future__ import annotations
@@ -238,6 +240,31 @@ def main(argv=None) -> int:
         res_open_vote = E.summarise(osub, vs, [("answerer_if_confident_else_vote", "vote")])
         res_open_vote["n_questions"] = len(osub)
 
+    # closed accuracy by VQA-RAD question type (image-level = MODALITY, PLANE, ORGAN)
+    raw = {r["qid"]: r for r in json.loads((A.DATA / "vqa-rad" / "train.json").read_text())}
+
+    def qtype(r):
+        t = str(raw[r["qid"]]["question_type"]).split(",")[0].strip().upper()
+        return "IMAGE-LEVEL (MODALITY, PLANE, ORGAN)" if t in ("MODALITY", "PLANE", "ORGAN") else t
+
+    by_type = defaultdict(lambda: defaultdict(list))
+    for i, r in enumerate(closed):
+        for k in ("answerer_real", "answerer_noise", "question_only_learned"):
+            by_type[qtype(r)][k].append(scores[k][i])
+    res_types = {t: {"n": len(d["answerer_real"]), **{k: round(float(np.mean(v)), 4) for k, v in d.items()}}
+                 for t, d in sorted(by_type.items(), key=lambda x: -len(x[1]["answerer_real"]))}
+    res_aux = None
+    if full.config["arch"].get("aux"):  # the image-level heads, scored on the evaluation images (diagnostic)
+        names = sorted({r["image"][1] for r in eval_rows})
+        lab = A.image_labels(eval_rows)
+        heads = full.image_heads(np.stack([ims[n] for n in names]))
+        res_aux = {}
+        for j, (title, labels) in enumerate(zip(("organ", "modality"), full.config["arch"]["aux_labels"])):
+            y = np.array([lab[n][j] for n in names])
+            pred = heads[j].argmax(1)
+            res_aux[title] = {"accuracy": round(float((pred[y >= 0] == y[y >= 0]).mean()), 4),
+                              "n_images": int((y >= 0).sum()), "labels": labels}
+
     result = {
         "schema": 1, "task": "answers-vqa",
         "command": "python eval/eval_answers.py " + " ".join(
@@ -250,7 +277,8 @@ def main(argv=None) -> int:
                           for k in ("epoch", "dev", "command")},
         "calibration": calib,
         "metrics": {"closed_accuracy": res_closed, "closed_with_retrieval": res_vote, "closed_vs_ragmed_vlm": res_vlm,
-                    "closed_risk_coverage": rc, "open_recall": res_open, "open_with_retrieval": res_open_vote},
+                    "closed_risk_coverage": rc,
+                    "closed_by_question_type": res_types, "image_heads_on_eval_images": res_aux, "open_recall": res_open, "open_with_retrieval": res_open_vote},
         "notes": ["noise: Gaussian luma noise (mean 128, sd 64) in the image area of the letterboxed frame; "
                   "blank: an empty frame",
                   "vote: the vote alone over the retrieved cases (scored wrong where every case abstains)",

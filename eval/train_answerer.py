@@ -2,6 +2,7 @@
 
     python eval/train_answerer.py --tower TOWER_DIR --out RUN_DIR [--resume] [--threads 2] [--seed 0]
     python eval/train_answerer.py ... --question-only        # the same head without the image (the baseline)
+    python eval/train_answerer.py ... --freeze-tower --aux [--agree]   # image only as organ + modality heads
 
 Data: the training part of the committed VQA-RAD split by image (eval/splits/vqa_rad_vlm_seed0.json, CC0) only; its
 dev slice (10 % of the training images, eval/train_vlm.py's dev_images, seed 0) is held out of the gradient and
@@ -127,6 +128,13 @@ def main(argv=None) -> int:
     ap.add_argument("--img-dropout", type=float, default=0.0)
     ap.add_argument("--knn", action="store_true", help="add the kNN answer prior over the training pairs (frozen tower)")
     ap.add_argument("--align", action="store_true", help="compact branch: add the question-image agreement")
+    ap.add_argument("--aux", action="store_true",
+                    help="the image enters only as the probabilities of organ (3) and modality (3), trained as "
+                         "auxiliary targets derived from the training part (answers_common.image_labels)")
+    ap.add_argument("--aux-weight", type=float, default=1.0)
+    ap.add_argument("--agree", action="store_true",
+                    help="with --aux: the head also reads cos(question, label phrase) and its product with the image's "
+                         "label probability (model.LABEL_PHRASES)")
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     ap.add_argument("--min-count", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
@@ -159,7 +167,13 @@ def main(argv=None) -> int:
     pre = json.loads((tower_dir / "preprocess.json").read_text())
     model = build_model(len(vocab), tcfg, hidden=a.hidden, dropout=a.dropout, image_branch=not a.question_only,
                         img_dim=a.img_dim, img_dropout=a.img_dropout, align=a.align,
-                        knn=len(tr) if a.knn else 0)
+                        knn=len(tr) if a.knn else 0, aux=(3, 3) if a.aux else (), agree=a.aux and a.agree)
+    if a.aux and a.agree:
+        from ragmed.encoders import create_encoder
+        from ragmed.generate.answerer.model import LABEL_PHRASES
+
+        model.label_vecs.copy_(torch.from_numpy(np.asarray(create_encoder("minilm").encode_texts(LABEL_PHRASES),
+                                                            dtype=np.float32)))
     if not a.question_only:
         model.tower.load_state_dict(load_file(str(tower_dir / "model.safetensors")))
     from ragmed.encoders.tower import PreprocessConfig, to_tensor_batch
@@ -197,6 +211,13 @@ def main(argv=None) -> int:
         hist, start, best, bad = s["hist"], s["epoch"], s["best"], s["bad"]
         print(f"resumed at epoch {start}", file=sys.stderr)
     qt, yt = torch.from_numpy(q), torch.from_numpy(y)
+    aux_y = None
+    if a.aux:
+        labels = A.image_labels(tr)  # the training rows only (not dev)
+        names = sorted({r["image"][1] for r in keep})  # = tensors()' image order
+        aux_y = [torch.tensor([labels[nm][k] for nm in names]) for k in range(2)]
+        print(f"aux labels: organ {np.bincount(aux_y[0].numpy()).tolist()}, modality known for "
+              f"{int((aux_y[1] >= 0).sum())} of {len(names)} images", file=sys.stderr)
     dqt = torch.from_numpy(dq)
     n = len(keep)
     print(f"{n} training / {len(dkeep)} dev rows in vocabulary ({len(vocab)} answers; {len(tr)} + {len(dv)} rows "
@@ -217,6 +238,12 @@ def main(argv=None) -> int:
                 bp = None if px is None else augment(px[torch.from_numpy(iidx[b])].clone(), gen)
                 out = model(qt[b], bp)
             loss = torch.nn.functional.cross_entropy(out, yt[b], label_smoothing=0.05)
+            if aux_y is not None:
+                bi = torch.from_numpy(iidx[b])
+                for lg, lab in zip(model.aux_logits, aux_y):
+                    t = lab[bi]
+                    if (t >= 0).any():
+                        loss = loss + a.aux_weight * torch.nn.functional.cross_entropy(lg[t >= 0], t[t >= 0])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -236,7 +263,8 @@ def main(argv=None) -> int:
                    "arch": {"hidden": a.hidden, "qdim": 384, "image_branch": not a.question_only,
                             "dropout": a.dropout, "tower_frozen": bool(a.freeze_tower),
                             "img_dim": a.img_dim, "img_dropout": a.img_dropout, "align": a.align,
-                            "knn": len(keep) if a.knn else 0},
+                            "knn": len(keep) if a.knn else 0, **({"aux": [3, 3], "aux_labels": [
+                                A.ORGANS, A.MODALITIES], "agree": bool(a.agree)} if a.aux else {})},
                    "tower": tcfg, "preprocess": pre, "question_encoder": "minilm (all-MiniLM-L6-v2, frozen)",
                    "epoch": epoch + 1, "dev": hist[-1],
                    "trained_on": "VQA-RAD (CC0) question-answer pairs of the training images of "

@@ -27,7 +27,7 @@ def _toy(n=64, seed=0):
     return arr, q, np.where(bright, 0, 1)  # vocab ["yes", "no"]
 
 
-@pytest.mark.parametrize("kw", [{}, {"img_dim": 8, "align": True}])
+@pytest.mark.parametrize("kw", [{}, {"img_dim": 8, "align": True}, {"img_dim": 6, "aux": [3, 3], "agree": True}])
 def test_tiny_instance_trains_predicts_and_round_trips(tmp_path, kw):
     from ragmed.encoders.tower import PreprocessConfig, to_tensor_batch
     from ragmed.generate.answerer.model import Answerer, build_model, choose, save
@@ -35,7 +35,8 @@ def test_tiny_instance_trains_predicts_and_round_trips(tmp_path, kw):
     g = torch.Generator().manual_seed(0)
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = build_model(2, TINY_TOWER, hidden=16, qdim=384, dropout=0.0, **kw)
+        model = build_model(2, TINY_TOWER, hidden=16, qdim=384, dropout=0.0,
+                            **{k: tuple(v) if k == "aux" else v for k, v in kw.items()})
     arr, q, y = _toy()
     pre = PreprocessConfig(size=32)
     x, qt, yt = to_tensor_batch(arr, pre), torch.from_numpy(q), torch.from_numpy(y)
@@ -43,6 +44,8 @@ def test_tiny_instance_trains_predicts_and_round_trips(tmp_path, kw):
     for _ in range(40):
         idx = torch.randint(0, len(y), (16,), generator=g)
         loss = torch.nn.functional.cross_entropy(model(qt[idx], x[idx]), yt[idx])
+        if kw.get("aux"):  # the image-level auxiliary targets: here brightness in both heads
+            loss = loss + sum(torch.nn.functional.cross_entropy(lg, yt[idx]) for lg in model.aux_logits)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -53,6 +56,9 @@ def test_tiny_instance_trains_predicts_and_round_trips(tmp_path, kw):
     p = ans.probabilities(q, arr)
     assert p.shape == (len(y), 2) and np.allclose(p.sum(1), 1, atol=1e-5)
     assert (p.argmax(1) == y).mean() >= 0.9  # it reads the image: the question is the same for every sample
+    if kw.get("aux"):  # the image-level heads' probabilities, one array per head
+        heads = ans.image_heads(arr)
+        assert [h.shape for h in heads] == [(len(y), 3), (len(y), 3)] and np.allclose(heads[0].sum(1), 1, atol=1e-5)
     a, c = choose(p[0], ans.index, ["yes", "no"])
     assert a in ("yes", "no") and 0.5 <= c <= 1.0
     assert choose(p[0], ans.index, ["left", "right"]) == (None, 0.0)

@@ -22,12 +22,16 @@ import numpy as np
 from ragmed.encoders.tower import PreprocessConfig, TowerConfig, build_tower, to_tensor_batch
 
 CONFIG = "config.json"
+# the image-level labels of the ``aux`` heads (organ HEAD/CHEST/ABD, modality X-ray/CT/MRI) as text: with ``agree``
+# the head also reads cos(question, phrase) and its product with the head's probability for that label
+LABEL_PHRASES = ["head brain skull", "chest lungs heart", "abdomen abdominal bowel liver kidney",
+                 "x-ray radiograph film", "CT computed tomography scan", "MRI magnetic resonance FLAIR T2"]
 WEIGHTS = "model.safetensors"
 
 
 def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden: int = 256, qdim: int = 384,
                 dropout: float = 0.3, image_branch: bool = True, img_dim: int = 0, img_dropout: float = 0.0,
-                align: bool = False, knn: int = 0):
+                align: bool = False, knn: int = 0, aux: tuple[int, ...] = (), agree: bool = False):
     """``img_dim`` > 0: the compact variant — the image enters only as its pooled embedding squeezed to ``img_dim``
     numbers (no attention over the map), fused with the question by concatenation and a product; during training
     each sample's image vector is dropped with probability ``img_dropout`` (fights memorising the few training
@@ -35,7 +39,13 @@ def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden:
     all-MiniLM-L6-v2's space): the cosine of the two and a projection of their elementwise product. ``knn`` > 0
     (memory of that many training pairs, :meth:`set_memory`): adds β·log p_knn to the logits, where p_knn is the
     answer distribution of the training pairs weighted by softmax(a·question similarity + b·image similarity) — the
-    answers given to similar questions about similar images (a, b, β learned; a pair's own image never counts)."""
+    answers given to similar questions about similar images (a, b, β learned; a pair's own image never counts).
+    ``aux`` (with ``img_dim``; e.g. (3, 3)): the image enters only through the probabilities of image-level labels
+    (one softmax head per entry: organ HEAD/CHEST/ABD and modality X-ray/CT/MRI in ragmed's recipe), trained as
+    auxiliary targets beside the answer (:attr:`aux_logits` holds the last forward's logits) — a bottleneck of a few
+    interpretable numbers instead of ``img_dim`` free ones. ``agree`` (with ``aux``): the head also reads the cosine of
+    the question with each label's phrase (``LABEL_PHRASES``, MiniLM vectors kept in the buffer ``label_vecs``) and
+    its product with the image's probability of that label ("is this an MRI?" × p(MRI))."""
     import torch
     from torch import nn
 
@@ -54,6 +64,20 @@ def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden:
                 self.knn_scale = nn.Parameter(torch.tensor([10.0, 10.0, 1.0]))
             self.q = nn.Sequential(nn.Linear(qdim, hidden), nn.LayerNorm(hidden), nn.GELU())
             n_parts = 1
+            self.aux_logits: list = []
+            if image_branch and aux:
+                self.tower = build_tower(tcfg)
+                self.enc = nn.Sequential(nn.LayerNorm(tcfg.embed_dim), nn.Dropout(0.2), nn.Linear(tcfg.embed_dim, 64),
+                                         nn.GELU())
+                self.aux = nn.ModuleList(nn.Linear(64, k) for k in aux)
+                z = sum(aux)
+                self.qs = nn.Linear(hidden, z)
+                if agree:
+                    self.register_buffer("label_vecs", torch.zeros(z, qdim))
+                self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden + 2 * z + (2 * z if agree else 0), hidden),
+                                          nn.GELU(),
+                                          nn.Dropout(dropout), nn.Linear(hidden, vocab_size))
+                return
             if image_branch and img_dim:
                 self.tower = build_tower(tcfg)
                 self.small = nn.Sequential(nn.Linear(tcfg.embed_dim, img_dim), nn.LayerNorm(img_dim), nn.GELU())
@@ -115,6 +139,17 @@ def build_model(vocab_size: int, tower: dict[str, Any] | None = None, *, hidden:
                 return self.head(q)
             f, emb = feats if feats is not None else self.image_features(pixels)
             self._emb = emb
+            if aux:
+                e = self.enc(emb)
+                self.aux_logits = [h(e) for h in self.aux]
+                v = torch.cat([lg.softmax(-1) for lg in self.aux_logits], dim=1)
+                if self.training and img_dropout > 0:
+                    v = v * (torch.rand(v.shape[0], 1, device=v.device) >= img_dropout).to(v.dtype)
+                parts = [q, v, self.qs(q) * v]
+                if agree:
+                    sim = nn.functional.normalize(qvec, dim=-1) @ nn.functional.normalize(self.label_vecs, dim=-1).T * 5.0
+                    parts += [sim, sim * v]
+                return self.head(torch.cat(parts, dim=1))
             if img_dim:
                 v = self.small(emb)
                 if self.training and img_dropout > 0:
@@ -155,7 +190,8 @@ class Answerer:
         a = self.config["arch"]
         self.model = build_model(len(self.vocab), self.config.get("tower"), hidden=a["hidden"], qdim=a["qdim"],
                                  image_branch=a.get("image_branch", True), img_dim=a.get("img_dim", 0),
-                                 align=a.get("align", False), knn=a.get("knn", 0))
+                                 align=a.get("align", False), knn=a.get("knn", 0), aux=tuple(a.get("aux", ())),
+                                 agree=a.get("agree", False))
         sd = load_file(str(self.path / WEIGHTS))
         if "mem_img" in sd:  # the kNN memory's sizes come from the file
             self.model.set_memory(sd["mem_q"], sd["mem_img"], sd["mem_img_idx"], sd["mem_ans"])
@@ -166,6 +202,17 @@ class Answerer:
     @property
     def image_branch(self) -> bool:
         return bool(self.config["arch"].get("image_branch", True))
+
+    def image_heads(self, arrs: np.ndarray) -> list[np.ndarray]:
+        """The image-level auxiliary heads' probabilities (``arch.aux``, e.g. organ and modality) for (n, S, S, 3)
+        letterboxed images; [] for a model without them."""
+        torch = self._torch
+        if not self.config["arch"].get("aux"):
+            return []
+        with torch.inference_mode():
+            q = torch.zeros(len(arrs), int(self.config["arch"]["qdim"]))
+            self.model(q, to_tensor_batch(arrs, self.preprocess))
+            return [lg.softmax(-1).numpy() for lg in self.model.aux_logits]
 
     def letterbox(self, pixels: np.ndarray) -> np.ndarray:
         from ragmed.encoders.tower import letterbox_uint8
@@ -202,4 +249,4 @@ def choose(probs: np.ndarray, vocab_index: dict[str, int], choices: list[str]) -
     return known[j][0], float(p[j] / max(p.sum(), 1e-12))
 
 
-__all__ = ["Answerer", "build_model", "save", "choose", "CONFIG", "WEIGHTS"]
+__all__ = ["Answerer", "build_model", "save", "choose", "CONFIG", "WEIGHTS", "LABEL_PHRASES"]
