@@ -160,6 +160,9 @@ def cmd_ondisk(args) -> None:
         q = np.load(work / "queries.npy")
         gt_D, gt_I = np.load(work / "gt_D.npy"), np.load(work / "gt_I.npy")
         starts = list(range(0, args.n, args.block))
+        if args.stop_after_blocks:  # a smaller index from the first blocks: their ground truth is exact over them
+            starts = starts[:args.stop_after_blocks]
+            build["stopped_after_blocks"] = len(starts)
         fds = {k: os.open(work / STORE_FILE[k], os.O_WRONLY) for k in stores}
         layout = {k: _store_layout(work, k, sqs[k]) for k in stores}
         for b in range(ck["blocks_done"], len(starts)):
@@ -197,13 +200,22 @@ def cmd_ondisk(args) -> None:
         for fd in fds.values():
             os.close(fd)
         t0 = time.perf_counter()
+        n_done = min(args.n, len(starts) * args.block)
         merge_blocks(trained, [blk_dir / f"block-{b:06d}.faiss" for b in range(len(starts))], idx_path)
+        if n_done < args.n:  # cut the re-ranking stores to the rows written
+            for k in stores:
+                header, row_bytes = layout[k]
+                os.truncate(work / STORE_FILE[k], header + n_done * row_bytes)
+            if gt_I.max() >= n_done:
+                sys.exit(f"ground truth holds ids beyond the {n_done} vectors of the finished blocks")
+        build["n"] = n_done
         build["merge_s"] = time.perf_counter() - t0
         build["builder_peak_rss_mb"] = max(build.get("builder_peak_rss_mb", 0), vm_hwm_mb())
         np.save(work / "gt.npy", gt_I)
         shutil.rmtree(blk_dir, ignore_errors=True)
         (work / "build.json").write_text(json.dumps(build))
     build = json.loads((work / "build.json").read_text())
+    n = build.get("n", args.n)
     if args.skip_search:
         return
     # each search configuration in a fresh process: its peak RSS is that configuration's serving footprint
@@ -211,12 +223,14 @@ def cmd_ondisk(args) -> None:
              .split(",") if x.strip()]
     results = []
     for spec in specs:
-        store, place, cache = spec.split(":")
-        if store not in stores or place not in ("ram", "disk") or cache not in CACHE_MODES:
-            sys.exit(f"--search {spec!r}: want STORE:ram|disk:{'|'.join(CACHE_MODES)} with STORE one of {stores}")
+        store, place, cache, *more = spec.split(":")
+        if store not in stores or place not in ("ram", "disk") or cache not in CACHE_MODES or more not in ([], ["ivf-ram"]):
+            sys.exit(f"--search {spec!r}: want STORE:ram|disk:{'|'.join(CACHE_MODES)}[:ivf-ram] with STORE one of "
+                     f"{stores}")
         r = subprocess.run([sys.executable, __file__, "_search", str(work), "--nprobes", args.nprobes,
                             "--refine", args.refine, "--rerank", store, "--cache", cache]
-                           + (["--store-in-ram"] if place == "ram" else []), capture_output=True, text=True)
+                           + (["--store-in-ram"] if place == "ram" else []) + (["--ivf-in-ram"] if more else []),
+                           capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(r.stderr[-3000:])
         results.append({"spec": spec, **json.loads(r.stdout.strip().splitlines()[-1])})
@@ -225,20 +239,20 @@ def cmd_ondisk(args) -> None:
               + f"; peak RSS {results[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
     disk = {p.name: p.stat().st_size for p in work.iterdir()
             if p.suffix in (".faiss", ".ivfdata", ".npy") or p.name in STORE_FILE.values()}
-    payload = {"n": args.n, "dim": D, "factory": factory, "nlist": nlist,
+    payload = {"n": n, "n_planned": args.n, "dim": D, "factory": factory, "nlist": nlist,
                "layout": "on-disk IVF lists (merge_ondisk, memory-mapped) + re-ranking store(s) "
                + ", ".join(stores) + " (faiss ScalarQuantizer codes; float32 raw rows), read with pread per query "
                "or held in RAM as each search says",
                "rerank_stores": stores, "generator_fitted_on_real": n_real, "queries": args.queries,
                "block": args.block,
                "threads": args.threads, "build": build, "disk_bytes": disk,
-               "disk_bytes_per_vector": {k: v / args.n for k, v in disk.items()
+               "disk_bytes_per_vector": {k: v / n for k, v in disk.items()
                                          if k not in ("gt.npy", "gt_D.npy", "gt_I.npy", "queries.npy")},
                "ground_truth": "exact inner-product top-100 of the queries over all n float32 vectors, merged block "
                "by block (faiss.knn per block)", "search": results[0], "searches": results,
                "load_avg_at_end": load_avg()}
     print(json.dumps(payload, indent=2))
-    write_result(args.name or f"bench_scale_ondisk_{_size(args.n)}", payload)
+    write_result(args.name or f"bench_scale_ondisk_{_size(n)}", payload)
     if args.cleanup:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -329,7 +343,12 @@ def cmd_search(args) -> None:
     _stores(args.rerank)
     work = Path(args.work)
     t = time.perf_counter()
-    index = faiss.read_index(str(work / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    if args.ivf_in_ram:  # the on-disk lists read into this process's memory at open (ArrayInvertedLists)
+        from ragmed.index.ondisk import ivf_in_memory
+
+        index = ivf_in_memory(work / "index.faiss")
+    else:
+        index = faiss.read_index(str(work / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
     open_s = time.perf_counter() - t
     ivf = faiss.extract_index_ivf(index)
     od = faiss.downcast_InvertedLists(ivf.invlists)
@@ -343,8 +362,9 @@ def cmd_search(args) -> None:
     t = time.perf_counter()
     in_ram = None
     if args.store_in_ram:  # the whole store in this process's memory (counted in its RSS)
-        n_rows = (store_path.stat().st_size - offset) // row_bytes
-        in_ram = np.fromfile(store_path, dtype=np.uint8, offset=offset).reshape(n_rows, row_bytes)
+        n_rows = int(index.ntotal)
+        in_ram = np.fromfile(store_path, dtype=np.uint8, count=n_rows * row_bytes,
+                             offset=offset).reshape(n_rows, row_bytes)
     load_store_s = time.perf_counter() - t
     fd = os.open(store_path, os.O_RDONLY)
 
@@ -358,7 +378,7 @@ def cmd_search(args) -> None:
                                 dtype=np.uint8).reshape(len(ids), row_bytes)
         return raw.view(np.float32) if sq is None else sq.sa_decode(raw)
 
-    files = [work / "index.ivfdata"] + ([] if in_ram is not None else [store_path])
+    files = ([] if args.ivf_in_ram else [work / "index.ivfdata"]) + ([] if in_ram is not None else [store_path])
     cache = PageCache(files, mapping)
     warm_s = None
     if args.cache == "warm":  # a server's steady state: its files in the OS page cache (outside this process's RSS)
@@ -409,11 +429,12 @@ def cmd_search(args) -> None:
                   "cold": "dropped (madvise + posix_fadvise DONTNEED) before each sweep row: the row's queries "
                           "start from an empty cache and fill it",
                   "cold-query": "dropped (madvise + posix_fadvise DONTNEED) before every query, outside its "
-                                "timing: each query reads its IVF lists" + ("" if in_ram is not None else
-                                                                            " and re-ranking rows") + " from disk",
+                                "timing: each query reads what it needs of "
+                                + (", ".join(p.name for p in files) or "nothing (all in RAM)") + " from disk",
                   "as-is": "as the build left it"}[args.cache]
     print(json.dumps({"open_s": open_s, "cache": args.cache, "page_cache": page_cache,
                       "resident_after_drop": residency[:3], "store": kind, "store_in_ram": in_ram is not None,
+                      "ivf_lists_in_ram": bool(args.ivf_in_ram),
                       "store_bytes_per_vector": row_bytes, "load_store_s": load_store_s,
                       "peak_rss_mb": vm_hwm_mb(), "rss_at_end_mb": status, "sweep": rows,
                       "threads": 1, "load_avg_at_end": load_avg(),
@@ -579,11 +600,15 @@ def cmd_ray(args) -> None:
     else:
         tmp = tempfile.mkdtemp(prefix="rayb")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp)
+    order = [int(w) for w in args.workers.split(",")]
+    out["repeats"] = []
+    # repeats alternate the order (1,2 / 2,1 / ...): a load trend favours neither
+    plan = [(r, w) for r in range(args.repeats) for w in (order if r % 2 == 0 else order[::-1])]
     try:
-        for workers in [int(w) for w in args.workers.split(",")]:
+        for r, workers in plan:
             t = time.perf_counter()
-            rep = ray_build_index(corpus, work / f"ray{workers}", cfg, workers=workers, shard_size=args.shard_size,
-                                  text_encoder=text, progress=False)
+            rep = ray_build_index(corpus, work / f"ray{workers}-r{r}", cfg, workers=workers,
+                                  shard_size=args.shard_size, text_encoder=text, progress=False)
             stats = rep.timings["shards"]
             enc_s = rep.timings["encode"]
             out["runs"][workers] = {"total_s": time.perf_counter() - t, "encode_phase_s": enc_s,
@@ -596,7 +621,8 @@ def cmd_ray(args) -> None:
                                     / float(np.mean([s["seconds"] for s in stats])),
                                     "actors": len({s["pid"] for s in stats}), "load_avg": load_avg(),
                                     **_steady_window(stats)}
-            print(workers, out["runs"][workers], file=sys.stderr, flush=True)
+            out["repeats"].append({"repeat": r, "workers": workers, **out["runs"][workers]})
+            print(r, workers, out["runs"][workers], file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
         if not args.address:
@@ -607,13 +633,16 @@ def cmd_ray(args) -> None:
     iq = img.encode_images([load_image(p) for p in paths])
     tq = text.encode_texts([c.text.split(" Study")[0] + " Follow-up." for c in corpus.cases[: args.queries]])
     same = {}
-    for workers in out["runs"]:
-        b = open_index(work / f"ray{workers}")
+    for run in out["repeats"]:
+        b = open_index(work / f"ray{run['workers']}-r{run['repeat']}")
         eq = []
         for kind, q in (("image", iq), ("text", tq)):
             ha, hb = a.search(kind, q, 10), b.search(kind, q, 10)
             eq += [[h.case_id for h in x] == [h.case_id for h in y] for x, y in zip(ha, hb)]
-        same[workers] = {"queries": len(eq), "identical_top10": int(sum(eq))}
+        run["identical_top10"] = f"{int(sum(eq))}/{len(eq)}"
+        prev = same.get(run["workers"], {"queries": 0, "identical_top10": 0})
+        same[run["workers"]] = {"queries": prev["queries"] + len(eq),
+                                "identical_top10": prev["identical_top10"] + int(sum(eq))}
     out["equal_to_local"] = same
     ws = sorted(out["runs"])
     if len(ws) >= 2:
@@ -621,6 +650,27 @@ def cmd_ray(args) -> None:
         out["speedup"] = hi["cases_per_s"] / lo["cases_per_s"]  # whole encode phase, start-up included
         if lo.get("steady_window") and hi.get("steady_window"):
             out["speedup_steady_window"] = hi["steady_window"]["cases_per_s"] / lo["steady_window"]["cases_per_s"]
+    if len(ws) >= 2 and args.repeats > 1:  # per repeat: the two runs adjacent in time, so under similar load
+        per = {}
+        for key, field in (("speedup", "cases_per_s"), ("speedup_steady_window", "steady_window")):
+            vals = []
+            for r in range(args.repeats):
+                lo = next(x for x in out["repeats"] if x["repeat"] == r and x["workers"] == ws[0])
+                hi = next(x for x in out["repeats"] if x["repeat"] == r and x["workers"] == ws[-1])
+                if field == "steady_window":
+                    if not (lo.get("steady_window") and hi.get("steady_window")):
+                        continue
+                    vals.append(hi["steady_window"]["cases_per_s"] / lo["steady_window"]["cases_per_s"])
+                else:
+                    vals.append(hi[field] / lo[field])
+            if vals:
+                per[key] = {"values": [round(v, 3) for v in vals], "median": round(float(np.median(vals)), 3),
+                            "min": round(min(vals), 3), "max": round(max(vals), 3)}
+        out["speedup_over_repeats"] = per
+        out["per_worker_cases_per_s_median"] = {
+            w: round(float(np.median([x["per_worker_cases_per_s"] for x in out["repeats"] if x["workers"] == w])), 3)
+            for w in ws}
+        out["load_avg_during_runs"] = [x["load_avg"] for x in out["repeats"]]
     out["load_avg_end"] = load_avg()
     print(json.dumps(out, indent=2))
     write_result(args.name or f"bench_scale_ray_{args.cases}", out)
@@ -637,12 +687,19 @@ def cmd_project(args) -> None:
     n = od["n"]
     per = od["disk_bytes_per_vector"]
     ivf_b = per.get("index.ivfdata", 0)
-    raw_name = "vectors.sq8" if "vectors.sq8" in per else "vectors.npy"
-    raw_b = per.get(raw_name, 0)
     build = od["build"]
     add_s = (build["add_merge_s"] if "add_merge_s" in build else build["add_s"] + build["merge_s"]) / n
-    best = min((r for r in od["search"]["sweep"] if r["refine_candidates"] and r["recall@10"] >= 0.9),
+    # the search configuration projected: --search-spec if given, else the old single search
+    searches = od.get("searches") or [{**od["search"], "spec": "sq8:disk:as-is" if "vectors.sq8" in per else
+                                       "float32:disk:as-is"}]
+    chosen = next((x for x in searches if x["spec"] == args.search_spec), searches[0]) if args.search_spec \
+        else searches[0]
+    store, place, _ = chosen["spec"].split(":")
+    raw_name = STORE_FILE[store]
+    raw_b = per.get(raw_name, 0)
+    best = min((r for r in chosen["sweep"] if r["refine_candidates"] and r["recall@10"] >= 0.9),
                key=lambda r: r["p50_ms"])
+    best = {**best, "search_spec": chosen["spec"], "query_process_peak_rss_mb": chosen.get("peak_rss_mb")}
     worker_rate = None
     if ray:
         worker_rate = max((r["steady_window"]["cases_per_s"] if r.get("steady_window") else
@@ -654,12 +711,15 @@ def cmd_project(args) -> None:
         row = {"vectors": N, "nlist": nlist,
                "factory": f"IVF{nlist}_HNSW32,PQ48 (+ re-ranking of {best['refine_candidates']} candidates)",
                "pq_codes_and_ids_GB (ivfdata)": round(N * ivf_b / 1e9, 2),
-               f"re-ranking store GB ({raw_name}, read with pread)": round(N * raw_b / 1e9, 1),
+               f"re-ranking store GB ({raw_name}, " + ("held in RAM" if place == "ram" else "read with pread")
+               + ")": round(N * raw_b / 1e9, 1),
                "raw_float32_GB (if re-ranking on float32)": round(N * D * 4 / 1e9, 1),
                "quantiser_RAM_GB": round(nlist * D * 4 / 1e9, 3),
                "add_merge_core_hours": round(N * add_s / 3600, 1),
                "train_note": "k-means on ~40 vectors per list: " + f"{40 * nlist:,} vectors",
                "nodes_by_disk": int(np.ceil(N * (ivf_b + raw_b) / (args.node_disk_tb * 1e12)))}
+        if place == "ram":  # the re-ranking store must fit the nodes' RAM (half of it, the rest for the page cache)
+            row["nodes_by_ram_for_store"] = int(np.ceil(N * raw_b / (args.node_ram_gb * 0.5e9)))
         if scanned_1m:
             row["codes_scanned_per_query_at_same_nprobe"] = int(best["nprobe"] * N / nlist)
         if worker_rate:
@@ -699,10 +759,13 @@ def main() -> None:
                    help="re-ranking store(s), comma list of float32 (1,536 B/vector), sq8 (384), sq6 (288), sq4 (192): "
                    "faiss ScalarQuantizer codes; the build writes each, the search sweeps each")
     p.add_argument("--skip-search", action="store_true", help="build (or resume) only")
+    p.add_argument("--stop-after-blocks", type=int, default=0,
+                   help="finish the index after this many blocks (n = blocks x block): a smaller index from a "
+                   "checkpointed build, with exact ground truth over its vectors")
     p.add_argument("--search", default=None,
                    help="comma list of STORE:ram|disk:CACHE search configurations, each in its own process, e.g. "
                    "sq6:ram:cold-query,sq8:disk:warm (CACHE: warm, cold, cold-query, as-is; default: the first "
-                   "store on disk, warm with --warm-cache)")
+                   "store on disk, warm with --warm-cache); a 4th field ivf-ram reads the IVF lists into memory")
     p.add_argument("--threads", type=int, default=0, help="FAISS threads for the build (0: its default)")
     p.add_argument("--queries", type=int, default=NQ, help="queries (exact ground truth over all n for each)")
     p.add_argument("--work", default=tempfile.gettempdir())
@@ -717,6 +780,7 @@ def main() -> None:
     p.add_argument("--refine", default="10")
     p.add_argument("--rerank", default="float32", help="one re-ranking store")
     p.add_argument("--store-in-ram", action="store_true")
+    p.add_argument("--ivf-in-ram", action="store_true", help="read the IVF lists into memory at open")
     p.add_argument("--cache", choices=CACHE_MODES, default="as-is")
     p = sub.add_parser("pgvector")
     p.add_argument("--n", type=int, default=100_000)
@@ -729,6 +793,7 @@ def main() -> None:
     p.add_argument("--cases", type=int, default=240)
     p.add_argument("--workers", default="1,2")
     p.add_argument("--shard-size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=1, help="repeat the worker sweep, alternating its order")
     p.add_argument("--queries", type=int, default=60)
     p.add_argument("--image-encoder", default="ragmed-default")
     p.add_argument("--address", default=None, help="an existing Ray cluster (default: a local 2-CPU one)")
@@ -739,6 +804,8 @@ def main() -> None:
     p.add_argument("--ray", default="bench_scale_ray_160.json")
     p.add_argument("--pg", default="bench_scale_pgvector_100k.json")
     p.add_argument("--node-disk-tb", type=float, default=8.0)
+    p.add_argument("--node-ram-gb", type=float, default=256.0)
+    p.add_argument("--search-spec", default=None, help="which of the on-disk result's searches to project")
     args = ap.parse_args()
     {"ondisk": cmd_ondisk, "_search": cmd_search, "pgvector": cmd_pgvector, "pgcopy": cmd_pgcopy, "ray": cmd_ray,
      "project": cmd_project}[args.cmd](args)
