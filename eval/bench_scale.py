@@ -694,7 +694,8 @@ def cmd_project(args) -> None:
                                        "float32:disk:as-is"}]
     chosen = next((x for x in searches if x["spec"] == args.search_spec), searches[0]) if args.search_spec \
         else searches[0]
-    store, place, _ = chosen["spec"].split(":")
+    store, place, _, *more = chosen["spec"].split(":")
+    ivf_ram = more == ["ivf-ram"]
     raw_name = STORE_FILE[store]
     raw_b = per.get(raw_name, 0)
     best = min((r for r in chosen["sweep"] if r["refine_candidates"] and r["recall@10"] >= 0.9),
@@ -718,8 +719,10 @@ def cmd_project(args) -> None:
                "add_merge_core_hours": round(N * add_s / 3600, 1),
                "train_note": "k-means on ~40 vectors per list: " + f"{40 * nlist:,} vectors",
                "nodes_by_disk": int(np.ceil(N * (ivf_b + raw_b) / (args.node_disk_tb * 1e12)))}
-        if place == "ram":  # the re-ranking store must fit the nodes' RAM (half of it, the rest for the page cache)
-            row["nodes_by_ram_for_store"] = int(np.ceil(N * raw_b / (args.node_ram_gb * 0.5e9)))
+        if place == "ram":  # what the query processes hold must fit half the nodes' RAM (the rest: OS, page cache)
+            held = raw_b + (ivf_b if ivf_ram else 0)
+            row["query_RAM_GB (" + ("IVF lists + " if ivf_ram else "") + "re-ranking store)"] = round(N * held / 1e9, 1)
+            row["nodes_by_ram"] = int(np.ceil(N * held / (args.node_ram_gb * 0.5e9)))
         if scanned_1m:
             row["codes_scanned_per_query_at_same_nprobe"] = int(best["nprobe"] * N / nlist)
         if worker_rate:
