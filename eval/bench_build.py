@@ -48,7 +48,32 @@ def write_corpus(n: int, out: Path) -> Path:
     return manifest
 
 
-def build_one(manifest: str, out: str, pipeline: str | None, fit_steps: int | None = None) -> dict:
+class PlumbingHashTextEncoder:
+    """NOT a model: a bag of hashed words (crc32 → 384 buckets, L2-normalised), for measuring the build's memory at
+    sizes where MiniLM would take hours on a shared 2-core machine. It claims MiniLM's space so that the build takes
+    the same paths (the image tower is fitted to it as to MiniLM); its own memory is a few arrays per batch, where
+    MiniLM's is its weights plus one batch's activations, both independent of the corpus size."""
+
+    def __init__(self, dim: int = 384):
+        from ragmed.encoders.text import DEFAULT_TEXT_SPACE
+
+        self.dim, self.id, self.space, self.batch_size = dim, f"plumbing-hash-text-{dim}", DEFAULT_TEXT_SPACE, 64
+
+    def encode_texts(self, texts) -> "np.ndarray":
+        import zlib
+
+        import numpy as np
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, zlib.crc32(w.encode()) % self.dim] += 1.0
+        out[:, 0] += 1e-3  # never a zero vector
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def build_one(manifest: str, out: str, pipeline: str | None, fit_steps: int | None = None,
+              text_encoder: str | None = None) -> dict:
     from ragmed.config import load_pipeline
     from ragmed.corpus import read_corpus
     from ragmed.pipeline.build import build_from_config
@@ -62,7 +87,8 @@ def build_one(manifest: str, out: str, pipeline: str | None, fit_steps: int | No
     corpus = read_corpus(manifest)
     t_read = time.perf_counter() - t0
     t = time.perf_counter()  # load the models first, so that encode timings are per-case work only
-    te = create_encoder(cfg.encoders.text.name, role="text", **cfg.encoders.text.params)
+    te = (PlumbingHashTextEncoder() if text_encoder == "plumbing-hash" else
+          create_encoder(cfg.encoders.text.name, role="text", **cfg.encoders.text.params))
     ie = (create_encoder(cfg.encoders.image.name, role="image", **cfg.encoders.image.params)
           if cfg.encoders.image is not None else None)
     te.encode_texts(["warm up"])
@@ -75,7 +101,7 @@ def build_one(manifest: str, out: str, pipeline: str | None, fit_steps: int | No
     return {"n_cases": rep.n_cases, "n_images": rep.n_images, "skipped": len(rep.skipped), "build_s": rep.seconds,
             "total_s": total, "read_corpus_s": t_read, "load_models_s": t_models, "cases_per_s": rep.n_cases / rep.seconds,
             "timings": rep.timings, "peak_rss_mb": peak_rss_mb(), "pipeline": cfg.name,
-            "encoders": {"text": cfg.encoders.text.name, "image": cfg.encoders.image.name if cfg.encoders.image else None},
+            "encoders": {"text": te.id, "image": cfg.encoders.image.name if cfg.encoders.image else None},
             "batch_size": cfg.index.batch_size, "decode_workers": cfg.index.decode_workers}
 
 
@@ -91,11 +117,15 @@ def main() -> None:
     ap.add_argument("--parallel", action="store_true",
                     help="build all sizes at once (each in its own process, so each peak RSS is still its own build's; "
                          "timings then share the CPUs)")
+    ap.add_argument("--text-encoder", choices=("pipeline", "plumbing-hash"), default="pipeline",
+                    help="plumbing-hash: a hashed bag of words instead of the pipeline's text model (NOT a model; for "
+                         "memory growth at sizes where the text model would take hours here)")
     ap.add_argument("--worker", nargs=2, metavar=("MANIFEST", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.worker:
-        print(json.dumps(build_one(args.worker[0], args.worker[1], args.pipeline, args.fit_steps)))
+        print(json.dumps(build_one(args.worker[0], args.worker[1], args.pipeline, args.fit_steps,
+                                   args.text_encoder)))
         return
     rows, results = [], []
     if args.tmp:
@@ -109,6 +139,7 @@ def main() -> None:
                 cmd += ["--pipeline", args.pipeline]
             if args.fit_steps is not None:
                 cmd += ["--fit-steps", str(args.fit_steps)]
+            cmd += ["--text-encoder", args.text_encoder]
             print(f"--- building {n} cases", file=sys.stderr, flush=True)
             err = (Path(tmp) / f"build_{n}.err").open("w+")  # a file, not a pipe: a full pipe would block a worker
             return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
@@ -138,6 +169,7 @@ def main() -> None:
         print("growth " + ", ".join(f"{k}={v:.3g}" for k, v in growth.items()))
     write_result(args.out, {"parallel": bool(args.parallel), "results": results, "table": rows, "growth": growth,
                             "load_avg_1_5_15": {"start": list(load_start), "end": list(os.getloadavg())},
+                            "text_encoder": args.text_encoder,
                             "corpus": "N cases: VQA-RAD images cycled + IU X-ray reports cycled (unique ids)"})
 
 

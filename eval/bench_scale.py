@@ -119,8 +119,8 @@ def cmd_ondisk(args) -> None:
     m, n_real = mixture()
     nlist = args.nlist or (1024 if args.n <= 2_000_000 else 4096)
     factory = f"IVF{nlist},{args.pq}"
-    rr_name = "vectors.npy" if args.rerank == "float32" else "vectors.sq8"
-    rr_path, idx_path, blk_dir = work / rr_name, work / "index.faiss", work / "blocks"
+    stores = _stores(args.rerank)
+    idx_path, blk_dir = work / "index.faiss", work / "blocks"
     ck_path = work / "checkpoint.json"
     t_all = time.perf_counter()
     if not idx_path.exists():
@@ -131,10 +131,11 @@ def cmd_ondisk(args) -> None:
             train = sample(m, min(args.n, max(40 * nlist, 50_000)), seed=3)
             trained = train_empty(factory, D, train)
             faiss.write_index(trained, str(work / "trained.faiss"))
-            if args.rerank == "sq8":
-                sq = faiss.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-                sq.train(train)
-                faiss.write_index(sq, str(work / "sq8.faiss"))
+            for kind in stores:
+                if kind != "float32":
+                    sq = faiss.IndexScalarQuantizer(D, SQ_TYPES[kind], faiss.METRIC_INNER_PRODUCT)
+                    sq.train(train)
+                    faiss.write_index(sq, str(work / f"{kind}.faiss"))
             ck = {"factory": factory, "rerank": args.rerank, "block": args.block, "blocks_done": 0,
                   "build": {"train_s": time.perf_counter() - t, "train_n": len(train), "generate_s": 0.0,
                             "ground_truth_s": 0.0, "add_s": 0.0, "sessions": 0}}
@@ -142,24 +143,28 @@ def cmd_ondisk(args) -> None:
             np.save(work / "queries.npy", sample(m, args.queries, seed=2))
             np.save(work / "gt_D.npy", np.full((args.queries, 100), -np.inf, dtype=np.float32))
             np.save(work / "gt_I.npy", np.full((args.queries, 100), -1, dtype=np.int64))
-            if args.rerank == "float32":
-                np.lib.format.open_memmap(rr_path, mode="w+", dtype=np.float32, shape=(args.n, D)).flush()
-            else:
-                with open(rr_path, "wb") as f:
-                    f.truncate(args.n * D)
+            for kind in stores:
+                if kind == "float32":
+                    np.lib.format.open_memmap(work / STORE_FILE[kind], mode="w+", dtype=np.float32,
+                                              shape=(args.n, D)).flush()
+                else:
+                    with open(work / STORE_FILE[kind], "wb") as f:
+                        f.truncate(args.n * faiss.read_index(str(work / f"{kind}.faiss")).sa_code_size())
             ck_path.write_text(json.dumps(ck))
         if ck["block"] != args.block or ck["factory"] != factory or ck["rerank"] != args.rerank:
             sys.exit(f"checkpoint in {work} was made with other settings: {ck}; use --rebuild")
         build = ck["build"]
         build["sessions"] += 1
         trained = faiss.read_index(str(work / "trained.faiss"))
-        sq = faiss.read_index(str(work / "sq8.faiss")) if args.rerank == "sq8" else None
+        sqs = {k: (None if k == "float32" else faiss.read_index(str(work / f"{k}.faiss"))) for k in stores}
         q = np.load(work / "queries.npy")
         gt_D, gt_I = np.load(work / "gt_D.npy"), np.load(work / "gt_I.npy")
         starts = list(range(0, args.n, args.block))
-        fd = os.open(rr_path, os.O_WRONLY)
-        header = np.load(rr_path, mmap_mode="r").offset if args.rerank == "float32" else 0
-        row_bytes = D * 4 if args.rerank == "float32" else D
+        if args.stop_after_blocks:  # a smaller index from the first blocks: their ground truth is exact over them
+            starts = starts[:args.stop_after_blocks]
+            build["stopped_after_blocks"] = len(starts)
+        fds = {k: os.open(work / STORE_FILE[k], os.O_WRONLY) for k in stores}
+        layout = {k: _store_layout(work, k, sqs[k]) for k in stores}
         for b in range(ck["blocks_done"], len(starts)):
             a = starts[b]
             z = min(args.n, a + args.block)
@@ -174,11 +179,14 @@ def cmd_ondisk(args) -> None:
             build["ground_truth_s"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             write_block(trained, np.arange(a, z, dtype=np.int64), x, blk_dir / f"block-{b:06d}.faiss")
-            rows = x if sq is None else sq.sa_encode(x)
-            os.pwrite(fd, np.ascontiguousarray(rows).tobytes(), header + a * row_bytes)
-            os.fsync(fd)
+            for k, fd in fds.items():
+                rows = x if sqs[k] is None else sqs[k].sa_encode(x)
+                header, row_bytes = layout[k]
+                os.pwrite(fd, np.ascontiguousarray(rows).tobytes(), header + a * row_bytes)
+                os.fsync(fd)
+                del rows
             build["add_s"] += time.perf_counter() - t0
-            del x, rows
+            del x
             np.save(work / "gt_D.tmp.npy", gt_D)
             np.save(work / "gt_I.tmp.npy", gt_I)
             os.replace(work / "gt_D.tmp.npy", work / "gt_D.npy")
@@ -189,74 +197,194 @@ def cmd_ondisk(args) -> None:
             os.replace(work / "checkpoint.tmp", ck_path)
             print(f"  block {b}: {z}/{args.n} load {load_avg()} rss {vm_hwm_mb():.0f} MB", file=sys.stderr,
                   flush=True)
-        os.close(fd)
+        for fd in fds.values():
+            os.close(fd)
         t0 = time.perf_counter()
+        n_done = min(args.n, len(starts) * args.block)
         merge_blocks(trained, [blk_dir / f"block-{b:06d}.faiss" for b in range(len(starts))], idx_path)
+        if n_done < args.n:  # cut the re-ranking stores to the rows written
+            for k in stores:
+                header, row_bytes = layout[k]
+                os.truncate(work / STORE_FILE[k], header + n_done * row_bytes)
+            if gt_I.max() >= n_done:
+                sys.exit(f"ground truth holds ids beyond the {n_done} vectors of the finished blocks")
+        build["n"] = n_done
         build["merge_s"] = time.perf_counter() - t0
         build["builder_peak_rss_mb"] = max(build.get("builder_peak_rss_mb", 0), vm_hwm_mb())
         np.save(work / "gt.npy", gt_I)
         shutil.rmtree(blk_dir, ignore_errors=True)
         (work / "build.json").write_text(json.dumps(build))
     build = json.loads((work / "build.json").read_text())
-    # search in a fresh process: its peak RSS is the serving footprint
-    r = subprocess.run([sys.executable, __file__, "_search", str(work), "--nprobes", args.nprobes,
-                        "--refine", args.refine, "--rerank", args.rerank]
-                       + (["--warm-cache"] if args.warm_cache else []), capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(r.stderr[-3000:])
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    disk = {p.name: p.stat().st_size for p in work.iterdir() if p.suffix in (".faiss", ".ivfdata", ".npy", ".sq8")}
-    payload = {"n": args.n, "dim": D, "factory": factory, "nlist": nlist,
-               "layout": "on-disk IVF lists (merge_ondisk) + " + ("float32" if args.rerank == "float32" else
-                                                                  "8-bit scalar-quantised (faiss SQ8)")
-               + " vectors on disk for re-ranking, read with pread",
-               "rerank_store": args.rerank, "generator_fitted_on_real": n_real, "queries": args.queries,
+    n = build.get("n", args.n)
+    if args.skip_search:
+        return
+    # each search configuration in a fresh process: its peak RSS is that configuration's serving footprint
+    specs = [x.strip() for x in (args.search or f"{stores[0]}:disk:{'warm' if args.warm_cache else 'as-is'}")
+             .split(",") if x.strip()]
+    results = []
+    for spec in specs:
+        store, place, cache, *more = spec.split(":")
+        if store not in stores or place not in ("ram", "disk") or cache not in CACHE_MODES or more not in ([], ["ivf-ram"]):
+            sys.exit(f"--search {spec!r}: want STORE:ram|disk:{'|'.join(CACHE_MODES)}[:ivf-ram] with STORE one of "
+                     f"{stores}")
+        r = subprocess.run([sys.executable, __file__, "_search", str(work), "--nprobes", args.nprobes,
+                            "--refine", args.refine, "--rerank", store, "--cache", cache]
+                           + (["--store-in-ram"] if place == "ram" else []) + (["--ivf-in-ram"] if more else []),
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(r.stderr[-3000:])
+        results.append({"spec": spec, **json.loads(r.stdout.strip().splitlines()[-1])})
+        print(f"{spec}: " + "; ".join(f"nprobe {x['nprobe']} refine {x['refine_candidates']}: R@10 "
+                                      f"{x['recall@10']:.3f} p50 {x['p50_ms']:.1f} ms" for x in results[-1]["sweep"])
+              + f"; peak RSS {results[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+    disk = {p.name: p.stat().st_size for p in work.iterdir()
+            if p.suffix in (".faiss", ".ivfdata", ".npy") or p.name in STORE_FILE.values()}
+    payload = {"n": n, "n_planned": args.n, "dim": D, "factory": factory, "nlist": nlist,
+               "layout": "on-disk IVF lists (merge_ondisk, memory-mapped) + re-ranking store(s) "
+               + ", ".join(stores) + " (faiss ScalarQuantizer codes; float32 raw rows), read with pread per query "
+               "or held in RAM as each search says",
+               "rerank_stores": stores, "generator_fitted_on_real": n_real, "queries": args.queries,
                "block": args.block,
                "threads": args.threads, "build": build, "disk_bytes": disk,
-               "disk_bytes_per_vector": {k: v / args.n for k, v in disk.items()
+               "disk_bytes_per_vector": {k: v / n for k, v in disk.items()
                                          if k not in ("gt.npy", "gt_D.npy", "gt_I.npy", "queries.npy")},
                "ground_truth": "exact inner-product top-100 of the queries over all n float32 vectors, merged block "
-               "by block (faiss.knn per block)", "search": res, "load_avg_at_end": load_avg()}
+               "by block (faiss.knn per block)", "search": results[0], "searches": results,
+               "load_avg_at_end": load_avg()}
     print(json.dumps(payload, indent=2))
-    write_result(args.name or f"bench_scale_ondisk_{_size(args.n)}", payload)
+    write_result(args.name or f"bench_scale_ondisk_{_size(n)}", payload)
     if args.cleanup:
         shutil.rmtree(work, ignore_errors=True)
+
+
+CACHE_MODES = ("warm", "cold", "cold-query", "as-is")
+SQ_TYPES = {}  # filled lazily (faiss imported lazily): re-ranking store kind -> faiss ScalarQuantizer type
+STORE_FILE = {"float32": "vectors.npy", "sq8": "vectors.sq8", "sq6": "vectors.sq6", "sq4": "vectors.sq4"}
+
+
+def _stores(spec: str) -> list[str]:
+    import faiss
+
+    SQ_TYPES.update(sq8=faiss.ScalarQuantizer.QT_8bit, sq6=faiss.ScalarQuantizer.QT_6bit,
+                    sq4=faiss.ScalarQuantizer.QT_4bit)
+    kinds = [k.strip() for k in spec.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in STORE_FILE]
+    if bad or not kinds:
+        sys.exit(f"--rerank: unknown store(s) {bad}; choose from {sorted(STORE_FILE)}")
+    return kinds
+
+
+def _store_layout(work: Path, kind: str, sq) -> tuple[int, int]:
+    """(header bytes, bytes per row) of a re-ranking store file."""
+    if kind == "float32":
+        return int(np.load(work / STORE_FILE[kind], mmap_mode="r").offset), D * 4
+    return 0, int(sq.sa_code_size())
 
 
 def _size(n: int) -> str:
     return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
 
 
+class PageCache:
+    """Drop files from the OS page cache without root and without touching other processes' files:
+    ``madvise(MADV_DONTNEED)`` on this process's own mapping of the IVF lists (so the pages are no longer mapped
+    here), then ``posix_fadvise(POSIX_FADV_DONTNEED)`` on each file (the kernel drops its clean, unmapped pages).
+    ``resident()`` checks the result with ``mincore`` on a fresh mapping: the fraction of each file's pages still in
+    the page cache. A virtual machine's host may still cache the disk below this: "cold" means the guest's cache."""
+
+    MADV_DONTNEED = 4
+
+    def __init__(self, paths: list[Path], mapping: tuple[int, int] | None):
+        import ctypes
+
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        self.libc.mmap.restype = ctypes.c_void_p
+        self.libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                   ctypes.c_long]
+        self.libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        self.libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.paths, self.mapping = paths, mapping
+        self.fds = [os.open(p, os.O_RDONLY) for p in paths]
+
+    def drop(self) -> None:
+        if self.mapping:
+            if self.libc.madvise(self.mapping[0], self.mapping[1], self.MADV_DONTNEED) != 0:
+                raise OSError("madvise(MADV_DONTNEED) failed")
+        for fd in self.fds:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def resident(self) -> dict:
+        import ctypes
+
+        page = os.sysconf("SC_PAGE_SIZE")
+        out = {}
+        for path, fd in zip(self.paths, self.fds):
+            size = os.fstat(fd).st_size
+            addr = self.libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+            pages = (size + page - 1) // page
+            vec = (ctypes.c_ubyte * pages)()
+            self.libc.mincore(addr, size, vec)
+            self.libc.munmap(addr, size)
+            out[path.name] = round(float((np.frombuffer(vec, dtype=np.uint8) & 1).mean()), 4)
+        return out
+
+
 def cmd_search(args) -> None:
+    """One re-ranking store, one page-cache mode, a sweep over nprobe × refine; one query at a time on one thread.
+
+    Page-cache modes: ``warm`` (the IVF lists, and the store when it stays on disk, read once sequentially first),
+    ``cold`` (dropped before each sweep row: the row's queries fill the cache as a freshly started server's would),
+    ``cold-query`` (dropped before every query, outside its timing: every query reads its lists from the disk).
+    Re-ranking store: read with pread per query (on disk), or held in this process's memory (``--store-in-ram``,
+    counted in its RSS)."""
     import faiss
 
+    _stores(args.rerank)
     work = Path(args.work)
     t = time.perf_counter()
-    index = faiss.read_index(str(work / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
-    open_s = time.perf_counter() - t
-    sq = None
-    if args.rerank == "float32":
-        mm = np.load(work / "vectors.npy", mmap_mode="r")  # only for the layout: rows are read with pread below
-        offset, row_bytes = mm.offset, mm.shape[1] * 4
-        del mm
-        fd = os.open(work / "vectors.npy", os.O_RDONLY)
+    if args.ivf_in_ram:  # the on-disk lists read into this process's memory at open (ArrayInvertedLists)
+        from ragmed.index.ondisk import ivf_in_memory
+
+        index = ivf_in_memory(work / "index.faiss")
     else:
-        sq = faiss.read_index(str(work / "sq8.faiss"))  # the trained scalar quantiser (no vectors in it)
-        offset, row_bytes = 0, D
-        fd = os.open(work / "vectors.sq8", os.O_RDONLY)
+        index = faiss.read_index(str(work / "index.faiss"), faiss.IO_FLAG_ONDISK_SAME_DIR)
+    open_s = time.perf_counter() - t
+    ivf = faiss.extract_index_ivf(index)
+    od = faiss.downcast_InvertedLists(ivf.invlists)
+    mapping = None
+    if isinstance(od, faiss.OnDiskInvertedLists) and od.totsize:
+        mapping = (int(faiss.rev_swig_ptr(od.ptr, 1).ctypes.data), int(od.totsize))
+    kind = args.rerank
+    sq = None if kind == "float32" else faiss.read_index(str(work / f"{kind}.faiss"))
+    store_path = work / STORE_FILE[kind]
+    offset, row_bytes = _store_layout(work, kind, sq)
+    t = time.perf_counter()
+    in_ram = None
+    if args.store_in_ram:  # the whole store in this process's memory (counted in its RSS)
+        n_rows = int(index.ntotal)
+        in_ram = np.fromfile(store_path, dtype=np.uint8, count=n_rows * row_bytes,
+                             offset=offset).reshape(n_rows, row_bytes)
+    load_store_s = time.perf_counter() - t
+    fd = os.open(store_path, os.O_RDONLY)
 
     def rows_of(ids: np.ndarray) -> np.ndarray:
-        """The re-ranking vectors of ``ids`` read with pread: from the page cache or the disk, never mapped into this
-        process (a mapped file's touched pages would count in its RSS, and the OS maps neighbours on each fault)."""
-        raw = b"".join(os.pread(fd, row_bytes, offset + int(i) * row_bytes) for i in ids)
-        if sq is None:
-            return np.frombuffer(raw, dtype=np.float32).reshape(len(ids), -1)
-        return sq.sa_decode(np.frombuffer(raw, dtype=np.uint8).reshape(len(ids), -1))
+        """The re-ranking rows of ``ids`` (sorted): from memory, or read with pread (page cache or disk, never
+        mapped into this process)."""
+        if in_ram is not None:
+            raw = in_ram[ids]
+        else:
+            raw = np.frombuffer(b"".join(os.pread(fd, row_bytes, offset + int(i) * row_bytes) for i in ids),
+                                dtype=np.uint8).reshape(len(ids), row_bytes)
+        return raw.view(np.float32) if sq is None else sq.sa_decode(raw)
+
+    files = ([] if args.ivf_in_ram else [work / "index.ivfdata"]) + ([] if in_ram is not None else [store_path])
+    cache = PageCache(files, mapping)
     warm_s = None
-    if args.warm_cache:  # the server's steady state: its files in the OS page cache (outside this process's RSS)
+    if args.cache == "warm":  # a server's steady state: its files in the OS page cache (outside this process's RSS)
         t = time.perf_counter()
-        for name in ("index.ivfdata", "vectors.npy" if sq is None else "vectors.sq8"):
-            with open(work / name, "rb", buffering=0) as f:
+        for path in files:
+            with open(path, "rb", buffering=0) as f:
                 buf = bytearray(64 << 20)
                 while f.readinto(buf):
                     pass
@@ -264,34 +392,56 @@ def cmd_search(args) -> None:
         warm_s = time.perf_counter() - t
     q = np.load(work / "queries.npy")
     gt = np.load(work / "gt.npy")
-    ivf = faiss.extract_index_ivf(index)
     faiss.omp_set_num_threads(1)  # one query at a time, one core: the per-query latency a server sees
-    rows = []
+    rows, residency = [], []
     for nprobe in [int(x) for x in args.nprobes.split(",")]:
         ivf.nprobe = nprobe
         for refine in [0] + [int(r) for r in args.refine.split(",")]:
             k0 = 10 * refine if refine else 10
-            lat, found = [], []
+            if args.cache == "cold":
+                cache.drop()
+                residency.append(cache.resident())
+            lat, lat_ivf, found = [], [], []
             for i in range(len(q)):
+                if args.cache == "cold-query":
+                    cache.drop()
+                    if i == 0:
+                        residency.append(cache.resident())
                 t = time.perf_counter()
                 _, I = index.search(q[i:i + 1], k0)
+                t_ivf = time.perf_counter() - t
                 cand = I[0][I[0] >= 0]
-                if refine:  # exact re-ranking of the candidates against the re-ranking vectors on disk
+                if refine:  # re-ranking of the candidates against the re-ranking store
                     order = np.sort(cand)
                     s = rows_of(order) @ q[i]
                     cand = order[np.argsort(-s)[:10]]
                 lat.append(time.perf_counter() - t)
+                lat_ivf.append(t_ivf)
                 found.append(cand[:10])
             recall = float(np.mean([len(set(f.tolist()) & set(g[:10].tolist())) / 10 for f, g in zip(found, gt)]))
             rows.append({"nprobe": nprobe, "refine_candidates": k0 if refine else 0, "recall@10": recall,
-                         **percentiles(lat)})
+                         **percentiles(lat), "ivf_search_p50_ms": float(np.median(lat_ivf) * 1e3)})
+            print(rows[-1], file=sys.stderr, flush=True)
     status = {ln.split(":")[0]: int(ln.split()[1]) / 1024 for ln in Path("/proc/self/status").read_text().splitlines()
               if ln.startswith(("VmRSS", "RssAnon", "RssFile"))}
-    print(json.dumps({"open_s": open_s, "page_cache": "warmed: ivfdata and re-ranking store read once sequentially "
-                      f"({warm_s:.0f} s) before the timed queries" if args.warm_cache else "as the build left it",
+    page_cache = {"warm": f"warmed: {', '.join(p.name for p in files)} read once sequentially ({warm_s or 0:.0f} s) "
+                          "before the timed queries",
+                  "cold": "dropped (madvise + posix_fadvise DONTNEED) before each sweep row: the row's queries "
+                          "start from an empty cache and fill it",
+                  "cold-query": "dropped (madvise + posix_fadvise DONTNEED) before every query, outside its "
+                                "timing: each query reads what it needs of "
+                                + (", ".join(p.name for p in files) or "nothing (all in RAM)") + " from disk",
+                  "as-is": "as the build left it"}[args.cache]
+    print(json.dumps({"open_s": open_s, "cache": args.cache, "page_cache": page_cache,
+                      "resident_after_drop": residency[:3], "store": kind, "store_in_ram": in_ram is not None,
+                      "ivf_lists_in_ram": bool(args.ivf_in_ram),
+                      "store_bytes_per_vector": row_bytes, "load_store_s": load_store_s,
                       "peak_rss_mb": vm_hwm_mb(), "rss_at_end_mb": status, "sweep": rows,
-                      "threads": 1, "reranking": "pread of the candidate rows per query from "
-                      + ("vectors.npy (float32)" if sq is None else "vectors.sq8 (SQ8 codes, decoded)")}))
+                      "threads": 1, "load_avg_at_end": load_avg(),
+                      "reranking": ("rows gathered from the store in memory" if in_ram is not None else
+                                    "pread of the candidate rows per query from " + STORE_FILE[kind])
+                      + ("" if sq is None else f", {kind.upper()} codes decoded by faiss") + ", inner product "
+                      "with the query, top 10 kept"}))
 
 
 # --------------------------------------------------------------------------------------------------- pgvector
@@ -450,11 +600,15 @@ def cmd_ray(args) -> None:
     else:
         tmp = tempfile.mkdtemp(prefix="rayb")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp)
+    order = [int(w) for w in args.workers.split(",")]
+    out["repeats"] = []
+    # repeats alternate the order (1,2 / 2,1 / ...): a load trend favours neither
+    plan = [(r, w) for r in range(args.repeats) for w in (order if r % 2 == 0 else order[::-1])]
     try:
-        for workers in [int(w) for w in args.workers.split(",")]:
+        for r, workers in plan:
             t = time.perf_counter()
-            rep = ray_build_index(corpus, work / f"ray{workers}", cfg, workers=workers, shard_size=args.shard_size,
-                                  text_encoder=text, progress=False)
+            rep = ray_build_index(corpus, work / f"ray{workers}-r{r}", cfg, workers=workers,
+                                  shard_size=args.shard_size, text_encoder=text, progress=False)
             stats = rep.timings["shards"]
             enc_s = rep.timings["encode"]
             out["runs"][workers] = {"total_s": time.perf_counter() - t, "encode_phase_s": enc_s,
@@ -467,7 +621,8 @@ def cmd_ray(args) -> None:
                                     / float(np.mean([s["seconds"] for s in stats])),
                                     "actors": len({s["pid"] for s in stats}), "load_avg": load_avg(),
                                     **_steady_window(stats)}
-            print(workers, out["runs"][workers], file=sys.stderr, flush=True)
+            out["repeats"].append({"repeat": r, "workers": workers, **out["runs"][workers]})
+            print(r, workers, out["runs"][workers], file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
         if not args.address:
@@ -478,13 +633,16 @@ def cmd_ray(args) -> None:
     iq = img.encode_images([load_image(p) for p in paths])
     tq = text.encode_texts([c.text.split(" Study")[0] + " Follow-up." for c in corpus.cases[: args.queries]])
     same = {}
-    for workers in out["runs"]:
-        b = open_index(work / f"ray{workers}")
+    for run in out["repeats"]:
+        b = open_index(work / f"ray{run['workers']}-r{run['repeat']}")
         eq = []
         for kind, q in (("image", iq), ("text", tq)):
             ha, hb = a.search(kind, q, 10), b.search(kind, q, 10)
             eq += [[h.case_id for h in x] == [h.case_id for h in y] for x, y in zip(ha, hb)]
-        same[workers] = {"queries": len(eq), "identical_top10": int(sum(eq))}
+        run["identical_top10"] = f"{int(sum(eq))}/{len(eq)}"
+        prev = same.get(run["workers"], {"queries": 0, "identical_top10": 0})
+        same[run["workers"]] = {"queries": prev["queries"] + len(eq),
+                                "identical_top10": prev["identical_top10"] + int(sum(eq))}
     out["equal_to_local"] = same
     ws = sorted(out["runs"])
     if len(ws) >= 2:
@@ -492,6 +650,27 @@ def cmd_ray(args) -> None:
         out["speedup"] = hi["cases_per_s"] / lo["cases_per_s"]  # whole encode phase, start-up included
         if lo.get("steady_window") and hi.get("steady_window"):
             out["speedup_steady_window"] = hi["steady_window"]["cases_per_s"] / lo["steady_window"]["cases_per_s"]
+    if len(ws) >= 2 and args.repeats > 1:  # per repeat: the two runs adjacent in time, so under similar load
+        per = {}
+        for key, field in (("speedup", "cases_per_s"), ("speedup_steady_window", "steady_window")):
+            vals = []
+            for r in range(args.repeats):
+                lo = next(x for x in out["repeats"] if x["repeat"] == r and x["workers"] == ws[0])
+                hi = next(x for x in out["repeats"] if x["repeat"] == r and x["workers"] == ws[-1])
+                if field == "steady_window":
+                    if not (lo.get("steady_window") and hi.get("steady_window")):
+                        continue
+                    vals.append(hi["steady_window"]["cases_per_s"] / lo["steady_window"]["cases_per_s"])
+                else:
+                    vals.append(hi[field] / lo[field])
+            if vals:
+                per[key] = {"values": [round(v, 3) for v in vals], "median": round(float(np.median(vals)), 3),
+                            "min": round(min(vals), 3), "max": round(max(vals), 3)}
+        out["speedup_over_repeats"] = per
+        out["per_worker_cases_per_s_median"] = {
+            w: round(float(np.median([x["per_worker_cases_per_s"] for x in out["repeats"] if x["workers"] == w])), 3)
+            for w in ws}
+        out["load_avg_during_runs"] = [x["load_avg"] for x in out["repeats"]]
     out["load_avg_end"] = load_avg()
     print(json.dumps(out, indent=2))
     write_result(args.name or f"bench_scale_ray_{args.cases}", out)
@@ -508,12 +687,20 @@ def cmd_project(args) -> None:
     n = od["n"]
     per = od["disk_bytes_per_vector"]
     ivf_b = per.get("index.ivfdata", 0)
-    raw_name = "vectors.sq8" if "vectors.sq8" in per else "vectors.npy"
-    raw_b = per.get(raw_name, 0)
     build = od["build"]
     add_s = (build["add_merge_s"] if "add_merge_s" in build else build["add_s"] + build["merge_s"]) / n
-    best = min((r for r in od["search"]["sweep"] if r["refine_candidates"] and r["recall@10"] >= 0.9),
+    # the search configuration projected: --search-spec if given, else the old single search
+    searches = od.get("searches") or [{**od["search"], "spec": "sq8:disk:as-is" if "vectors.sq8" in per else
+                                       "float32:disk:as-is"}]
+    chosen = next((x for x in searches if x["spec"] == args.search_spec), searches[0]) if args.search_spec \
+        else searches[0]
+    store, place, _, *more = chosen["spec"].split(":")
+    ivf_ram = more == ["ivf-ram"]
+    raw_name = STORE_FILE[store]
+    raw_b = per.get(raw_name, 0)
+    best = min((r for r in chosen["sweep"] if r["refine_candidates"] and r["recall@10"] >= 0.9),
                key=lambda r: r["p50_ms"])
+    best = {**best, "search_spec": chosen["spec"], "query_process_peak_rss_mb": chosen.get("peak_rss_mb")}
     worker_rate = None
     if ray:
         worker_rate = max((r["steady_window"]["cases_per_s"] if r.get("steady_window") else
@@ -525,12 +712,17 @@ def cmd_project(args) -> None:
         row = {"vectors": N, "nlist": nlist,
                "factory": f"IVF{nlist}_HNSW32,PQ48 (+ re-ranking of {best['refine_candidates']} candidates)",
                "pq_codes_and_ids_GB (ivfdata)": round(N * ivf_b / 1e9, 2),
-               f"re-ranking store GB ({raw_name}, read with pread)": round(N * raw_b / 1e9, 1),
+               f"re-ranking store GB ({raw_name}, " + ("held in RAM" if place == "ram" else "read with pread")
+               + ")": round(N * raw_b / 1e9, 1),
                "raw_float32_GB (if re-ranking on float32)": round(N * D * 4 / 1e9, 1),
                "quantiser_RAM_GB": round(nlist * D * 4 / 1e9, 3),
                "add_merge_core_hours": round(N * add_s / 3600, 1),
                "train_note": "k-means on ~40 vectors per list: " + f"{40 * nlist:,} vectors",
                "nodes_by_disk": int(np.ceil(N * (ivf_b + raw_b) / (args.node_disk_tb * 1e12)))}
+        if place == "ram":  # what the query processes hold must fit half the nodes' RAM (the rest: OS, page cache)
+            held = raw_b + (ivf_b if ivf_ram else 0)
+            row["query_RAM_GB (" + ("IVF lists + " if ivf_ram else "") + "re-ranking store)"] = round(N * held / 1e9, 1)
+            row["nodes_by_ram"] = int(np.ceil(N * held / (args.node_ram_gb * 0.5e9)))
         if scanned_1m:
             row["codes_scanned_per_query_at_same_nprobe"] = int(best["nprobe"] * N / nlist)
         if worker_rate:
@@ -566,8 +758,17 @@ def main() -> None:
     p.add_argument("--pq", default="PQ48")
     p.add_argument("--nprobes", default="16,32,64")
     p.add_argument("--refine", default="10", help="comma list: re-rank refine×10 candidates exactly")
-    p.add_argument("--rerank", choices=("float32", "sq8"), default="float32",
-                   help="re-ranking store: float32 rows (1,536 B/vector) or faiss SQ8 codes (384 B/vector)")
+    p.add_argument("--rerank", default="float32",
+                   help="re-ranking store(s), comma list of float32 (1,536 B/vector), sq8 (384), sq6 (288), sq4 (192): "
+                   "faiss ScalarQuantizer codes; the build writes each, the search sweeps each")
+    p.add_argument("--skip-search", action="store_true", help="build (or resume) only")
+    p.add_argument("--stop-after-blocks", type=int, default=0,
+                   help="finish the index after this many blocks (n = blocks x block): a smaller index from a "
+                   "checkpointed build, with exact ground truth over its vectors")
+    p.add_argument("--search", default=None,
+                   help="comma list of STORE:ram|disk:CACHE search configurations, each in its own process, e.g. "
+                   "sq6:ram:cold-query,sq8:disk:warm (CACHE: warm, cold, cold-query, as-is; default: the first "
+                   "store on disk, warm with --warm-cache); a 4th field ivf-ram reads the IVF lists into memory")
     p.add_argument("--threads", type=int, default=0, help="FAISS threads for the build (0: its default)")
     p.add_argument("--queries", type=int, default=NQ, help="queries (exact ground truth over all n for each)")
     p.add_argument("--work", default=tempfile.gettempdir())
@@ -580,8 +781,10 @@ def main() -> None:
     p.add_argument("work")
     p.add_argument("--nprobes", default="16,32,64")
     p.add_argument("--refine", default="10")
-    p.add_argument("--rerank", choices=("float32", "sq8"), default="float32")
-    p.add_argument("--warm-cache", action="store_true")
+    p.add_argument("--rerank", default="float32", help="one re-ranking store")
+    p.add_argument("--store-in-ram", action="store_true")
+    p.add_argument("--ivf-in-ram", action="store_true", help="read the IVF lists into memory at open")
+    p.add_argument("--cache", choices=CACHE_MODES, default="as-is")
     p = sub.add_parser("pgvector")
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--work", default=None)
@@ -593,6 +796,7 @@ def main() -> None:
     p.add_argument("--cases", type=int, default=240)
     p.add_argument("--workers", default="1,2")
     p.add_argument("--shard-size", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=1, help="repeat the worker sweep, alternating its order")
     p.add_argument("--queries", type=int, default=60)
     p.add_argument("--image-encoder", default="ragmed-default")
     p.add_argument("--address", default=None, help="an existing Ray cluster (default: a local 2-CPU one)")
@@ -603,6 +807,8 @@ def main() -> None:
     p.add_argument("--ray", default="bench_scale_ray_160.json")
     p.add_argument("--pg", default="bench_scale_pgvector_100k.json")
     p.add_argument("--node-disk-tb", type=float, default=8.0)
+    p.add_argument("--node-ram-gb", type=float, default=256.0)
+    p.add_argument("--search-spec", default=None, help="which of the on-disk result's searches to project")
     args = ap.parse_args()
     {"ondisk": cmd_ondisk, "_search": cmd_search, "pgvector": cmd_pgvector, "pgcopy": cmd_pgcopy, "ray": cmd_ray,
      "project": cmd_project}[args.cmd](args)

@@ -66,7 +66,7 @@ class RagmedImageEncoder(BaseImageEncoder):
     """The ragmed-default image tower, loaded from a model directory."""
 
     def __init__(self, path: str | Path | None = None, *, batch_size: int = 64, threads: int | None = None,
-                 preprocess_workers: int = 2):
+                 preprocess_workers: int = 2, device: str = "auto"):
         md = read_model_dir(path if path is not None else shipped_path())
         self.path = md["path"]
         try:
@@ -81,6 +81,7 @@ class RagmedImageEncoder(BaseImageEncoder):
         self.batch_size = int(batch_size)
         self.threads = threads
         self.preprocess_workers = max(1, int(preprocess_workers))
+        self.device = device  # "auto": CUDA when torch sees a GPU, else the CPU
         self._model = None
         self._lock = threading.Lock()
 
@@ -90,7 +91,11 @@ class RagmedImageEncoder(BaseImageEncoder):
         if self._model is None:
             with self._lock:
                 if self._model is None:
-                    self._model = load_tower(self.path, self.tower_config)
+                    import torch
+
+                    if self.device == "auto":
+                        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+                    self._model = load_tower(self.path, self.tower_config).to(self.device)
         return self._model
 
     def warm_up(self) -> None:
@@ -110,7 +115,7 @@ class RagmedImageEncoder(BaseImageEncoder):
         set_torch_threads(self.threads)
         model = self.model
         with torch.inference_mode():
-            return model(to_tensor_batch(arrs, self.preprocess_config)).float().numpy()
+            return model(to_tensor_batch(arrs, self.preprocess_config).to(self.device)).float().cpu().numpy()
 
     def _encode_image_batch(self, images: list["MedicalImage"]) -> np.ndarray:
         return self.encode_arrays(np.stack([self.preprocess(im) for im in images]))

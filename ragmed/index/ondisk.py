@@ -207,16 +207,27 @@ def empty_like(index):
 
 
 def ivf_in_memory(index_path: str | Path):
-    """Load an on-disk IVF index fully into RAM (``ArrayInvertedLists``), e.g. to compare with the on-disk one."""
+    """Load an on-disk IVF index fully into RAM (``ArrayInvertedLists``), e.g. to compare with the on-disk one or to
+    serve without depending on the page cache. The lists are read with ``pread`` (each list's codes, then its ids, at
+    the offsets ``OnDiskInvertedLists`` records), not through the memory map, so the process holds one copy of them."""
     faiss = _faiss()
     index = _read(faiss, Path(index_path), mmap=False)
     ivf = faiss.extract_index_ivf(index)
-    if isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists):
+    od = faiss.downcast_InvertedLists(ivf.invlists)
+    if isinstance(od, faiss.OnDiskInvertedLists):
         mem = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
-        for li in range(ivf.nlist):
-            ls = ivf.invlists.list_size(li)
-            if ls:
-                mem.add_entries(li, ls, ivf.invlists.get_ids(li), ivf.invlists.get_codes(li))
+        cs = int(ivf.code_size)
+        fd = os.open(od.filename, os.O_RDONLY)
+        try:
+            for li in range(ivf.nlist):
+                one = od.lists.at(li)
+                ls = int(one.size)
+                if ls:
+                    codes = np.frombuffer(os.pread(fd, ls * cs, int(one.offset)), dtype=np.uint8)
+                    ids = np.frombuffer(os.pread(fd, ls * 8, int(one.offset) + cs * int(one.capacity)), dtype=np.int64)
+                    mem.add_entries(li, ls, faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+        finally:
+            os.close(fd)
         ivf.replace_invlists(mem, True)
         mem.this.disown()
     return index
