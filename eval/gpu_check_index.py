@@ -57,15 +57,16 @@ def encoding(args) -> dict:
                  "auto_device_resolves_to": str(auto.device), "encoder_id": auto.id, "dim": auto.dim, "devices": {}}
     del auto
     rng = np.random.default_rng(0)
-    size = None
+    size = RagmedImageEncoder(device="cpu").preprocess_config.size
+    # the same images on every device for the agreement (each device's timing set is drawn after them)
+    same = rng.integers(0, 256, size=(args.agree, size, size, 3), dtype=np.uint8)
     emb = {}
     for dev in devices:
         enc = RagmedImageEncoder(device=dev, threads=args.cpu_threads or None)
         enc.warm_up()
-        size = enc.preprocess_config.size
         n = args.images if dev == "cuda" else args.cpu_images
-        arrs = rng.integers(0, 256, size=(max(n, args.agree), size, size, 3), dtype=np.uint8)
-        emb[dev] = enc.encode_arrays(arrs[:args.agree])  # also warms up (cuDNN autotune, allocator)
+        arrs = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+        emb[dev] = enc.encode_arrays(same)  # also warms up (cuDNN autotune, allocator)
         rows = {}
         for bs in [int(b) for b in args.batches.split(",")]:
             enc.encode_arrays(arrs[:bs])
@@ -106,7 +107,13 @@ def encoding(args) -> dict:
         b = b / np.linalg.norm(b, axis=1, keepdims=True)
         cos = (a * b).sum(1)
         out["gpu_vs_cpu_embeddings"] = {"images": len(a), "min_cosine": round(float(cos.min()), 6),
-                                        "mean_cosine": round(float(cos.mean()), 6)}
+                                        "mean_cosine": round(float(cos.mean()), 6), "cudnn_tf32": False}
+        # the same with cuDNN's TF32 convolutions on (torch's default, the encoder's allow_tf32=True)
+        t32 = RagmedImageEncoder(device="cuda", allow_tf32=True).encode_arrays(same)
+        t32 = t32 / np.linalg.norm(t32, axis=1, keepdims=True)
+        cos32 = (a * t32).sum(1)
+        out["gpu_tf32_vs_cpu_embeddings"] = {"images": len(a), "min_cosine": round(float(cos32.min()), 6),
+                                             "mean_cosine": round(float(cos32.mean()), 6), "cudnn_tf32": True}
         best = lambda d: max(r["images_per_s"] for r in out["devices"][d]["encode_arrays"].values())  # noqa: E731
         out["speedup_gpu_over_cpu_encode_arrays"] = round(best("cuda") / best("cpu"), 2)
     out["input"] = f"random uint8 ({size}, {size}, 3) arrays, seeded; the network's cost does not depend on pixels"

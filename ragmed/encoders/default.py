@@ -66,7 +66,7 @@ class RagmedImageEncoder(BaseImageEncoder):
     """The ragmed-default image tower, loaded from a model directory."""
 
     def __init__(self, path: str | Path | None = None, *, batch_size: int = 64, threads: int | None = None,
-                 preprocess_workers: int = 2, device: str = "auto"):
+                 preprocess_workers: int = 2, device: str = "auto", allow_tf32: bool = False):
         md = read_model_dir(path if path is not None else shipped_path())
         self.path = md["path"]
         try:
@@ -82,6 +82,9 @@ class RagmedImageEncoder(BaseImageEncoder):
         self.threads = threads
         self.preprocess_workers = max(1, int(preprocess_workers))
         self.device = device  # "auto": CUDA when torch sees a GPU, else the CPU
+        # cuDNN convolutions on a GPU use TF32 by default (10-bit mantissa): off unless asked, so that vectors
+        # encoded on a GPU match those of a CPU build of the same index (eval/gpu_check_index.py measures both)
+        self.allow_tf32 = bool(allow_tf32)
         self._model = None
         self._lock = threading.Lock()
 
@@ -114,8 +117,18 @@ class RagmedImageEncoder(BaseImageEncoder):
 
         set_torch_threads(self.threads)
         model = self.model
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision(torch):
             return model(to_tensor_batch(arrs, self.preprocess_config).to(self.device)).float().cpu().numpy()
+
+    def _precision(self, torch):
+        """cuDNN's TF32 switch for this call only (a context: torch's global flags are restored after it)."""
+        import contextlib
+
+        if not str(self.device).startswith("cuda"):
+            return contextlib.nullcontext()
+        c = torch.backends.cudnn
+        return c.flags(enabled=c.enabled, benchmark=c.benchmark, deterministic=c.deterministic,
+                       allow_tf32=self.allow_tf32)
 
     def _encode_image_batch(self, images: list["MedicalImage"]) -> np.ndarray:
         return self.encode_arrays(np.stack([self.preprocess(im) for im in images]))
