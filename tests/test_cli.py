@@ -30,6 +30,17 @@ def test_build_info_ask_json(tmp_path):
     assert any(c in {e["ref"] for e in a["evidence"]} for c in a["citations"])
     assert a["evidence"][0]["case_id"] == "case1"  # the image itself is indexed: its case ranks first
     assert a["selection"]["rule"] == "fixed" and len(a["evidence"]) == 5  # the default pipeline keeps the top 5
+    # no question: refused, unless a report is asked for explicitly (the same rule as the API and the service)
+    r = CliRunner().invoke(main, ["ask", str(tmp_path / "c" / "img1.png"), "--index", str(tmp_path / "idx")])
+    assert r.exit_code != 0 and "the question is empty" in r.output
+    r = CliRunner().invoke(main, ["ask", str(tmp_path / "c" / "img1.png"), "--task", "report", "--index",
+                                  str(tmp_path / "idx"), "--json"])
+    assert r.exit_code == 0, r.output
+    a = json.loads(r.stdout)  # stderr may carry the fallback model's one-time conversion notice
+    assert a["question"] == "" and a["evidence"] and a["answer"]
+    r = CliRunner().invoke(main, ["ask", str(tmp_path / "c" / "img1.png"), "Is there a pleural effusion?",
+                                  "--task", "summary", "--index", str(tmp_path / "idx")])
+    assert r.exit_code == 2 and "'summary' is not one of 'closed', 'open', 'report'" in r.output
 
 
 def test_errors_are_one_line(tmp_path):

@@ -102,6 +102,20 @@ def test_ground_attaches_citations_to_a_model_that_forgot_them():
     assert cites == ["[3]"] and "citations-attached" in flags and "unsupported" not in flags
 
 
+def test_uncited_sentences_given_knowledge_refs_only_are_withheld_too():
+    """A model sentence without citations that ragmed would attach to knowledge text alone is held to the same rule
+    as one the model cited to knowledge: terms no retrieved case contains are withheld, never passed as cited."""
+    evidence = ev(REPORT)
+    kn = [KnowledgeEvidence("HP:0002202", "Pleural effusion", "HPO", ref="[K1]",
+                            text="Fibromas can grow in all organs, arising from mesenchyme tissue.")]
+    text, cites, flags = ground("Fibromas can grow in all organs, arising from mesenchyme tissue.", "", evidence, kn,
+                                task="report")
+    assert "withheld-knowledge-only" in flags and "[K1]" not in cites and "mesenchyme" not in text
+    text, cites, flags = ground("No pleural effusion or pneumothorax. Fibromas arise from mesenchyme tissue.", "",
+                                evidence, kn, task="report")
+    assert cites == ["[1]"] and "mesenchyme" not in text and "pneumothorax" in text
+
+
 def test_ground_flags_unsupported_and_invented_refs():
     evidence = ev(VQA_NO, REPORT, VQA_YES)
     # cites evidence that says the opposite: that citation goes, the agreeing case is cited, the departure is said

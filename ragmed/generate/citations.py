@@ -149,6 +149,13 @@ def ground(text: str, question: str, evidence: list[Evidence], knowledge: list[K
             text, done = attach_citations(text, evidence, knowledge)
         if done:
             flags.append("citations-attached")
+            # a sentence the model left uncited may just have been given knowledge refs only: the same rule applies
+            text, withheld = withhold_knowledge_only(text, question, evidence, knowledge)
+            if withheld and "withheld-knowledge-only" not in flags:
+                flags.append("withheld-knowledge-only")
+            if not text:
+                return ("Insufficient evidence: what the model wrote rests only on knowledge-graph text, not on any "
+                        "retrieved case.", [], flags + ["insufficient-evidence", "uncited"])
     citations, cflags = check_citations(text, evidence, knowledge)
     flags += [f for f in cflags if f not in flags]
     if citations and not supported(text, question, evidence, knowledge, task=task, min_support=min_support):
