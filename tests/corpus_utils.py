@@ -83,3 +83,30 @@ def png_corpus(root: Path, n: int, start: int = 0) -> Path:
         rows.append({"id": f"case{i}", "image": f"img{i}.png", "report": REPORTS[i % len(REPORTS)],
                      "label": ["normal", "pneumonia", "chf", "ptx"][i % 4]})
     return write_manifest(root / f"manifest-{start}-{n}.csv", rows)
+
+
+def vqa_rad_split_pipeline(tmp_path: Path, n_images: int, name: str, k: int, generator: str):
+    """A real index of the first ``n_images`` training images of the committed VQA-RAD split (their question–answer
+    pairs as cases; MiniLM + the shipped tower, no fitting, no knowledge graph) and the Pipeline over it, with
+    ``generator`` (a YAML flow mapping) answering. Returns (pipeline, images dir, train.json rows, the images)."""
+    import json
+
+    from ragmed.config import load_pipeline
+    from ragmed.corpus import read_corpus
+    from ragmed.pipeline import Pipeline
+    from ragmed.pipeline.build import build_from_config
+    from tests.conftest import REPO, data_path
+
+    images = data_path("vqa-rad", "images")
+    rows = json.loads(data_path("vqa-rad", "train.json").read_text())
+    split = json.loads((REPO / "eval" / "splits" / "vqa_rad_vlm_seed0.json").read_text())
+    train = sorted(split["train_images"])[:n_images]
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(json.dumps([r for r in rows if r["image_name"] in set(train)]))
+    pipe = tmp_path / f"{name}.yaml"
+    pipe.write_text(f"name: {name}\nencoders:\n  text: {{name: minilm}}\n  image: {{name: ragmed-default}}\n"
+                    f"index: {{fit_image_encoder: false}}\nselect: {{name: fixed, params: {{k: {k}}}}}\n"
+                    f"generator: {generator}\nknowledge: {{path: null}}\n")
+    build_from_config(read_corpus(corpus, format="vqa-rad", images=images), tmp_path / "idx", load_pipeline(str(pipe)),
+                      progress=False)
+    return Pipeline.for_index(tmp_path / "idx", pipe), images, rows, train

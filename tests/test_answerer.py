@@ -3,12 +3,8 @@ plumbing only; it learns a toy rule that needs the image), save/load round trip,
 closed question about a real VQA-RAD image through Pipeline.ask, citing only agreeing cases."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-
-from tests.conftest import REPO, data_path
 
 torch = pytest.importorskip("torch")
 
@@ -69,27 +65,12 @@ def test_shipped_weights_load_and_answer_through_pipeline_ask(tmp_path):
 
     if not (shipped_path() / "model.safetensors").exists():
         pytest.skip("no shipped ragmed-answerer weights")
-    images = data_path("vqa-rad", "images")
-    rows = json.loads(data_path("vqa-rad", "train.json").read_text())
-    split = json.loads((REPO / "eval" / "splits" / "vqa_rad_vlm_seed0.json").read_text())
-    train = sorted(split["train_images"])[:8]
-    corpus = tmp_path / "corpus.json"
-    corpus.write_text(json.dumps([r for r in rows if r["image_name"] in set(train)]))
-    pipe = tmp_path / "ans.yaml"
-    pipe.write_text("name: answerer-test\nencoders:\n  text: {name: minilm}\n  image: {name: ragmed-default}\n"
-                    "index: {fit_image_encoder: false}\nselect: {name: fixed, params: {k: 5}}\n"
-                    "generator: {name: ragmed-answerer, params: {fallback: vote, min_closed_confidence: 0}}\n"
-                    "knowledge: {path: null}\n")
-    from ragmed.config import load_pipeline
-    from ragmed.corpus import read_corpus
     from ragmed.generate.text import yes_no
-    from ragmed.pipeline import Pipeline
-    from ragmed.pipeline.build import build_from_config
     from ragmed.text.negation import finding_status  # noqa: F401  (S's detector, used by ground())
+    from tests.corpus_utils import vqa_rad_split_pipeline
 
-    build_from_config(read_corpus(corpus, format="vqa-rad", images=images), tmp_path / "idx", load_pipeline(str(pipe)),
-                      progress=False)
-    p = Pipeline.for_index(tmp_path / "idx", pipe)
+    p, images, rows, train = vqa_rad_split_pipeline(
+        tmp_path, 8, "answerer-test", 5, "{name: ragmed-answerer, params: {fallback: vote, min_closed_confidence: 0}}")
     img = train[0]
     qs = [r for r in rows if r["image_name"] == img and r["answer_type"].strip() == "CLOSED"
           and str(r["answer"]).strip().lower() in ("yes", "no")]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, data_path
+from tests.conftest import REPO
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
@@ -141,24 +141,9 @@ def test_shipped_parts_save_load_round_trip(shipped_peft, tmp_path):
 
 def test_shipped_vlm_answers_a_real_image_through_pipeline_ask(tmp_path):
     _need_shipped()
-    images = data_path("vqa-rad", "images")
-    rows = json.loads(data_path("vqa-rad", "train.json").read_text())
-    split = json.loads((REPO / "eval" / "splits" / "vqa_rad_vlm_seed0.json").read_text())
-    train = sorted(split["train_images"])[:6]
-    corpus = tmp_path / "corpus.json"
-    corpus.write_text(json.dumps([r for r in rows if r["image_name"] in set(train)]))
-    pipe = tmp_path / "vlm.yaml"
-    pipe.write_text("name: vlm-test\nencoders:\n  text: {name: minilm}\n  image: {name: ragmed-default}\n"
-                    "index: {fit_image_encoder: false}\nselect: {name: fixed, params: {k: 3}}\n"
-                    "generator: {name: ragmed-vlm, params: {closed: model}}\nknowledge: {path: null}\n")
-    from ragmed.config import load_pipeline
-    from ragmed.corpus import read_corpus
-    from ragmed.pipeline import Pipeline
-    from ragmed.pipeline.build import build_from_config
+    from tests.corpus_utils import vqa_rad_split_pipeline
 
-    build_from_config(read_corpus(corpus, format="vqa-rad", images=images), tmp_path / "idx", load_pipeline(str(pipe)),
-                      progress=False)
-    p = Pipeline.for_index(tmp_path / "idx", pipe)
+    p, images, rows, train = vqa_rad_split_pipeline(tmp_path, 6, "vlm-test", 3, "{name: ragmed-vlm, params: {closed: model}}")
     q = next(r for r in rows if r["image_name"] == train[0] and r["answer_type"].strip() == "CLOSED"
              and str(r["answer"]).strip().lower() in ("yes", "no"))
     a = p.ask(images / train[0], q["question"], task="closed")
