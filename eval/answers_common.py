@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,38 +68,12 @@ def image_labels(rows: list[dict]) -> dict[str, tuple[int, int]]:
 
 
 def retrieve_evidence_votes(idx: Path, pipe: Path, rows: list[dict], cache: Path, log_every: int = 50) -> dict:
-    """Per question (qid): the vote's answer, winner, weighted share, and every case's vote (ref, answer, weight)
-    over the selected evidence (own image excluded); cached in ``cache`` and resumed."""
-    from ragmed.eval.vqa import short_answer
-    from ragmed.generate.vote import VoteGenerator
-    from ragmed.pipeline import Pipeline
+    """Per question (qid): the vote's answer, winner, weighted share and every case's vote (ref, answer, weight)
+    over the selected evidence (own image excluded); cached in ``cache`` and resumed (:func:`eval_vlm.retrieve_votes`,
+    the one retrieval loop of these recipes)."""
+    import eval_vlm as E
 
-    out = json.loads(cache.read_text()) if cache.exists() else {}
-    todo = [r for r in rows if str(r["qid"]) not in out]
-    if not todo:
-        return out
-    p = Pipeline.for_index(idx, pipe)
-    voter = VoteGenerator()
-    images: dict = {}
-    t0 = time.perf_counter()
-    for n, r in enumerate(todo):
-        name = r["image"][1]
-        if name not in images:
-            images.clear()
-            images[name] = T.vqa_image(name)
-        img = images[name]
-        task = "closed" if r["closed"] else "open"
-        ret = p.retrieve(img, r["question"], exclude_hashes={img.content_hash})
-        ans = p.answer(ret, r["question"], task=task)
-        win, share, votes = voter.tally(r["question"], ans.evidence, task)
-        out[str(r["qid"])] = {"vote": short_answer(ans), "share": float(share or 0.0), "winner": win,
-                              "votes": [[v.ref, v.answer, round(float(v.weight), 4)] for v in votes],
-                              "n_evidence": len(ans.evidence)}
-        if (n + 1) % log_every == 0:
-            cache.write_text(json.dumps(out))
-            print(f"retrieval {n + 1}/{len(todo)} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
-    cache.write_text(json.dumps(out))
-    return out
+    return E.retrieve_votes(idx, pipe, rows, cache, log_every=log_every)
 
 
 if __name__ == "__main__":  # python eval/answers_common.py TOWER WORK: fill the retrieval cache (dev + eval rows)

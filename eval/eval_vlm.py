@@ -68,35 +68,39 @@ def build_index(tower: Path, train_images: list[str], work: Path) -> tuple[Path,
     return idx, pipe
 
 
-def retrieve_votes(idx: Path, pipe: Path, rows: list[dict], cache: Path) -> dict:
-    """Per evaluation question: the vote's answer and weighted share over the selected cases (its own image
-    excluded), and the cited refs; cached in ``cache`` (JSON)."""
+def retrieve_votes(idx: Path, pipe: Path, rows: list[dict], cache: Path, log_every: int = 50) -> dict:
+    """Per question (qid): the vote's answer, winner and weighted share, every case's vote (ref, answer, weight)
+    and the cited refs, over the selected cases (its own image excluded); cached in ``cache`` (JSON) and resumed.
+    The one retrieval loop of the VQA-RAD recipes (eval_vlm, answers_common, fit_evidence_pooling)."""
     from ragmed.eval.vqa import short_answer
     from ragmed.generate.vote import VoteGenerator
     from ragmed.pipeline import Pipeline
 
     out = json.loads(cache.read_text()) if cache.exists() else {}
     todo = [r for r in rows if str(r["qid"]) not in out]
-    if todo:
-        p = Pipeline.for_index(idx, pipe)
-        voter = VoteGenerator()
-        images = {}
-        t0 = time.perf_counter()
-        for n, r in enumerate(todo):
-            name = r["image"][1]
-            if name not in images:
-                images[name] = T.vqa_image(name)
-            img = images[name]
-            task = "closed" if r["closed"] else "open"
-            ret = p.retrieve(img, r["question"], exclude_hashes={img.content_hash})
-            ans = p.answer(ret, r["question"], task=task)
-            win, share, _ = voter.tally(r["question"], ans.evidence, task)
-            out[str(r["qid"])] = {"vote": short_answer(ans), "share": float(share or 0.0), "winner": win,
-                                  "citations": list(ans.citations), "n_evidence": len(ans.evidence)}
-            if (n + 1) % 50 == 0:
-                cache.write_text(json.dumps(out))
-                print(f"retrieval {n + 1}/{len(todo)} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
-        cache.write_text(json.dumps(out))
+    if not todo:
+        return out
+    p = Pipeline.for_index(idx, pipe)
+    voter = VoteGenerator()
+    images: dict = {}
+    t0 = time.perf_counter()
+    for n, r in enumerate(todo):
+        name = r["image"][1]
+        if name not in images:
+            images.clear()  # rows come grouped by image: hold one decoded image at a time
+            images[name] = T.vqa_image(name)
+        img = images[name]
+        task = "closed" if r["closed"] else "open"
+        ret = p.retrieve(img, r["question"], exclude_hashes={img.content_hash})
+        ans = p.answer(ret, r["question"], task=task)
+        win, share, votes = voter.tally(r["question"], ans.evidence, task)
+        out[str(r["qid"])] = {"vote": short_answer(ans), "share": float(share or 0.0), "winner": win,
+                              "votes": [[v.ref, v.answer, round(float(v.weight), 4)] for v in votes],
+                              "citations": list(ans.citations), "n_evidence": len(ans.evidence)}
+        if (n + 1) % log_every == 0:
+            cache.write_text(json.dumps(out))
+            print(f"retrieval {n + 1}/{len(todo)} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+    cache.write_text(json.dumps(out))
     return out
 
 
