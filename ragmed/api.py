@@ -29,6 +29,7 @@ _NAMES = {
     "QuestionError": "ragmed.text.questions",
     "MAX_QUESTION_CHARS": "ragmed.text.questions",
     "guess_task": "ragmed.text.questions",
+    "TASKS": "ragmed.text.questions",
 }
 
 __all__ = sorted(_NAMES)

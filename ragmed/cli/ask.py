@@ -5,6 +5,7 @@ import json
 
 import click
 
+from ragmed.api import TASKS
 from ragmed.settings import DEFAULT_INDEX
 
 
@@ -15,13 +16,13 @@ from ragmed.settings import DEFAULT_INDEX
               help="Index directory to answer from.")
 @click.option("--pipeline", default=None, help="pipelines/NAME.yaml or a name (default: the one that built the index).")
 @click.option("--k", type=int, default=None, help="Candidates to retrieve (default: the pipeline's top_k).")
-@click.option("--task", type=click.Choice(["closed", "open", "report"]), default=None,
+@click.option("--task", type=click.Choice(TASKS), default=None,
               help="closed (yes/no or either/or), open, or report (an empty QUESTION: write a report); default: "
                    "guessed from the question.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON (schema in the README).")
 def ask(image, question, index_dir, pipeline, k, task, as_json):
     """Answer QUESTION about IMAGE (DICOM, PNG, JPEG or a DICOM series folder) with cited evidence; with
-    ``--task report`` and no QUESTION, write a short report from the retrieved cases."""
+    --task report and no QUESTION, write a short report from the retrieved cases."""
     from ragmed.pipeline import Pipeline
     from ragmed.cli.render import render_answer
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ def load_image(image):
             path = Path(work) / "upload"
             path.write_bytes(bytes(image))
             return _load(path, root=work)
-    if not isinstance(image, (str, Path)) and not hasattr(image, "__fspath__"):
+    if not isinstance(image, (str, os.PathLike)):
         raise TypeError(f"image must be a file path, a DICOM series directory, the file's bytes, a "
                         f"ragmed.io.MedicalImage or None, not {type(image).__name__}"
                         + (" (save the array as a PNG, or wrap it in a MedicalImage)"

@@ -207,16 +207,15 @@ class AnswererGenerator:
     def predict_closed(self, question: str, image, evidence: list[Evidence]) -> tuple[str | None, float, str | None]:
         """(answer, confidence, pooling note) of a closed question: a yes/no question pools the classifier's P(yes)
         with the image-matched evidence (:func:`pool_yes`), an either/or question is the classifier's choice."""
-        from ragmed.generate.answerer.model import choose
         from ragmed.generate.chat import closed_choices
         from ragmed.generate.vote import VoteGenerator
 
-        p = self.probabilities(question, image)
-        choices = closed_choices(question)
         idx = self.model.index
-        if sorted(choices) != ["no", "yes"] or "yes" not in idx or "no" not in idx or self.evidence_beta <= 0:
-            a, c = choose(p, idx, choices)
+        if sorted(closed_choices(question)) != ["no", "yes"] or "yes" not in idx or "no" not in idx \
+                or self.evidence_beta <= 0:
+            a, c = self.predict(question, image, "closed")
             return a, c, None
+        p = self.probabilities(question, image)
         py = float(p[idx["yes"]] / max(float(p[idx["yes"]] + p[idx["no"]]), 1e-12))
         w = {"yes": 0.0, "no": 0.0}
         for v in VoteGenerator(text_encoder=None).votes(question, evidence, "closed"):
