@@ -1,7 +1,10 @@
 """Learned out-of-distribution detectors on the shipped image tower, tried against the hand rules of
 ragmed/domains/ood.py (issue 12, item 4): do they generalise where the rules do not?
 
-    python eval/ood_detectors.py [--out eval/results/ood_detectors.json] [--negatives 3000]
+    python eval/ood_detectors.py [--out eval/results/ood_detectors.json] [--negatives 3000] [--work DIR]
+
+``--work DIR`` keeps each phase's tower features (fit images, negatives, each scored set) as ``DIR/<phase>.npz``; a
+re-run with the same arguments skips the phases already there (the ~20 min of feature extraction on 2 cores).
 
 Every detector is fitted ONLY on data whose licence allows redistributing what is fitted (the images the shipped
 ragmed-default tower was trained on: VQA-RAD CC0, PneumoniaMNIST / BreastMNIST train+val CC BY, BCCD MIT, the CC BY
@@ -38,14 +41,15 @@ import train_default_encoder as TD  # noqa: E402
 REPO = S.REPO
 
 
-def tower_features(enc, arrs: list[np.ndarray]) -> np.ndarray:
+def tower_features(enc, arrs: list[np.ndarray], desc: str = "features") -> np.ndarray:
     """Per image: mean and spread of every stage's channels, the last stage's channel maxima, then the embedding."""
     import torch
+    from tqdm import tqdm
 
     from ragmed.encoders.tower import to_tensor_batch
 
     m, out = enc.model, []
-    for i in range(0, len(arrs), 128):
+    for i in tqdm(range(0, len(arrs), 128), desc=desc, unit="batch", file=sys.stderr):
         x = to_tensor_batch(np.stack(arrs[i:i + 128]), enc.preprocess_config)
         with torch.inference_mode():
             h, parts = x, []
@@ -102,6 +106,21 @@ def spectral(rng, size: int, grey: bool) -> np.ndarray:
     return np.clip(a, 0, 255).astype(np.uint8)
 
 
+def cached(work: Path | None, phase: str, make):
+    """``make()`` → (features, JSON-able metadata), kept as ``work/<phase>.npz`` when ``work`` is given and read back
+    from there on a re-run (resume)."""
+    f = work / f"{phase}.npz" if work else None
+    if f is not None and f.exists():
+        d = np.load(f, allow_pickle=False)
+        print(f"{phase}: features read from {f.name}", file=sys.stderr)
+        return d["X"], json.loads(str(d["meta"]))
+    X, meta = make()
+    if f is not None:
+        np.savez(f.with_suffix(".tmp.npz"), X=X, meta=json.dumps(meta))
+        f.with_suffix(".tmp.npz").replace(f)
+    return X, meta
+
+
 def negatives(n: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     out = []
@@ -117,7 +136,11 @@ def main() -> None:
     ap.add_argument("--per-folder", type=int, default=150)
     ap.add_argument("--negatives", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=None, help="keep each phase's features here and resume from them")
     a = ap.parse_args()
+    work = Path(a.work) if a.work else None
+    if work:
+        work.mkdir(parents=True, exist_ok=True)
     import torch
     from sklearn.covariance import LedoitWolf
     from sklearn.linear_model import LogisticRegression
@@ -132,30 +155,44 @@ def main() -> None:
     t0 = time.perf_counter()
     enc = create_encoder("ragmed-default", threads=1)
     size = enc.preprocess_config.size
-    fit_arrs, fit_grey = [], []
-    for s in TD.all_samples():
-        p = s.pixels() if callable(s.pixels) else s.pixels
-        fit_arrs.append(letterbox_array_uint8(p, size) if p.dtype == np.uint8 else letterbox_uint8(p, size))
-        fit_grey.append(p.ndim == 2)
-    Xf, fit_grey = tower_features(enc, fit_arrs), np.array(fit_grey)
-    neg = negatives(a.negatives, a.seed)
-    Xn = tower_features(enc, [letterbox_array_uint8(x, size) for x in neg])
+    def fit_phase():
+        fit_arrs, grey = [], []
+        for s in TD.all_samples():
+            p = s.pixels() if callable(s.pixels) else s.pixels
+            fit_arrs.append(letterbox_array_uint8(p, size) if p.dtype == np.uint8 else letterbox_uint8(p, size))
+            grey.append(p.ndim == 2)
+        return tower_features(enc, fit_arrs, "fit images"), grey
+
+    def negative_phase():
+        neg = negatives(a.negatives, a.seed)
+        return tower_features(enc, [letterbox_array_uint8(x, size) for x in neg], "synthetic negatives"), len(neg)
+
+    tag = f"seed{a.seed}"
+    Xf, fit_grey = cached(work, f"fit_{tag}", fit_phase)
+    fit_grey = np.array(fit_grey, dtype=bool)
+    Xn, n_neg = cached(work, f"negatives_{a.negatives}_{tag}", negative_phase)
     sets = {}
     with tempfile.TemporaryDirectory() as tmp:
         w = Path(tmp)
-        for name, items in (("refuse", S.refuse_set(w, a.seed)), ("accept", S.accept_set(w, a.per_folder, a.seed)),
-                            ("heldout", S.heldout_set(w))):
-            rows, arrs = [], []
-            for kind, nm, path in items:
-                ok, _ = S.decide(path)
-                try:
-                    im = load_image(path)
-                except Exception:  # not decodable: refused by the loader, no features
-                    rows.append({"kind": kind, "name": nm, "rules_accept": ok, "grey": True, "decodable": False})
-                    continue
-                rows.append({"kind": kind, "name": nm, "rules_accept": ok, "grey": not im.is_color, "decodable": True})
-                arrs.append(enc.preprocess(im))
-            sets[name] = (rows, tower_features(enc, arrs))
+        for name, items in (("refuse", lambda: S.refuse_set(w, a.seed)),
+                            ("accept", lambda: S.accept_set(w, a.per_folder, a.seed)),
+                            ("heldout", lambda: S.heldout_set(w))):
+            def set_phase(name=name, items=items):
+                rows, arrs = [], []
+                for kind, nm, path in items():
+                    ok, _ = S.decide(path)
+                    try:
+                        im = load_image(path)
+                    except Exception:  # not decodable: refused by the loader, no features
+                        rows.append({"kind": kind, "name": nm, "rules_accept": ok, "grey": True, "decodable": False})
+                        continue
+                    rows.append({"kind": kind, "name": nm, "rules_accept": ok, "grey": not im.is_color,
+                                 "decodable": True})
+                    arrs.append(enc.preprocess(im))
+                return tower_features(enc, arrs, name), rows
+
+            X, rows = cached(work, f"{name}_{a.per_folder}_{tag}", set_phase)
+            sets[name] = (rows, X)
     emb, feat = slice(1216, 1600), slice(0, 1216)
     rng = np.random.default_rng(a.seed)
 
@@ -190,7 +227,7 @@ def main() -> None:
     }
     res = {"task": "ood_detectors", "command": f"python eval/ood_detectors.py --negatives {a.negatives} "
                                                f"--per-folder {a.per_folder} --seed {a.seed}",
-           "fit_images": int(len(Xf)), "fit_grey_images": int(fit_grey.sum()), "synthetic_negatives": len(neg),
+           "fit_images": int(len(Xf)), "fit_grey_images": int(fit_grey.sum()), "synthetic_negatives": n_neg,
            "rules_alone": {}, "detectors": {}}
     for name, (rows, _) in sets.items():
         res["rules_alone"][name] = _shares(name, rows, [not r["rules_accept"] for r in rows])
