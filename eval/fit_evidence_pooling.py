@@ -1,6 +1,14 @@
 """Fit how much ragmed-answerer's closed yes/no answers lean on the image-matched evidence (issue 12, rare findings).
 
     python eval/fit_evidence_pooling.py --work WORK --index IDX --pipeline PIPE.yaml [--write]
+    python eval/fit_evidence_pooling.py --image-domain [--write]
+
+``--image-domain`` instead writes the answerer's image-domain reference (``ragmed/generate/answerer/
+image_domain.safetensors``, :mod:`ragmed.generate.answerer.image_domain`): the tower embeddings of the answerer's own
+training images (the training part of the split minus its dev slice) and, as threshold, their largest leave-one-out
+nearest-neighbour distance. Set on the training images only; the dev slice, the evaluation half and PneumoniaMNIST
+(train and validation images, never the test images the rare-finding benchmark asks about) are only reported:
+how many of them lie beyond it (``eval/results/answerer_image_domain.json``).
 
 The closed policy of ``ragmed/generate/answerer/backend.py`` pools two experts on the log-odds scale:
 
@@ -67,15 +75,62 @@ def _predict_alpha(predict, rows, votes, b):
     return predict(rows, votes, b, 0.5)
 
 
+def fit_image_domain(answerer_dir: str, write: bool, out: Path) -> int:
+    """Write the image-domain reference (see the module docstring) and report who lies beyond its threshold."""
+    import torch
+
+    from ragmed.generate.answerer import image_domain as D
+    from ragmed.generate.answerer.model import Answerer
+    from ragmed.io import load_image
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    ans = Answerer(answerer_dir)
+    tr, dev, ev = A.split_rows()
+
+    def emb(rows):
+        names = sorted({r["image"][1] for r in rows})
+        return D.embed(ans, [load_image(A.DATA / "vqa-rad" / "images" / n).pixels for n in names])
+
+    ref = emb(tr)
+    path = D.DOMAIN_FILE if write else out.with_suffix(".safetensors")
+    thr = D.save_domain(path, ref, D.tower_fingerprint(ans),
+                        f"tower embeddings of the {len(ref)} training images of {A.SPLIT.name} minus its dev slice")
+    dom = D.load_domain(ans, path)
+    res = {"task": "answerer-image-domain", "command": "python eval/fit_evidence_pooling.py --image-domain"
+           + (" --write" if write else ""), "n_reference": len(ref), "max_distance": round(thr, 4),
+           "rule": "an image whose nearest reference image is further than max_distance (the largest leave-one-out "
+                   "nearest-neighbour distance among the reference images) is outside the answerer's training domain",
+           "beyond": {}}
+    sets = {"vqa-rad dev slice": emb(dev), "vqa-rad evaluation half": emb(ev)}
+    with np.load(A.DATA / "images" / "pneumoniamnist.npz") as z:
+        for part in ("train", "val"):
+            x = z[f"{part}_images"][:200]
+            sets[f"pneumoniamnist {part} (first 200)"] = D.embed(ans, [a.astype(np.float32) / 255.0 for a in x])
+    for name, e in sets.items():
+        d = D.nearest_distance(e, dom.embeddings)
+        res["beyond"][name] = {"n": len(d), "share_beyond": round(float((d > dom.max_distance).mean()), 4),
+                               "median_distance": round(float(np.median(d)), 4)}
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    out.write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--index", required=True)
-    ap.add_argument("--pipeline", required=True)
+    ap.add_argument("--image-domain", action="store_true", help="write the answerer's image-domain reference instead")
+    ap.add_argument("--work")
+    ap.add_argument("--index")
+    ap.add_argument("--pipeline")
     ap.add_argument("--answerer", default=str(A.REPO / "ragmed" / "generate" / "answerer" / "weights" / "ragmed-answerer"))
     ap.add_argument("--out", default=str(A.REPO / "eval" / "results" / "evidence_pooling.json"))
     ap.add_argument("--write", action="store_true", help=f"store beta, alpha and the threshold in {OUT_PARAMS.name}")
     a = ap.parse_args(argv)
+    if a.image_domain:
+        return fit_image_domain(a.answerer, a.write, A.REPO / "eval" / "results" / "answerer_image_domain.json")
+    if not (a.work and a.index and a.pipeline):
+        ap.error("--work, --index and --pipeline are required (or --image-domain)")
 
     import torch
 

@@ -9,6 +9,10 @@ the retrieved cases are cited only where they agree (issue S's rules, :func:`rag
   (``eval/fit_evidence_pooling.py`` → ``evidence_pooling.json``; beta = 0 or no file: the classifier alone);
   ``ground()`` cites the retrieved cases that say the same, never one that says the opposite, and when the
   answer departs from the majority of the cases that answer it says so and flags ``departs-from-evidence``;
+  an image unlike all of the answerer's training images (:mod:`ragmed.generate.answerer.image_domain`: further from
+  them than any training image from its nearest neighbour, e.g. a 28-pixel MedMNIST X-ray) is not read by the
+  classifier: the vote over the image-matched evidence answers (flags ``answerer-fallback:image-outside-training``,
+  ``image-distance:<d>``; "insufficient evidence" when no case speaks to the finding);
 - open questions: the classifier's in-vocabulary answer when its probability is at least ``min_open_confidence``
   (calibrated on the training part's dev slice, stored in the weights' ``config.json``), cited where a case contains
   it; otherwise the ``fallback`` generator (default ``gguf``: SmolLM2 reading the retrieved text) answers;
@@ -78,14 +82,16 @@ class AnswererGenerator:
     questions and reports), ``min_open_confidence`` / ``min_closed_confidence`` (default: the weights' calibration,
     or the pooling's dev calibration when pooling is on), ``evidence_beta`` / ``evidence_alpha`` (the pooling of
     yes/no answers with the evidence; default ``evidence_pooling.json``; ``evidence_beta: 0`` = the classifier
-    alone), ``threads`` (torch threads, 1), ``text_encoder`` (the question encoder; default ragmed's ``minilm``)."""
+    alone), ``image_domain`` (default true: a closed question about an image unlike the answerer's training images
+    is answered from the evidence, :mod:`ragmed.generate.answerer.image_domain`), ``threads`` (torch threads, 1), ``text_encoder`` (the question encoder; default ragmed's ``minilm``)."""
 
     id = "ragmed-answerer"
 
     def __init__(self, weights: str | None = None, *, fallback: str | None = "gguf",
                  fallback_params: dict[str, Any] | None = None, min_open_confidence: float | None = None,
                  min_closed_confidence: float | None = None, evidence_beta: float | None = None,
-                 evidence_alpha: float | None = None, threads: int | None = 1, text_encoder=None):
+                 evidence_alpha: float | None = None, image_domain: bool = True, threads: int | None = 1,
+                 text_encoder=None):
         self.weights = Path(weights) if weights else shipped_path()
         self.fallback_name = fallback
         self.fallback_params = dict(fallback_params or {})
@@ -96,6 +102,8 @@ class AnswererGenerator:
         self.evidence_alpha = float(pool["alpha"] if evidence_alpha is None else evidence_alpha)
         # the pooled answers' threshold was calibrated with the pooling it goes with; explicit beta → weights' own
         self._pool_min_closed = pool.get("min_closed_confidence") if evidence_beta is None else None
+        self.image_domain = bool(image_domain)
+        self._domain = None  # (ImageDomain | None,) once loaded
         self.threads = threads
         self.text_encoder = text_encoder
         self._model = None
@@ -204,6 +212,27 @@ class AnswererGenerator:
         j = int(np.argmax(p))
         return self.model.vocab[j], float(p[j])
 
+    def outside_training(self, image) -> float | None:
+        """The query image's nearest-neighbour distance to the answerer's training images when it lies beyond all of
+        them (further than any training image from its nearest neighbour), else None; None too when the check is off
+        (``image_domain: false``, no reference file, or a retrained tower the reference does not describe)."""
+        if not self.image_domain or not self.model.image_branch:
+            return None
+        if self._domain is None:
+            with self._lock:
+                if self._domain is None:
+                    from ragmed.generate.answerer.image_domain import load_domain
+
+                    self._domain = (load_domain(self.model),)
+        dom = self._domain[0]
+        if dom is None:
+            return None
+        from ragmed.generate.hf import torch_threads
+
+        with torch_threads(self.threads):
+            d = dom.distance(self.model, image.pixels)
+        return d if d > dom.max_distance else None
+
     def predict_closed(self, question: str, image, evidence: list[Evidence]) -> tuple[str | None, float, str | None]:
         """(answer, confidence, pooling note) of a closed question: a yes/no question pools the classifier's P(yes)
         with the image-matched evidence (:func:`pool_yes`), an either/or question is the classifier's choice."""
@@ -248,6 +277,13 @@ class AnswererGenerator:
                                            "report" if task == "report" else "no-image")
         note = None
         if task == "closed":
+            far = self.outside_training(image)
+            if far is not None:  # the classifier would guess outside its domain: the image-matched evidence answers
+                from ragmed.generate.vote import VoteGenerator
+
+                g = VoteGenerator(text_encoder=self._encoder()).generate(question, evidence, knowledge, task=task)
+                return replace(g, flags=list(g.flags) + ["answerer-fallback:image-outside-training",
+                                                         f"image-distance:{far:.2f}"])
             ans, p, note = self.predict_closed(question, image, evidence)
         else:
             ans, p = self.predict(question, image, task)
