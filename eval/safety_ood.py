@@ -1,6 +1,7 @@
 """Out-of-distribution refusal of the DEFAULT pipeline's image check (issue 12, item 4).
 
     python eval/safety_ood.py --out eval/results/safety_ood.json [--per-folder 150] [--before]
+    python eval/safety_ood.py --calibrate --per-folder 600 --seed 1   # the grey-photograph thresholds (medical only)
 
 Two sets:
 
@@ -180,15 +181,61 @@ def decide(path: Path) -> tuple[bool, str]:
     return True, ""
 
 
+def calibrate(per_folder: int, seed: int) -> dict:
+    """The grey-photograph rules' thresholds, from medical images only: over a seeded sample of the shared medical
+    images (``accept_set(per_folder, seed)``, grey ones: the rules apply to grey images only), the largest
+    :func:`~ragmed.domains.ood.top_bright_smooth` (the rule refuses above it, rounded up to 0.01) and the largest
+    :func:`~ragmed.domains.ood.face_neighbours` (the rule refuses from one more). No photograph is read."""
+    import math
+
+    from ragmed.domains.ood import face_neighbours, top_bright_smooth
+    from ragmed.errors import RagmedError
+    from ragmed.io import load_image
+
+    t0 = time.perf_counter()
+    tops, faces = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for folder, name, path in accept_set(Path(tmp), per_folder, seed):
+            try:
+                img = load_image(path)
+            except RagmedError:
+                continue
+            if img.is_color or min(img.pixels.shape[:2]) < 9:
+                continue
+            tops.append((top_bright_smooth(img), name))
+            faces.append((face_neighbours(img), name))
+    tops.sort(reverse=True)
+    faces.sort(reverse=True)
+    return {"task": "safety_ood_calibration",
+            "command": f"python eval/safety_ood.py --calibrate --per-folder {per_folder} --seed {seed}",
+            "note": "thresholds of ragmed.domains.ood's grey-photograph rules, set on grey medical images only",
+            "n_grey_medical": len(tops),
+            "max_top_bright_smooth": round(tops[0][0], 4),
+            "MAX_TOP_BRIGHT_SMOOTH": math.ceil(tops[0][0] * 100) / 100,
+            "max_face_neighbours": faces[0][0], "MIN_FACE_NEIGHBOURS": faces[0][0] + 1,
+            "highest_top_bright_smooth": [{"name": n, "value": round(v, 4)} for v, n in tops[:5]],
+            "highest_face_neighbours": [{"name": n, "value": v} for v, n in faces[:5]],
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "eval" / "results" / "safety_ood.json"))
     ap.add_argument("--per-folder", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--before", action="store_true", help="the pre-issue default pipeline: no image check at all")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="set the grey-photograph thresholds on medical images only (use e.g. --per-folder 600 "
+                         "--seed 1) and write them to --out (default eval/results/safety_ood_calibration.json)")
     a = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"shared data not found at {DATA} (set RAGMED_DATA)")
+    if a.calibrate:
+        res = calibrate(a.per_folder, a.seed)
+        out = Path(a.out) if a.out != ap.get_default("out") else REPO / "eval" / "results" / "safety_ood_calibration.json"
+        out.write_text(json.dumps(res, indent=1))
+        print(json.dumps(res, indent=1))
+        return
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

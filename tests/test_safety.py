@@ -193,6 +193,34 @@ def test_default_pipeline_refuses_what_is_not_a_medical_image(chest, tmp_path):
             p.ask(f, QUESTION_PTX)
 
 
+def test_grey_photographs_are_refused_a_sky_band_and_a_face(tmp_path):
+    """scikit-image's grey ``camera`` photograph (a man under a bright sky) and a grey portrait (matplotlib's Grace
+    Hopper) are refused by the grey-photograph rules, whose thresholds were set on medical images only; a grey
+    radiograph is measured well inside both."""
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (the eval extra) ships the photographs")
+    import matplotlib.cbook as cbook
+    from PIL import Image
+
+    from ragmed.domains.ood import (MAX_TOP_BRIGHT_SMOOTH, MIN_FACE_NEIGHBOURS, check_image, face_neighbours,
+                                    top_bright_smooth)
+    from ragmed.errors import DomainError
+    from ragmed.io import load_image
+
+    cam = load_image(_png(tmp_path / "camera.png", skimage_data.camera()))
+    assert top_bright_smooth(cam) > MAX_TOP_BRIGHT_SMOOTH
+    with pytest.raises(DomainError, match="bright, smooth band"):
+        check_image(cam)
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        grey = np.asarray(Image.open(f).convert("L"))
+    hopper = load_image(_png(tmp_path / "hopper.png", grey))
+    assert not hopper.is_color and face_neighbours(hopper) >= MIN_FACE_NEIGHBOURS
+    with pytest.raises(DomainError, match="human face"):
+        check_image(hopper)
+    xray = load_image(data_path("dicom", "J2KI", "RG1_J2KI"))
+    assert top_bright_smooth(xray) <= MAX_TOP_BRIGHT_SMOOTH and face_neighbours(xray) < MIN_FACE_NEIGHBOURS
+    check_image(xray)
+
+
 def test_medical_photographs_and_medmnist_stay_accepted():
     from ragmed.domains.ood import check_image
     from ragmed.io import load_image

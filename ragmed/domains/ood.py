@@ -9,6 +9,7 @@ Pixel statistics only (no model, deterministic, a few milliseconds): see :func:`
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -140,6 +141,46 @@ def _ink_on_paper(image) -> dict[str, float]:
     return {"ink": float((d > 0.12).mean()), "rough": rough, "dark": float((g < 0.05).mean())}
 
 
+# Set on medical images only (``python eval/safety_ood.py --calibrate`` → eval/results/safety_ood_calibration.json):
+# each is above the largest value any grey medical image of the calibration sample reaches.
+MAX_TOP_BRIGHT_SMOOTH = 0.66
+MIN_FACE_NEIGHBOURS = 12
+_CASCADE: list = []
+_CASCADE_LOCK = threading.Lock()
+
+
+def top_bright_smooth(image) -> float:
+    """Share of the top eighth of the grey image (at most 256 px a side) that is bright (> 0.5) and smooth (9×9 local
+    standard deviation < 0.02): a sky or a lit wall above a photographed scene. In a radiograph, CT or MR image empty
+    space is dark (air), so this band is bone or soft tissue, textured, or a dark surround."""
+    from scipy import ndimage as ndi
+
+    g = _gray_small(image, 256).astype(np.float32)
+    m = ndi.uniform_filter(g, 9)
+    sd = np.sqrt(np.maximum(ndi.uniform_filter(g * g, 9) - m * m, 0.0))
+    top = slice(0, max(1, g.shape[0] // 8))
+    return float(((sd[top] < 0.02) & (g[top] > 0.5)).mean())
+
+
+def face_neighbours(image) -> int:
+    """The strongest frontal-face detection in the grey image (longest side scaled to 256 px): the number of
+    overlapping detections OpenCV's shipped Haar cascade (``haarcascade_frontalface_alt2.xml``, opencv-python-headless)
+    merges into it, 0 when none. A grey photograph of a person is not a radiograph."""
+    import cv2  # opencv-python-headless (a core dependency): its wheel ships the Haar cascades
+
+    if not _CASCADE:
+        with _CASCADE_LOCK:
+            if not _CASCADE:
+                _CASCADE.append(cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_alt2.xml"))
+    g8 = np.clip(np.rint(image.to_gray() * 255), 0, 255).astype(np.uint8)
+    h, w = g8.shape
+    s = 256 / max(h, w)
+    g8 = cv2.resize(g8, (max(1, round(w * s)), max(1, round(h * s))),
+                    interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    _, counts = _CASCADE[0].detectMultiScale2(g8, scaleFactor=1.1, minNeighbors=1, minSize=(24, 24))
+    return int(max(np.ravel(counts), default=0))
+
+
 def check_image(image, *, min_side: int = MIN_SIDE) -> None:
     """Refuse, with a :class:`~ragmed.errors.DomainError` naming the reason, what is not a diagnostic medical image:
 
@@ -160,6 +201,11 @@ def check_image(image, *, min_side: int = MIN_SIDE) -> None:
     6. a colour photograph mixing warm and blue hues in sharp detail (mean gradient > 0.03, ≥ 30 % colourful pixels,
        ≥ 20 % of them warm and ≥ 20 % blue: a portrait in a blue uniform, a street); a blood smear mixes those hues
        too but is smooth and mostly pale (≤ 13 % colourful, gradient ≤ 0.012).
+
+    7. a grey photograph: a bright, smooth band along the top (sky, a lit wall: :func:`top_bright_smooth` >
+       ``MAX_TOP_BRIGHT_SMOOTH``), or a human face (:func:`face_neighbours` ≥ ``MIN_FACE_NEIGHBOURS``); both
+       thresholds lie above every grey medical image of a calibration sample of the shared data, set on those
+       medical images alone (``eval/safety_ood.py --calibrate``), never on photographs.
 
     The thresholds were set on the shared medical images (VQA-RAD, NEMA DICOM, dermoscopy, lung ultrasound,
     histopathology, brain MRI, blood smears, MedMNIST) and the photographs bundled with scikit-image, scikit-learn
@@ -189,6 +235,16 @@ def check_image(image, *, min_side: int = MIN_SIDE) -> None:
         raise DomainError(f"the image is a flat, low-contrast picture (spread {s['std']:.2f}, gradient "
                           f"{s['edge']:.3f}), not a medical image", path=image.source,
                           remedy="send the diagnostic image itself")
+    if not image.is_color:
+        top = top_bright_smooth(image)
+        if top > MAX_TOP_BRIGHT_SMOOTH:
+            raise DomainError(f"the image looks like a photograph: a bright, smooth band along its top ({top:.0%}, a sky "
+                              "or a lit wall), where a radiograph, CT or MR image has dark air or tissue; not a "
+                              "medical image", path=image.source, remedy="send the diagnostic image itself")
+        faces = face_neighbours(image)
+        if faces >= MIN_FACE_NEIGHBOURS:
+            raise DomainError("the image shows a human face: a photograph of a person, not a radiograph or other "
+                              "medical image", path=image.source, remedy="send the diagnostic image itself")
     if image.is_color and s["edge"] > 0.03:
         colourful, warm_share, blue_share = _hue_mix(image)
         if colourful >= 0.3 and warm_share >= 0.2 and blue_share >= 0.2:
@@ -203,4 +259,5 @@ def check_image(image, *, min_side: int = MIN_SIDE) -> None:
                               remedy="send the diagnostic image itself")
 
 
-__all__ = ["check_image", "check_content", "content_features", "MIN_SIDE"]
+__all__ = ["check_image", "check_content", "content_features", "top_bright_smooth", "face_neighbours", "MIN_SIDE",
+           "MAX_TOP_BRIGHT_SMOOTH", "MIN_FACE_NEIGHBOURS"]
