@@ -198,7 +198,7 @@ def test_grey_photographs_are_refused_a_sky_band_and_a_face(tmp_path):
     Hopper) are refused by the grey-photograph rules, whose thresholds were set on medical images only; a grey
     radiograph is measured well inside both."""
     skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (the eval extra) ships the photographs")
-    import matplotlib.cbook as cbook
+    cbook = pytest.importorskip("matplotlib.cbook", reason="matplotlib (the eval extra) ships the portrait")
     from PIL import Image
 
     from ragmed.domains.ood import (MAX_TOP_BRIGHT_SMOOTH, MIN_FACE_NEIGHBOURS, check_image, face_neighbours,

@@ -3,7 +3,8 @@ configured domains (``Pipeline.route`` / ``retrieve`` call :func:`check_image` f
 check is the same function), before any retrieval, so that a blank frame, a thumbnail, noise, a natural photograph
 or a page of text gets a clear :class:`~ragmed.errors.DomainError` instead of an answer.
 
-Pixel statistics only (no model, deterministic, a few milliseconds): see :func:`check_image` for the rules and
+Pixel statistics and, for grey images, OpenCV's shipped Haar face cascade (deterministic, tens of milliseconds; no
+model of ragmed's own): see :func:`check_image` for the rules and
 ``eval/safety_ood.py`` for what they refuse and accept (``eval/results/safety_ood.json``).
 """
 from __future__ import annotations
@@ -166,7 +167,11 @@ def face_neighbours(image) -> int:
     """The strongest frontal-face detection in the grey image (longest side scaled to 256 px): the number of
     overlapping detections OpenCV's shipped Haar cascade (``haarcascade_frontalface_alt2.xml``, opencv-python-headless)
     merges into it, 0 when none. A grey photograph of a person is not a radiograph."""
-    import cv2  # opencv-python-headless (a core dependency): its wheel ships the Haar cascades
+    try:
+        import cv2  # opencv-python-headless (a core dependency): its wheel ships the Haar cascades
+    except ImportError as e:  # a safety check is never skipped silently
+        raise ImportError("ragmed's image check needs opencv-python-headless<5 (a core dependency: "
+                          "pip install 'opencv-python-headless>=4.8,<5')") from e
 
     if not _CASCADE:
         with _CASCADE_LOCK:
