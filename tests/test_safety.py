@@ -221,6 +221,19 @@ def test_grey_photographs_are_refused_a_sky_band_and_a_face(tmp_path):
     check_image(xray)
 
 
+def test_grey_photograph_thresholds_are_the_medical_calibrations():
+    """The shipped thresholds are the ones eval/safety_ood.py --calibrate derived from grey medical images alone."""
+    from pathlib import Path
+
+    from ragmed.domains.ood import MAX_TOP_BRIGHT_SMOOTH, MIN_FACE_NEIGHBOURS
+
+    cal = json.loads((Path(__file__).resolve().parent.parent / "eval" / "results" /
+                      "safety_ood_calibration.json").read_text())
+    assert cal["n_grey_medical"] >= 1000
+    assert MAX_TOP_BRIGHT_SMOOTH == cal["MAX_TOP_BRIGHT_SMOOTH"] >= cal["max_top_bright_smooth"]
+    assert MIN_FACE_NEIGHBOURS == cal["MIN_FACE_NEIGHBOURS"] == cal["max_face_neighbours"] + 1
+
+
 def test_medical_photographs_and_medmnist_stay_accepted():
     from ragmed.domains.ood import check_image
     from ragmed.io import load_image

@@ -146,8 +146,7 @@ def _ink_on_paper(image) -> dict[str, float]:
 # each is above the largest value any grey medical image of the calibration sample reaches.
 MAX_TOP_BRIGHT_SMOOTH = 0.66
 MIN_FACE_NEIGHBOURS = 12
-_CASCADE: list = []
-_CASCADE_LOCK = threading.Lock()
+_CASCADE = threading.local()  # one classifier per thread: OpenCV's CascadeClassifier is not safe to share
 
 
 def top_bright_smooth(image) -> float:
@@ -173,16 +172,17 @@ def face_neighbours(image) -> int:
         raise ImportError("ragmed's image check needs opencv-python-headless<5 (a core dependency: "
                           "pip install 'opencv-python-headless>=4.8,<5')") from e
 
-    if not _CASCADE:
-        with _CASCADE_LOCK:
-            if not _CASCADE:
-                _CASCADE.append(cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_alt2.xml"))
+    cascade = getattr(_CASCADE, "face", None)
+    if cascade is None:
+        cascade = _CASCADE.face = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_alt2.xml")
+        if cascade.empty():
+            raise RuntimeError("OpenCV's haarcascade_frontalface_alt2.xml did not load (opencv-python-headless<5)")
     g8 = np.clip(np.rint(image.to_gray() * 255), 0, 255).astype(np.uint8)
     h, w = g8.shape
     s = 256 / max(h, w)
     g8 = cv2.resize(g8, (max(1, round(w * s)), max(1, round(h * s))),
                     interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    _, counts = _CASCADE[0].detectMultiScale2(g8, scaleFactor=1.1, minNeighbors=1, minSize=(24, 24))
+    _, counts = cascade.detectMultiScale2(g8, scaleFactor=1.1, minNeighbors=1, minSize=(24, 24))
     return int(max(np.ravel(counts), default=0))
 
 
