@@ -227,13 +227,21 @@ def cmd_ondisk(args) -> None:
         if store not in stores or place not in ("ram", "disk") or cache not in CACHE_MODES or more not in ([], ["ivf-ram"]):
             sys.exit(f"--search {spec!r}: want STORE:ram|disk:{'|'.join(CACHE_MODES)}[:ivf-ram] with STORE one of "
                      f"{stores}")
-        r = subprocess.run([sys.executable, __file__, "_search", str(work), "--nprobes", args.nprobes,
-                            "--refine", args.refine, "--rerank", store, "--cache", cache]
-                           + (["--store-in-ram"] if place == "ram" else []) + (["--ivf-in-ram"] if more else []),
-                           capture_output=True, text=True)
+        cmd = ([sys.executable, __file__, "_search", str(work), "--nprobes", args.nprobes,
+                "--refine", args.refine, "--rerank", store, "--cache", cache, "--warmup", str(args.warmup)]
+               + (["--store-in-ram"] if place == "ram" else []) + (["--ivf-in-ram"] if more else [])
+               + (["--skip-unrefined", "--caches-dropped"] if args.mem_limit_gib else []))
+        if args.mem_limit_gib:
+            r, cg = run_in_memory_cgroup(cmd, int(args.mem_limit_gib * 2**30))
+        else:
+            r, cg = subprocess.run(cmd, capture_output=True, text=True), None
         if r.returncode != 0:
             sys.exit(r.stderr[-3000:])
         results.append({"spec": spec, **json.loads(r.stdout.strip().splitlines()[-1])})
+        if cg:
+            results[-1]["cgroup"] = cg
+            print(f"{spec}: cgroup peak {cg['peak_usage_mib']:.0f} MiB of {cg['limit_mib']:.0f} MiB "
+                  f"(limit hit {cg['failcnt']} times)", file=sys.stderr, flush=True)
         print(f"{spec}: " + "; ".join(f"nprobe {x['nprobe']} refine {x['refine_candidates']}: R@10 "
                                       f"{x['recall@10']:.3f} p50 {x['p50_ms']:.1f} ms" for x in results[-1]["sweep"])
               + f"; peak RSS {results[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
@@ -251,10 +259,58 @@ def cmd_ondisk(args) -> None:
                "ground_truth": "exact inner-product top-100 of the queries over all n float32 vectors, merged block "
                "by block (faiss.knn per block)", "search": results[0], "searches": results,
                "load_avg_at_end": load_avg()}
+    if args.mem_limit_gib:
+        payload["memory_limit"] = (f"each search process ran in its own cgroup-v1 memory cgroup limited to "
+                                   f"{args.mem_limit_gib} GiB ({int(args.mem_limit_gib * 2**30)} bytes), which "
+                                   "charges its anonymous memory and every page-cache page it faults in (mmap of the "
+                                   "IVF lists, pread of the re-ranking store); the system page cache was dropped "
+                                   "(sync; drop_caches=3) before it started, so no page that another process had "
+                                   "cached was served to it uncharged")
     print(json.dumps(payload, indent=2))
     write_result(args.name or f"bench_scale_ondisk_{_size(n)}", payload)
     if args.cleanup:
         shutil.rmtree(work, ignore_errors=True)
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
+
+
+def run_in_memory_cgroup(cmd: list[str], limit_bytes: int) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run ``cmd`` in a fresh cgroup-v1 memory cgroup limited to ``limit_bytes``, after dropping the system page
+    cache, so that everything the process touches (its anonymous memory and the page cache of the files it maps or
+    reads) is charged to it and held under the limit; the kernel reclaims the cgroup's page cache when it reaches the
+    limit. Returns the process and the cgroup's peak usage and final ``memory.stat``. Needs root and a writable
+    cgroup-v1 memory controller: exits with a message saying so where there is none."""
+    cg = CGROUP_ROOT / f"ragmed-bench-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        cg.mkdir()
+    except OSError as e:
+        sys.exit(f"--mem-limit-gib: skipped, no writable cgroup-v1 memory controller at {CGROUP_ROOT} ({e}); "
+                 "run as root on a machine with one (cgroup v2 hosts: use systemd-run -p MemoryMax=... instead)")
+    try:
+        (cg / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        # the child joins the cgroup before exec: everything from the interpreter's start on is charged
+        r = subprocess.run(["sh", "-c", f'echo $$ > {cg / "cgroup.procs"} && exec "$@"', "sh", *cmd],
+                           capture_output=True, text=True)
+        stat = {ln.split()[0]: int(ln.split()[1]) for ln in (cg / "memory.stat").read_text().splitlines()}
+        mib = 1 / 2**20
+        out = {"limit_mib": limit_bytes * mib,
+               "peak_usage_mib": int((cg / "memory.max_usage_in_bytes").read_text()) * mib,
+               "peak_usage_bytes": int((cg / "memory.max_usage_in_bytes").read_text()),
+               "failcnt": int((cg / "memory.failcnt").read_text()),
+               "at_exit_mib": {k: stat[k] * mib for k in ("cache", "rss", "mapped_file", "inactive_file",
+                                                          "active_file") if k in stat},
+               "charged": "anonymous memory + page cache (mmap and pread) of the process, peak = "
+                          "memory.max_usage_in_bytes; failcnt = times the limit was reached (page cache reclaimed)"}
+    finally:
+        try:
+            (cg / "memory.force_empty").write_text("0")
+        except OSError:
+            pass
+        cg.rmdir()
+    return r, out
 
 
 CACHE_MODES = ("warm", "cold", "cold-query", "as-is")
@@ -393,10 +449,44 @@ def cmd_search(args) -> None:
     q = np.load(work / "queries.npy")
     gt = np.load(work / "gt.npy")
     faiss.omp_set_num_threads(1)  # one query at a time, one core: the per-query latency a server sees
+
+    def one(qv: np.ndarray, k0: int, refine: int) -> tuple[np.ndarray, float]:
+        """One query: IVF-PQ top-k0, then (refine) re-ranking of the candidates against the store."""
+        t = time.perf_counter()
+        _, I = index.search(qv[None], k0)
+        t_ivf = time.perf_counter() - t
+        cand = I[0][I[0] >= 0]
+        if refine:  # re-ranking of the candidates against the re-ranking store
+            order = np.sort(cand)
+            s = rows_of(order) @ qv
+            cand = order[np.argsort(-s)[:10]]
+        return cand[:10], t_ivf
+
+    nprobes = [int(x) for x in args.nprobes.split(",")]
+    refines = ([] if args.skip_unrefined else [0]) + [int(r) for r in args.refine.split(",")]
+    warmup = None
+    if args.warmup:  # other draws of the generator than the measured queries: they touch other re-ranking rows
+        ivf.nprobe, rf = max(nprobes), max(refines)
+        wq = sample(mixture()[0], args.warmup, seed=4)
+        wl = []
+        for i in range(len(wq)):
+            t = time.perf_counter()
+            one(wq[i], 10 * rf if rf else 10, rf)
+            wl.append(time.perf_counter() - t)
+        wl = np.array(wl) * 1e3
+        warmup = {"queries": len(wq), "nprobe": ivf.nprobe, "refine_candidates": 10 * rf,
+                  "first_10_ms": [round(float(x), 2) for x in wl[:10]],
+                  "first_50": {"p50_ms": float(np.median(wl[:50])), "p95_ms": float(np.percentile(wl[:50], 95)),
+                               "mean_ms": float(wl[:50].mean())},
+                  "all": {"p50_ms": float(np.median(wl)), "p95_ms": float(np.percentile(wl, 95)),
+                          "mean_ms": float(wl.mean())},
+                  "last_100": {"p50_ms": float(np.median(wl[-100:])), "p95_ms": float(np.percentile(wl[-100:], 95))},
+                  "peak_rss_mb_after": vm_hwm_mb()}
+        print({"warmup": warmup}, file=sys.stderr, flush=True)
     rows, residency = [], []
-    for nprobe in [int(x) for x in args.nprobes.split(",")]:
+    for nprobe in nprobes:
         ivf.nprobe = nprobe
-        for refine in [0] + [int(r) for r in args.refine.split(",")]:
+        for refine in refines:
             k0 = 10 * refine if refine else 10
             if args.cache == "cold":
                 cache.drop()
@@ -408,16 +498,10 @@ def cmd_search(args) -> None:
                     if i == 0:
                         residency.append(cache.resident())
                 t = time.perf_counter()
-                _, I = index.search(q[i:i + 1], k0)
-                t_ivf = time.perf_counter() - t
-                cand = I[0][I[0] >= 0]
-                if refine:  # re-ranking of the candidates against the re-ranking store
-                    order = np.sort(cand)
-                    s = rows_of(order) @ q[i]
-                    cand = order[np.argsort(-s)[:10]]
+                cand, t_ivf = one(q[i], k0, refine)
                 lat.append(time.perf_counter() - t)
                 lat_ivf.append(t_ivf)
-                found.append(cand[:10])
+                found.append(cand)
             recall = float(np.mean([len(set(f.tolist()) & set(g[:10].tolist())) / 10 for f, g in zip(found, gt)]))
             rows.append({"nprobe": nprobe, "refine_candidates": k0 if refine else 0, "recall@10": recall,
                          **percentiles(lat), "ivf_search_p50_ms": float(np.median(lat_ivf) * 1e3)})
@@ -432,11 +516,15 @@ def cmd_search(args) -> None:
                                 "timing: each query reads what it needs of "
                                 + (", ".join(p.name for p in files) or "nothing (all in RAM)") + " from disk",
                   "as-is": "as the build left it"}[args.cache]
+    if args.caches_dropped:
+        page_cache = ("system page cache dropped (drop_caches) before this process started; then "
+                      + ("files " + page_cache if args.cache == "warm" else page_cache if args.cache != "as-is"
+                         else "nothing pre-read"))
     print(json.dumps({"open_s": open_s, "cache": args.cache, "page_cache": page_cache,
                       "resident_after_drop": residency[:3], "store": kind, "store_in_ram": in_ram is not None,
                       "ivf_lists_in_ram": bool(args.ivf_in_ram),
                       "store_bytes_per_vector": row_bytes, "load_store_s": load_store_s,
-                      "peak_rss_mb": vm_hwm_mb(), "rss_at_end_mb": status, "sweep": rows,
+                      "peak_rss_mb": vm_hwm_mb(), "rss_at_end_mb": status, "warmup": warmup, "sweep": rows,
                       "threads": 1, "load_avg_at_end": load_avg(),
                       "reranking": ("rows gathered from the store in memory" if in_ram is not None else
                                     "pread of the candidate rows per query from " + STORE_FILE[kind])
@@ -777,6 +865,12 @@ def main() -> None:
     p.add_argument("--cleanup", action="store_true", help="delete the work directory after the result is written")
     p.add_argument("--warm-cache", action="store_true",
                    help="read the index files once sequentially before timing (a server's page cache, not its RSS)")
+    p.add_argument("--mem-limit-gib", type=float, default=0,
+                   help="run each search process in a cgroup-v1 memory cgroup of this many GiB (page cache included) "
+                   "after dropping the system page cache (root); skips the unrefined row")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="queries (other draws than the measured ones) run before the timed sweep, at its largest "
+                   "nprobe and refine; their latencies are reported apart (cold when the cache was dropped)")
     p = sub.add_parser("_search")
     p.add_argument("work")
     p.add_argument("--nprobes", default="16,32,64")
@@ -785,6 +879,9 @@ def main() -> None:
     p.add_argument("--store-in-ram", action="store_true")
     p.add_argument("--ivf-in-ram", action="store_true", help="read the IVF lists into memory at open")
     p.add_argument("--cache", choices=CACHE_MODES, default="as-is")
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--skip-unrefined", action="store_true")
+    p.add_argument("--caches-dropped", action="store_true", help="(description) the parent dropped the page cache")
     p = sub.add_parser("pgvector")
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--work", default=None)
