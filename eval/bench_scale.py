@@ -789,6 +789,9 @@ def cmd_project(args) -> None:
     best = min((r for r in chosen["sweep"] if r["refine_candidates"] and r["recall@10"] >= 0.9),
                key=lambda r: r["p50_ms"])
     best = {**best, "search_spec": chosen["spec"], "query_process_peak_rss_mb": chosen.get("peak_rss_mb")}
+    if chosen.get("cgroup"):  # measured under a memory cgroup: the peak of process + page cache it touched
+        best["query_cgroup_peak_mib (process + its page cache)"] = chosen["cgroup"]["peak_usage_mib"]
+        best["query_cgroup_limit_mib"] = chosen["cgroup"]["limit_mib"]
     worker_rate = None
     if ray:
         worker_rate = max((r["steady_window"]["cases_per_s"] if r.get("steady_window") else
@@ -811,6 +814,9 @@ def cmd_project(args) -> None:
             held = raw_b + (ivf_b if ivf_ram else 0)
             row["query_RAM_GB (" + ("IVF lists + " if ivf_ram else "") + "re-ranking store)"] = round(N * held / 1e9, 1)
             row["nodes_by_ram"] = int(np.ceil(N * held / (args.node_ram_gb * 0.5e9)))
+        else:  # on disk: what a query node's page cache must hold for warm latencies (lists + store)
+            row["page_cache_GB_for_warm_queries (IVF lists + re-ranking store)"] = round(N * (ivf_b + raw_b) / 1e9, 1)
+            row["nodes_by_ram"] = int(np.ceil(N * (ivf_b + raw_b) / (args.node_ram_gb * 0.5e9)))
         if scanned_1m:
             row["codes_scanned_per_query_at_same_nprobe"] = int(best["nprobe"] * N / nlist)
         if worker_rate:
