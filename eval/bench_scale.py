@@ -224,12 +224,14 @@ def cmd_ondisk(args) -> None:
     results = []
     for spec in specs:
         store, place, cache, *more = spec.split(":")
-        if store not in stores or place not in ("ram", "disk") or cache not in CACHE_MODES or more not in ([], ["ivf-ram"]):
-            sys.exit(f"--search {spec!r}: want STORE:ram|disk:{'|'.join(CACHE_MODES)}[:ivf-ram] with STORE one of "
+        if store not in stores or place not in ("ram", "disk", "mmap") or cache not in CACHE_MODES \
+                or more not in ([], ["ivf-ram"]):
+            sys.exit(f"--search {spec!r}: want STORE:ram|disk|mmap:{'|'.join(CACHE_MODES)}[:ivf-ram] with STORE one of "
                      f"{stores}")
         cmd = ([sys.executable, __file__, "_search", str(work), "--nprobes", args.nprobes,
                 "--refine", args.refine, "--rerank", store, "--cache", cache, "--warmup", str(args.warmup)]
                + (["--store-in-ram"] if place == "ram" else []) + (["--ivf-in-ram"] if more else [])
+               + (["--store-mmap"] if place == "mmap" else [])
                + (["--skip-unrefined", "--caches-dropped"] if args.mem_limit_gib else []))
         if args.mem_limit_gib:
             r, cg = run_in_memory_cgroup(cmd, int(args.mem_limit_gib * 2**30))
@@ -423,12 +425,18 @@ def cmd_search(args) -> None:
                              offset=offset).reshape(n_rows, row_bytes)
     load_store_s = time.perf_counter() - t
     fd = os.open(store_path, os.O_RDONLY)
+    mapped = None
+    if args.store_mmap and in_ram is None:  # page cache pages mapped into this process (charged like pread's)
+        mapped = np.memmap(store_path, dtype=np.uint8, mode="r", offset=offset,
+                           shape=(int(index.ntotal), row_bytes))
 
     def rows_of(ids: np.ndarray) -> np.ndarray:
         """The re-ranking rows of ``ids`` (sorted): from memory, or read with pread (page cache or disk, never
         mapped into this process)."""
         if in_ram is not None:
             raw = in_ram[ids]
+        elif mapped is not None:
+            raw = mapped[ids]
         else:
             raw = np.frombuffer(b"".join(os.pread(fd, row_bytes, offset + int(i) * row_bytes) for i in ids),
                                 dtype=np.uint8).reshape(len(ids), row_bytes)
@@ -527,6 +535,8 @@ def cmd_search(args) -> None:
                       "peak_rss_mb": vm_hwm_mb(), "rss_at_end_mb": status, "warmup": warmup, "sweep": rows,
                       "threads": 1, "load_avg_at_end": load_avg(),
                       "reranking": ("rows gathered from the store in memory" if in_ram is not None else
+                                    "rows gathered from a read-only memory map of " + STORE_FILE[kind]
+                                    if mapped is not None else
                                     "pread of the candidate rows per query from " + STORE_FILE[kind])
                       + ("" if sq is None else f", {kind.upper()} codes decoded by faiss") + ", inner product "
                       "with the query, top 10 kept"}))
@@ -803,7 +813,7 @@ def cmd_project(args) -> None:
         row = {"vectors": N, "nlist": nlist,
                "factory": f"IVF{nlist}_HNSW32,PQ48 (+ re-ranking of {best['refine_candidates']} candidates)",
                "pq_codes_and_ids_GB (ivfdata)": round(N * ivf_b / 1e9, 2),
-               f"re-ranking store GB ({raw_name}, " + ("held in RAM" if place == "ram" else "read with pread")
+               f"re-ranking store GB ({raw_name}, " + {"ram": "held in RAM", "disk": "read with pread", "mmap": "memory-mapped"}[place]
                + ")": round(N * raw_b / 1e9, 1),
                "raw_float32_GB (if re-ranking on float32)": round(N * D * 4 / 1e9, 1),
                "quantiser_RAM_GB": round(nlist * D * 4 / 1e9, 3),
@@ -860,7 +870,7 @@ def main() -> None:
                    help="finish the index after this many blocks (n = blocks x block): a smaller index from a "
                    "checkpointed build, with exact ground truth over its vectors")
     p.add_argument("--search", default=None,
-                   help="comma list of STORE:ram|disk:CACHE search configurations, each in its own process, e.g. "
+                   help="comma list of STORE:ram|disk|mmap:CACHE search configurations, each in its own process, e.g. "
                    "sq6:ram:cold-query,sq8:disk:warm (CACHE: warm, cold, cold-query, as-is; default: the first "
                    "store on disk, warm with --warm-cache); a 4th field ivf-ram reads the IVF lists into memory")
     p.add_argument("--threads", type=int, default=0, help="FAISS threads for the build (0: its default)")
@@ -883,6 +893,7 @@ def main() -> None:
     p.add_argument("--refine", default="10")
     p.add_argument("--rerank", default="float32", help="one re-ranking store")
     p.add_argument("--store-in-ram", action="store_true")
+    p.add_argument("--store-mmap", action="store_true", help="gather re-ranking rows from a read-only memory map")
     p.add_argument("--ivf-in-ram", action="store_true", help="read the IVF lists into memory at open")
     p.add_argument("--cache", choices=CACHE_MODES, default="as-is")
     p.add_argument("--warmup", type=int, default=0)
