@@ -15,7 +15,17 @@ and merged into the queries' exact top-100 (ground truth over every vector, stre
 process whose peak RSS is reported. Results: eval/results/bench_scale_*.json.
 
     python eval/bench_scale.py ondisk --n 10000000 --block 250000 --nlist 1024 --rerank sq8 --queries 300 \
-        --nprobes 8,16 --refine 30,100 --threads 1 --warm-cache      # the measured 10M run (~40 min at load 15)
+        --nprobes 8,16 --refine 30,100 --threads 1 --warm-cache      # the first 10M run (~40 min at load 15)
+
+Under a real memory limit that includes the page cache (root, cgroup-v1 memory controller): ``--mem-limit-gib G``
+drops the system page cache, then runs each search process in its own memory cgroup of G GiB, which charges it its
+anonymous memory and every page-cache page it faults in (mmap or pread), and records the cgroup's peak:
+
+    python eval/bench_scale.py ondisk --n 10000000 --block 250000 --nlist 1024 --pq PQ48 --rerank sq8,sq6,sq4 \
+        --queries 300 --threads 2 --skip-search                       # build (~36 min at load 9)
+    python eval/bench_scale.py ondisk --n 10000000 --block 250000 --nlist 1024 --pq PQ48 --rerank sq8,sq6,sq4 \
+        --queries 300 --nprobes 8 --refine 30,100 --warmup 500 --mem-limit-gib 3.72529 \
+        --search sq6:mmap:warm,sq6:disk:warm,sq8:disk:warm --name bench_scale_ondisk_10M_cgroup4GB   # 4.0e9 bytes
 """
 from __future__ import annotations
 
