@@ -15,7 +15,17 @@ and merged into the queries' exact top-100 (ground truth over every vector, stre
 process whose peak RSS is reported. Results: eval/results/bench_scale_*.json.
 
     python eval/bench_scale.py ondisk --n 10000000 --block 250000 --nlist 1024 --rerank sq8 --queries 300 \
-        --nprobes 8,16 --refine 30,100 --threads 1 --warm-cache      # the measured 10M run (~40 min at load 15)
+        --nprobes 8,16 --refine 30,100 --threads 1 --warm-cache      # the first 10M run (~40 min at load 15)
+
+Under a real memory limit that includes the page cache (root, cgroup-v1 memory controller): ``--mem-limit-gib G``
+drops the system page cache, then runs each search process in its own memory cgroup of G GiB, which charges it its
+anonymous memory and every page-cache page it faults in (mmap or pread), and records the cgroup's peak:
+
+    python eval/bench_scale.py ondisk --n 10000000 --block 250000 --nlist 1024 --pq PQ48 --rerank sq8,sq6,sq4 \
+        --queries 300 --threads 2 --skip-search                       # build (~36 min at load 9)
+    python eval/bench_scale.py ondisk --n 10000000 --block 250000 --nlist 1024 --pq PQ48 --rerank sq8,sq6,sq4 \
+        --queries 300 --nprobes 8 --refine 30,100 --warmup 500 --mem-limit-gib 3.72529 \
+        --search sq6:mmap:warm,sq6:disk:warm,sq8:disk:warm --name bench_scale_ondisk_10M_cgroup4GB   # 4.0e9 bytes
 """
 from __future__ import annotations
 
@@ -224,16 +234,26 @@ def cmd_ondisk(args) -> None:
     results = []
     for spec in specs:
         store, place, cache, *more = spec.split(":")
-        if store not in stores or place not in ("ram", "disk") or cache not in CACHE_MODES or more not in ([], ["ivf-ram"]):
-            sys.exit(f"--search {spec!r}: want STORE:ram|disk:{'|'.join(CACHE_MODES)}[:ivf-ram] with STORE one of "
+        if store not in stores or place not in ("ram", "disk", "mmap") or cache not in CACHE_MODES \
+                or more not in ([], ["ivf-ram"]):
+            sys.exit(f"--search {spec!r}: want STORE:ram|disk|mmap:{'|'.join(CACHE_MODES)}[:ivf-ram] with STORE one of "
                      f"{stores}")
-        r = subprocess.run([sys.executable, __file__, "_search", str(work), "--nprobes", args.nprobes,
-                            "--refine", args.refine, "--rerank", store, "--cache", cache]
-                           + (["--store-in-ram"] if place == "ram" else []) + (["--ivf-in-ram"] if more else []),
-                           capture_output=True, text=True)
+        cmd = ([sys.executable, __file__, "_search", str(work), "--nprobes", args.nprobes,
+                "--refine", args.refine, "--rerank", store, "--cache", cache, "--warmup", str(args.warmup)]
+               + (["--store-in-ram"] if place == "ram" else []) + (["--ivf-in-ram"] if more else [])
+               + (["--store-mmap"] if place == "mmap" else [])
+               + (["--skip-unrefined", "--caches-dropped"] if args.mem_limit_gib else []))
+        if args.mem_limit_gib:
+            r, cg = run_in_memory_cgroup(cmd, int(args.mem_limit_gib * 2**30))
+        else:
+            r, cg = subprocess.run(cmd, capture_output=True, text=True), None
         if r.returncode != 0:
             sys.exit(r.stderr[-3000:])
         results.append({"spec": spec, **json.loads(r.stdout.strip().splitlines()[-1])})
+        if cg:
+            results[-1]["cgroup"] = cg
+            print(f"{spec}: cgroup peak {cg['peak_usage_mib']:.0f} MiB of {cg['limit_mib']:.0f} MiB "
+                  f"(limit hit {cg['failcnt']} times)", file=sys.stderr, flush=True)
         print(f"{spec}: " + "; ".join(f"nprobe {x['nprobe']} refine {x['refine_candidates']}: R@10 "
                                       f"{x['recall@10']:.3f} p50 {x['p50_ms']:.1f} ms" for x in results[-1]["sweep"])
               + f"; peak RSS {results[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
@@ -251,10 +271,58 @@ def cmd_ondisk(args) -> None:
                "ground_truth": "exact inner-product top-100 of the queries over all n float32 vectors, merged block "
                "by block (faiss.knn per block)", "search": results[0], "searches": results,
                "load_avg_at_end": load_avg()}
+    if args.mem_limit_gib:
+        payload["memory_limit"] = (f"each search process ran in its own cgroup-v1 memory cgroup limited to "
+                                   f"{args.mem_limit_gib} GiB ({int(args.mem_limit_gib * 2**30)} bytes), which "
+                                   "charges its anonymous memory and every page-cache page it faults in (mmap of the "
+                                   "IVF lists, pread of the re-ranking store); the system page cache was dropped "
+                                   "(sync; drop_caches=3) before it started, so no page that another process had "
+                                   "cached was served to it uncharged")
     print(json.dumps(payload, indent=2))
     write_result(args.name or f"bench_scale_ondisk_{_size(n)}", payload)
     if args.cleanup:
         shutil.rmtree(work, ignore_errors=True)
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
+
+
+def run_in_memory_cgroup(cmd: list[str], limit_bytes: int) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run ``cmd`` in a fresh cgroup-v1 memory cgroup limited to ``limit_bytes``, after dropping the system page
+    cache, so that everything the process touches (its anonymous memory and the page cache of the files it maps or
+    reads) is charged to it and held under the limit; the kernel reclaims the cgroup's page cache when it reaches the
+    limit. Returns the process and the cgroup's peak usage and final ``memory.stat``. Needs root and a writable
+    cgroup-v1 memory controller: exits with a message saying so where there is none."""
+    cg = CGROUP_ROOT / f"ragmed-bench-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        cg.mkdir()
+    except OSError as e:
+        sys.exit(f"--mem-limit-gib: skipped, no writable cgroup-v1 memory controller at {CGROUP_ROOT} ({e}); "
+                 "run as root on a machine with one (cgroup v2 hosts: use systemd-run -p MemoryMax=... instead)")
+    try:
+        (cg / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        # the child joins the cgroup before exec: everything from the interpreter's start on is charged
+        r = subprocess.run(["sh", "-c", f'echo $$ > {cg / "cgroup.procs"} && exec "$@"', "sh", *cmd],
+                           capture_output=True, text=True)
+        stat = {ln.split()[0]: int(ln.split()[1]) for ln in (cg / "memory.stat").read_text().splitlines()}
+        mib = 1 / 2**20
+        out = {"limit_mib": limit_bytes * mib,
+               "peak_usage_mib": int((cg / "memory.max_usage_in_bytes").read_text()) * mib,
+               "peak_usage_bytes": int((cg / "memory.max_usage_in_bytes").read_text()),
+               "failcnt": int((cg / "memory.failcnt").read_text()),
+               "at_exit_mib": {k: stat[k] * mib for k in ("cache", "rss", "mapped_file", "inactive_file",
+                                                          "active_file") if k in stat},
+               "charged": "anonymous memory + page cache (mmap and pread) of the process, peak = "
+                          "memory.max_usage_in_bytes; failcnt = times the limit was reached (page cache reclaimed)"}
+    finally:
+        try:
+            (cg / "memory.force_empty").write_text("0")
+        except OSError:
+            pass
+        cg.rmdir()
+    return r, out
 
 
 CACHE_MODES = ("warm", "cold", "cold-query", "as-is")
@@ -367,12 +435,18 @@ def cmd_search(args) -> None:
                              offset=offset).reshape(n_rows, row_bytes)
     load_store_s = time.perf_counter() - t
     fd = os.open(store_path, os.O_RDONLY)
+    mapped = None
+    if args.store_mmap and in_ram is None:  # page cache pages mapped into this process (charged like pread's)
+        mapped = np.memmap(store_path, dtype=np.uint8, mode="r", offset=offset,
+                           shape=(int(index.ntotal), row_bytes))
 
     def rows_of(ids: np.ndarray) -> np.ndarray:
         """The re-ranking rows of ``ids`` (sorted): from memory, or read with pread (page cache or disk, never
         mapped into this process)."""
         if in_ram is not None:
             raw = in_ram[ids]
+        elif mapped is not None:
+            raw = mapped[ids]
         else:
             raw = np.frombuffer(b"".join(os.pread(fd, row_bytes, offset + int(i) * row_bytes) for i in ids),
                                 dtype=np.uint8).reshape(len(ids), row_bytes)
@@ -393,10 +467,44 @@ def cmd_search(args) -> None:
     q = np.load(work / "queries.npy")
     gt = np.load(work / "gt.npy")
     faiss.omp_set_num_threads(1)  # one query at a time, one core: the per-query latency a server sees
+
+    def one(qv: np.ndarray, k0: int, refine: int) -> tuple[np.ndarray, float]:
+        """One query: IVF-PQ top-k0, then (refine) re-ranking of the candidates against the store."""
+        t = time.perf_counter()
+        _, I = index.search(qv[None], k0)
+        t_ivf = time.perf_counter() - t
+        cand = I[0][I[0] >= 0]
+        if refine:  # re-ranking of the candidates against the re-ranking store
+            order = np.sort(cand)
+            s = rows_of(order) @ qv
+            cand = order[np.argsort(-s)[:10]]
+        return cand[:10], t_ivf
+
+    nprobes = [int(x) for x in args.nprobes.split(",")]
+    refines = ([] if args.skip_unrefined else [0]) + [int(r) for r in args.refine.split(",")]
+    warmup = None
+    if args.warmup:  # other draws of the generator than the measured queries: they touch other re-ranking rows
+        ivf.nprobe, rf = max(nprobes), max(refines)
+        wq = sample(mixture()[0], args.warmup, seed=4)
+        wl = []
+        for i in range(len(wq)):
+            t = time.perf_counter()
+            one(wq[i], 10 * rf if rf else 10, rf)
+            wl.append(time.perf_counter() - t)
+        wl = np.array(wl) * 1e3
+        warmup = {"queries": len(wq), "nprobe": ivf.nprobe, "refine_candidates": 10 * rf,
+                  "first_10_ms": [round(float(x), 2) for x in wl[:10]],
+                  "first_50": {"p50_ms": float(np.median(wl[:50])), "p95_ms": float(np.percentile(wl[:50], 95)),
+                               "mean_ms": float(wl[:50].mean())},
+                  "all": {"p50_ms": float(np.median(wl)), "p95_ms": float(np.percentile(wl, 95)),
+                          "mean_ms": float(wl.mean())},
+                  "last_100": {"p50_ms": float(np.median(wl[-100:])), "p95_ms": float(np.percentile(wl[-100:], 95))},
+                  "peak_rss_mb_after": vm_hwm_mb()}
+        print({"warmup": warmup}, file=sys.stderr, flush=True)
     rows, residency = [], []
-    for nprobe in [int(x) for x in args.nprobes.split(",")]:
+    for nprobe in nprobes:
         ivf.nprobe = nprobe
-        for refine in [0] + [int(r) for r in args.refine.split(",")]:
+        for refine in refines:
             k0 = 10 * refine if refine else 10
             if args.cache == "cold":
                 cache.drop()
@@ -408,16 +516,10 @@ def cmd_search(args) -> None:
                     if i == 0:
                         residency.append(cache.resident())
                 t = time.perf_counter()
-                _, I = index.search(q[i:i + 1], k0)
-                t_ivf = time.perf_counter() - t
-                cand = I[0][I[0] >= 0]
-                if refine:  # re-ranking of the candidates against the re-ranking store
-                    order = np.sort(cand)
-                    s = rows_of(order) @ q[i]
-                    cand = order[np.argsort(-s)[:10]]
+                cand, t_ivf = one(q[i], k0, refine)
                 lat.append(time.perf_counter() - t)
                 lat_ivf.append(t_ivf)
-                found.append(cand[:10])
+                found.append(cand)
             recall = float(np.mean([len(set(f.tolist()) & set(g[:10].tolist())) / 10 for f, g in zip(found, gt)]))
             rows.append({"nprobe": nprobe, "refine_candidates": k0 if refine else 0, "recall@10": recall,
                          **percentiles(lat), "ivf_search_p50_ms": float(np.median(lat_ivf) * 1e3)})
@@ -432,13 +534,19 @@ def cmd_search(args) -> None:
                                 "timing: each query reads what it needs of "
                                 + (", ".join(p.name for p in files) or "nothing (all in RAM)") + " from disk",
                   "as-is": "as the build left it"}[args.cache]
+    if args.caches_dropped:
+        page_cache = ("system page cache dropped (drop_caches) before this process started; then "
+                      + ("files " + page_cache if args.cache == "warm" else page_cache if args.cache != "as-is"
+                         else "nothing pre-read"))
     print(json.dumps({"open_s": open_s, "cache": args.cache, "page_cache": page_cache,
                       "resident_after_drop": residency[:3], "store": kind, "store_in_ram": in_ram is not None,
                       "ivf_lists_in_ram": bool(args.ivf_in_ram),
                       "store_bytes_per_vector": row_bytes, "load_store_s": load_store_s,
-                      "peak_rss_mb": vm_hwm_mb(), "rss_at_end_mb": status, "sweep": rows,
+                      "peak_rss_mb": vm_hwm_mb(), "rss_at_end_mb": status, "warmup": warmup, "sweep": rows,
                       "threads": 1, "load_avg_at_end": load_avg(),
                       "reranking": ("rows gathered from the store in memory" if in_ram is not None else
+                                    "rows gathered from a read-only memory map of " + STORE_FILE[kind]
+                                    if mapped is not None else
                                     "pread of the candidate rows per query from " + STORE_FILE[kind])
                       + ("" if sq is None else f", {kind.upper()} codes decoded by faiss") + ", inner product "
                       "with the query, top 10 kept"}))
@@ -701,6 +809,9 @@ def cmd_project(args) -> None:
     best = min((r for r in chosen["sweep"] if r["refine_candidates"] and r["recall@10"] >= 0.9),
                key=lambda r: r["p50_ms"])
     best = {**best, "search_spec": chosen["spec"], "query_process_peak_rss_mb": chosen.get("peak_rss_mb")}
+    if chosen.get("cgroup"):  # measured under a memory cgroup: the peak of process + page cache it touched
+        best["query_cgroup_peak_mib (process + its page cache)"] = chosen["cgroup"]["peak_usage_mib"]
+        best["query_cgroup_limit_mib"] = chosen["cgroup"]["limit_mib"]
     worker_rate = None
     if ray:
         worker_rate = max((r["steady_window"]["cases_per_s"] if r.get("steady_window") else
@@ -712,7 +823,7 @@ def cmd_project(args) -> None:
         row = {"vectors": N, "nlist": nlist,
                "factory": f"IVF{nlist}_HNSW32,PQ48 (+ re-ranking of {best['refine_candidates']} candidates)",
                "pq_codes_and_ids_GB (ivfdata)": round(N * ivf_b / 1e9, 2),
-               f"re-ranking store GB ({raw_name}, " + ("held in RAM" if place == "ram" else "read with pread")
+               f"re-ranking store GB ({raw_name}, " + {"ram": "held in RAM", "disk": "read with pread", "mmap": "memory-mapped"}[place]
                + ")": round(N * raw_b / 1e9, 1),
                "raw_float32_GB (if re-ranking on float32)": round(N * D * 4 / 1e9, 1),
                "quantiser_RAM_GB": round(nlist * D * 4 / 1e9, 3),
@@ -723,6 +834,9 @@ def cmd_project(args) -> None:
             held = raw_b + (ivf_b if ivf_ram else 0)
             row["query_RAM_GB (" + ("IVF lists + " if ivf_ram else "") + "re-ranking store)"] = round(N * held / 1e9, 1)
             row["nodes_by_ram"] = int(np.ceil(N * held / (args.node_ram_gb * 0.5e9)))
+        else:  # on disk: what a query node's page cache must hold for warm latencies (lists + store)
+            row["page_cache_GB_for_warm_queries (IVF lists + re-ranking store)"] = round(N * (ivf_b + raw_b) / 1e9, 1)
+            row["nodes_by_ram"] = int(np.ceil(N * (ivf_b + raw_b) / (args.node_ram_gb * 0.5e9)))
         if scanned_1m:
             row["codes_scanned_per_query_at_same_nprobe"] = int(best["nprobe"] * N / nlist)
         if worker_rate:
@@ -766,7 +880,7 @@ def main() -> None:
                    help="finish the index after this many blocks (n = blocks x block): a smaller index from a "
                    "checkpointed build, with exact ground truth over its vectors")
     p.add_argument("--search", default=None,
-                   help="comma list of STORE:ram|disk:CACHE search configurations, each in its own process, e.g. "
+                   help="comma list of STORE:ram|disk|mmap:CACHE search configurations, each in its own process, e.g. "
                    "sq6:ram:cold-query,sq8:disk:warm (CACHE: warm, cold, cold-query, as-is; default: the first "
                    "store on disk, warm with --warm-cache); a 4th field ivf-ram reads the IVF lists into memory")
     p.add_argument("--threads", type=int, default=0, help="FAISS threads for the build (0: its default)")
@@ -777,14 +891,24 @@ def main() -> None:
     p.add_argument("--cleanup", action="store_true", help="delete the work directory after the result is written")
     p.add_argument("--warm-cache", action="store_true",
                    help="read the index files once sequentially before timing (a server's page cache, not its RSS)")
+    p.add_argument("--mem-limit-gib", type=float, default=0,
+                   help="run each search process in a cgroup-v1 memory cgroup of this many GiB (page cache included) "
+                   "after dropping the system page cache (root); skips the unrefined row")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="queries (other draws than the measured ones) run before the timed sweep, at its largest "
+                   "nprobe and refine; their latencies are reported apart (cold when the cache was dropped)")
     p = sub.add_parser("_search")
     p.add_argument("work")
     p.add_argument("--nprobes", default="16,32,64")
     p.add_argument("--refine", default="10")
     p.add_argument("--rerank", default="float32", help="one re-ranking store")
     p.add_argument("--store-in-ram", action="store_true")
+    p.add_argument("--store-mmap", action="store_true", help="gather re-ranking rows from a read-only memory map")
     p.add_argument("--ivf-in-ram", action="store_true", help="read the IVF lists into memory at open")
     p.add_argument("--cache", choices=CACHE_MODES, default="as-is")
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--skip-unrefined", action="store_true")
+    p.add_argument("--caches-dropped", action="store_true", help="(description) the parent dropped the page cache")
     p = sub.add_parser("pgvector")
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--work", default=None)
