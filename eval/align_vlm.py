@@ -97,7 +97,26 @@ def stratified_cap(pairs: list[dict], cap: int, seed: int) -> list[dict]:
     return [p for p in pairs if p["id"] in keep]
 
 
-def finalise(work: Path, cap: int, seed: int = 0) -> dict:
+def kind_caps(pairs: list[dict], caps: dict[str, int], seed: int) -> list[dict]:
+    """At most ``caps[kind]`` pairs of each capped kind, drawn (seeded) equally from each chosen answer (balance
+    kept); kinds not named are left whole."""
+    from ragmed.align.pairs import answer_key
+
+    rng = random.Random(seed)
+    keep = {p["id"] for p in pairs if p["kind"] not in caps}
+    for kind, n in caps.items():
+        groups: dict[str, list[dict]] = {}
+        for p in pairs:
+            if p["kind"] == kind:
+                groups.setdefault(answer_key(p["chosen"]), []).append(p)
+        total = sum(len(g) for g in groups.values())
+        for key in sorted(groups):
+            g = groups[key]
+            keep.update(p["id"] for p in rng.sample(g, min(len(g), round(len(g) * n / max(1, total)))))
+    return [p for p in pairs if p["id"] in keep]
+
+
+def finalise(work: Path, cap: int, seed: int = 0, kind_cap: dict[str, int] | None = None) -> dict:
     """Balance the merged pair file (``pairs.jsonl``, already recounted by ``ragmed align pairs --max-new 0``) and
     cap it: ``pairs_bal.jsonl`` + its meta."""
     from ragmed.align.pairs import balance_pairs, read_pairs
@@ -105,10 +124,10 @@ def finalise(work: Path, cap: int, seed: int = 0) -> dict:
     src = work / "pairs.jsonl"
     meta = json.loads((work / "pairs.jsonl.meta.json").read_text())
     bal, report = balance_pairs(read_pairs(src), seed=seed)
-    capped = stratified_cap(bal, cap, seed)
+    capped = stratified_cap(kind_caps(bal, kind_cap or {}, seed), cap, seed)
     out = work / "pairs_bal.jsonl"
     out.write_text("".join(json.dumps(p) + "\n" for p in capped))
-    meta.update({"pairs": out.name, "balanced_from": src.name, "balance": report, "cap": cap,
+    meta.update({"pairs": out.name, "balanced_from": src.name, "balance": report, "cap": cap, "kind_cap": kind_cap,
                  "counts_before_balance": meta.get("counts"), "n_pairs_before_balance": meta.get("n_pairs"),
                  "counts": dict(Counter(p["kind"] for p in capped)), "n_pairs": len(capped),
                  "chosen_answers": dict(Counter(f"{p['kind']}/{p['chosen']}" for p in capped))})
@@ -165,7 +184,7 @@ def collect(work: Path, out: Path, ev_name: str, commands: list[str]) -> dict:
     res = {
         "task": "align-vlm-vqarad", "schema": 1, "date": time.strftime("%Y-%m-%d"), "generator": "ragmed-vlm",
         "prompt_overrides": SETS, "split": json.loads((work / "split.json").read_text()),
-        "pairs": {k: meta.get(k) for k in ("counts_before_balance", "n_pairs_before_balance", "balance", "cap",
+        "pairs": {k: meta.get(k) for k in ("counts_before_balance", "n_pairs_before_balance", "balance", "cap", "kind_cap",
                                            "counts", "n_pairs", "chosen_answers", "subkinds", "questions_done",
                                            "n_questions_answered", "n_questions_skipped", "rates",
                                            "generator_model", "generator_takes_image", "replace", "seed")},
@@ -204,6 +223,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", required=True)
     ap.add_argument("--eval-n", type=int, default=150)
     ap.add_argument("--cap", type=int, default=0, help="finalise: at most this many pairs (0: all)")
+    ap.add_argument("--kind-cap", action="append", default=[], metavar="KIND=N",
+                    help="finalise: at most N pairs of this kind (balance kept; repeatable)")
     ap.add_argument("--eval-name", default="ev")
     ap.add_argument("--parts", nargs="*", default=[])
     ap.add_argument("--commands", help="collect: a text file of the commands that ran (one a line)")
@@ -217,7 +238,7 @@ def main(argv=None) -> int:
     elif a.stage == "merge":
         merge_shards(work)
     elif a.stage == "finalise":
-        finalise(work, a.cap)
+        finalise(work, a.cap, kind_cap={k: int(v) for k, v in (x.split("=", 1) for x in a.kind_cap)})
     elif a.stage == "merge-eval":
         merge_eval(work, a.eval_name, a.parts)
     else:

@@ -133,6 +133,8 @@ def _eval_options(f):
         click.option("--noise/--no-noise", default=True, show_default=True,
                      help="Measure the copy rate (image replaced by noise; only for generators that take the image)."),
         click.option("--out", required=True, type=click.Path(dir_okay=False), help="Result JSON (plots beside it)."),
+        click.option("--unrelated/--no-unrelated", default=True, show_default=True,
+                     help="Also replace the image by an unrelated one of another organ (generators that take it)."),
         click.option("--no-memo", is_flag=True,
                      help="Encode every text the answer step asks for afresh (default: each text's vector is kept)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress output."),
@@ -144,7 +146,7 @@ def _eval_options(f):
 @align.command("eval")
 @_eval_options
 def eval_align(pipeline, sets, adapters, index_dir, data, images, fmt, limit, seed, bootstrap, f1_threshold, noise,
-               out, no_memo, quiet):
+               out, unrelated, no_memo, quiet):
     """Over-reliance, helpfulness, copy rate and accuracy with / without retrieval, before vs after alignment."""
     from ragmed.align import pipeline_variant
     from ragmed.align import EvalOptions, evaluate_alignment, memo_pipeline, table
@@ -155,7 +157,7 @@ def eval_align(pipeline, sets, adapters, index_dir, data, images, fmt, limit, se
     for a in adapters:
         name, _, d = a.rpartition("=")
         named.append((name or Path(d).parent.name or Path(d).name, d))
-    opts = EvalOptions(limit=limit, seed=seed, bootstrap=bootstrap, f1_threshold=f1_threshold, noise=noise, fmt=fmt,
+    opts = EvalOptions(limit=limit, seed=seed, bootstrap=bootstrap, f1_threshold=f1_threshold, noise=noise, unrelated=unrelated, fmt=fmt,
                        extra={"overrides": applied})
     res = evaluate_alignment(p, data, images or str(Path(data).parent / "images"), named, out, opts,
                              progress=not quiet)
