@@ -156,6 +156,32 @@ def merge_eval(work: Path, name: str, parts: list[str]) -> None:
                         fh.write(line + "\n")
 
 
+def shard_eval(work: Path, name: str, base_cache: Path, model: str, shards: int) -> list[str]:
+    """``<name>.json`` (evaluation questions) split by image into ``shards`` files ``<name>_<i>.json``, each with an
+    answer cache ``<name>_<i>.align.predictions.jsonl`` seeded with ``model``'s cached answers (the base generator's:
+    only the adapter's answers are computed; rows of any other model, e.g. an earlier adapter of the same directory
+    name, are left out)."""
+    rows = json.loads((work / f"{name}.json").read_text())
+    cached = {}
+    for line in base_cache.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            if r["model"] == model:
+                cached[str(r["qid"])] = line
+    ims = sorted({r["image_name"] for r in rows})
+    out = []
+    for i in range(shards):
+        mine = set(ims[i::shards])
+        part = [r for r in rows if r["image_name"] in mine]
+        (work / f"{name}_{i}.json").write_text(json.dumps(part))
+        (work / f"{name}_{i}.align.predictions.jsonl").write_text(
+            "".join(cached[str(r["qid"])] + "\n" for r in part if str(r["qid"]) in cached))
+        out.append(f"{name}_{i}")
+    print(f"{len(rows)} questions, {len(ims)} images, {sum(str(r['qid']) in cached for r in rows)} cached for {model}"
+          f" → {shards} shards")
+    return out
+
+
 def diagnosis(preds: Path, gens: dict[str, str]) -> dict:
     rows = [json.loads(x) for x in preds.read_text().splitlines() if x.strip()]
     out = {}
@@ -218,7 +244,7 @@ def collect(work: Path, out: Path, ev_name: str, commands: list[str]) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["prepare", "sets", "merge", "finalise", "merge-eval", "collect"])
+    ap.add_argument("stage", choices=["prepare", "sets", "merge", "finalise", "shard-eval", "merge-eval", "collect"])
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--work", required=True)
     ap.add_argument("--eval-n", type=int, default=150)
@@ -227,6 +253,9 @@ def main(argv=None) -> int:
                     help="finalise: at most N pairs of this kind (balance kept; repeatable)")
     ap.add_argument("--eval-name", default="ev")
     ap.add_argument("--parts", nargs="*", default=[])
+    ap.add_argument("--base-cache", help="shard-eval: an answer cache holding the base generator's answers")
+    ap.add_argument("--model", default="ragmed-vlm:ragmed-vlm", help="shard-eval: whose cached answers seed the shards")
+    ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--commands", help="collect: a text file of the commands that ran (one a line)")
     ap.add_argument("--out", default=str(RESULTS / "align_vlm.json"))
     a = ap.parse_args(argv)
@@ -239,6 +268,8 @@ def main(argv=None) -> int:
         merge_shards(work)
     elif a.stage == "finalise":
         finalise(work, a.cap, kind_cap={k: int(v) for k, v in (x.split("=", 1) for x in a.kind_cap)})
+    elif a.stage == "shard-eval":
+        shard_eval(work, a.eval_name, Path(a.base_cache), a.model, a.shards)
     elif a.stage == "merge-eval":
         merge_eval(work, a.eval_name, a.parts)
     else:
