@@ -199,11 +199,12 @@ def diagnosis(preds: Path, gens: dict[str, str]) -> dict:
     return out
 
 
-def collect(work: Path, out: Path, ev_name: str, commands: list[str]) -> dict:
+def collect(work: Path, out: Path, ev_name: str, commands: list[str], run: str = "run",
+            extra: dict[str, Path] | None = None) -> dict:
     from ragmed.align.evaluate import scrub, table
 
     meta = json.loads((work / "pairs_bal.jsonl.meta.json").read_text())
-    run_dir = work / "run"
+    run_dir = work / run
     card = json.loads((run_dir / "card.json").read_text()) if (run_dir / "card.json").exists() else None
     ev_path = work / f"{ev_name}.json"
     ev = json.loads(ev_path.read_text()) if ev_path.exists() else None
@@ -229,6 +230,8 @@ def collect(work: Path, out: Path, ev_name: str, commands: list[str]) -> dict:
     preds = ev_path.with_suffix(".predictions.jsonl")
     if ev is not None and preds.exists():
         res["diagnosis"] = diagnosis(preds, ev["generators"])
+    for key, path in (extra or {}).items():  # e.g. the pair-cost measurement, the dev-slice selection
+        res[key] = json.loads(path.read_text()) if path.suffix == ".json" else path.read_text().splitlines()
     res = scrub(res)
     res["split"]["file"] = f"eval/splits/{SPLIT.name}"
     res["prompt_overrides"] = SETS
@@ -258,6 +261,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--commands", help="collect: a text file of the commands that ran (one a line)")
     ap.add_argument("--out", default=str(RESULTS / "align_vlm.json"))
+    ap.add_argument("--run", default="run", help="collect: the training run directory under WORK")
+    ap.add_argument("--extra", action="append", default=[], metavar="KEY=FILE",
+                    help="collect: a JSON (or text) file stored under KEY in the result (repeatable)")
     a = ap.parse_args(argv)
     work = Path(a.work).resolve()
     if a.stage == "prepare":
@@ -274,7 +280,8 @@ def main(argv=None) -> int:
         merge_eval(work, a.eval_name, a.parts)
     else:
         cmds = [c for c in Path(a.commands).read_text().splitlines() if c.strip()] if a.commands else []
-        collect(work, Path(a.out), a.eval_name, cmds)
+        collect(work, Path(a.out), a.eval_name, cmds, run=a.run,
+                extra={k: Path(v) for k, v in (x.split("=", 1) for x in a.extra)})
     return 0
 
 
