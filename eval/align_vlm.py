@@ -21,7 +21,13 @@ $DATA for the machine's paths:
 5. ``ragmed eval align`` on the evaluation questions, base vs adapter (answers cached per model; the adapter's in
    parallel shards by image, merged), with the image replaced by noise and by an unrelated evaluation image of
    another organ;
-6. ``collect``: the result JSON (pairs, balance, training, the table, per-answer diagnosis).
+6. ``collect``: the result JSON (pairs, balance, training, the table, per-answer diagnosis; ``--extra KEY=FILE``
+   adds e.g. the dev-slice selection).
+
+The scaled run (eval/results/align_vlm_scaled.json) adds: ``finalise --kind-cap KIND=N`` (cap one kind, yes / no
+kept equal), a dev slice of training images no pair came from to choose between adapters, and ``shard-eval``
+(evaluation shards by image whose answer caches hold only the base generator's answers, so that an adapter directory
+with the same name as an earlier one cannot reuse that one's answers).
 """
 from __future__ import annotations
 
