@@ -21,7 +21,13 @@ $DATA for the machine's paths:
 5. ``ragmed eval align`` on the evaluation questions, base vs adapter (answers cached per model; the adapter's in
    parallel shards by image, merged), with the image replaced by noise and by an unrelated evaluation image of
    another organ;
-6. ``collect``: the result JSON (pairs, balance, training, the table, per-answer diagnosis).
+6. ``collect``: the result JSON (pairs, balance, training, the table, per-answer diagnosis; ``--extra KEY=FILE``
+   adds e.g. the dev-slice selection).
+
+The scaled run (eval/results/align_vlm_scaled.json) adds: ``finalise --kind-cap KIND=N`` (cap one kind, yes / no
+kept equal), a dev slice of training images no pair came from to choose between adapters, and ``shard-eval``
+(evaluation shards by image whose answer caches hold only the base generator's answers, so that an adapter directory
+with the same name as an earlier one cannot reuse that one's answers).
 """
 from __future__ import annotations
 
@@ -97,7 +103,26 @@ def stratified_cap(pairs: list[dict], cap: int, seed: int) -> list[dict]:
     return [p for p in pairs if p["id"] in keep]
 
 
-def finalise(work: Path, cap: int, seed: int = 0) -> dict:
+def kind_caps(pairs: list[dict], caps: dict[str, int], seed: int) -> list[dict]:
+    """At most ``caps[kind]`` pairs of each capped kind, drawn (seeded) equally from each chosen answer (balance
+    kept); kinds not named are left whole."""
+    from ragmed.align.pairs import answer_key
+
+    rng = random.Random(seed)
+    keep = {p["id"] for p in pairs if p["kind"] not in caps}
+    for kind, n in caps.items():
+        groups: dict[str, list[dict]] = {}
+        for p in pairs:
+            if p["kind"] == kind:
+                groups.setdefault(answer_key(p["chosen"]), []).append(p)
+        total = sum(len(g) for g in groups.values())
+        for key in sorted(groups):
+            g = groups[key]
+            keep.update(p["id"] for p in rng.sample(g, min(len(g), round(len(g) * n / max(1, total)))))
+    return [p for p in pairs if p["id"] in keep]
+
+
+def finalise(work: Path, cap: int, seed: int = 0, kind_cap: dict[str, int] | None = None) -> dict:
     """Balance the merged pair file (``pairs.jsonl``, already recounted by ``ragmed align pairs --max-new 0``) and
     cap it: ``pairs_bal.jsonl`` + its meta."""
     from ragmed.align.pairs import balance_pairs, read_pairs
@@ -105,10 +130,10 @@ def finalise(work: Path, cap: int, seed: int = 0) -> dict:
     src = work / "pairs.jsonl"
     meta = json.loads((work / "pairs.jsonl.meta.json").read_text())
     bal, report = balance_pairs(read_pairs(src), seed=seed)
-    capped = stratified_cap(bal, cap, seed)
+    capped = stratified_cap(kind_caps(bal, kind_cap or {}, seed), cap, seed)
     out = work / "pairs_bal.jsonl"
     out.write_text("".join(json.dumps(p) + "\n" for p in capped))
-    meta.update({"pairs": out.name, "balanced_from": src.name, "balance": report, "cap": cap,
+    meta.update({"pairs": out.name, "balanced_from": src.name, "balance": report, "cap": cap, "kind_cap": kind_cap,
                  "counts_before_balance": meta.get("counts"), "n_pairs_before_balance": meta.get("n_pairs"),
                  "counts": dict(Counter(p["kind"] for p in capped)), "n_pairs": len(capped),
                  "chosen_answers": dict(Counter(f"{p['kind']}/{p['chosen']}" for p in capped))})
@@ -137,6 +162,32 @@ def merge_eval(work: Path, name: str, parts: list[str]) -> None:
                         fh.write(line + "\n")
 
 
+def shard_eval(work: Path, name: str, base_cache: Path, model: str, shards: int) -> list[str]:
+    """``<name>.json`` (evaluation questions) split by image into ``shards`` files ``<name>_<i>.json``, each with an
+    answer cache ``<name>_<i>.align.predictions.jsonl`` seeded with ``model``'s cached answers (the base generator's:
+    only the adapter's answers are computed; rows of any other model, e.g. an earlier adapter of the same directory
+    name, are left out)."""
+    rows = json.loads((work / f"{name}.json").read_text())
+    cached = {}
+    for line in base_cache.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            if r["model"] == model:
+                cached[str(r["qid"])] = line
+    ims = sorted({r["image_name"] for r in rows})
+    out = []
+    for i in range(shards):
+        mine = set(ims[i::shards])
+        part = [r for r in rows if r["image_name"] in mine]
+        (work / f"{name}_{i}.json").write_text(json.dumps(part))
+        (work / f"{name}_{i}.align.predictions.jsonl").write_text(
+            "".join(cached[str(r["qid"])] + "\n" for r in part if str(r["qid"]) in cached))
+        out.append(f"{name}_{i}")
+    print(f"{len(rows)} questions, {len(ims)} images, {sum(str(r['qid']) in cached for r in rows)} cached for {model}"
+          f" → {shards} shards")
+    return out
+
+
 def diagnosis(preds: Path, gens: dict[str, str]) -> dict:
     rows = [json.loads(x) for x in preds.read_text().splitlines() if x.strip()]
     out = {}
@@ -154,18 +205,19 @@ def diagnosis(preds: Path, gens: dict[str, str]) -> dict:
     return out
 
 
-def collect(work: Path, out: Path, ev_name: str, commands: list[str]) -> dict:
+def collect(work: Path, out: Path, ev_name: str, commands: list[str], run: str = "run",
+            extra: dict[str, Path] | None = None) -> dict:
     from ragmed.align.evaluate import scrub, table
 
     meta = json.loads((work / "pairs_bal.jsonl.meta.json").read_text())
-    run_dir = work / "run"
+    run_dir = work / run
     card = json.loads((run_dir / "card.json").read_text()) if (run_dir / "card.json").exists() else None
     ev_path = work / f"{ev_name}.json"
     ev = json.loads(ev_path.read_text()) if ev_path.exists() else None
     res = {
         "task": "align-vlm-vqarad", "schema": 1, "date": time.strftime("%Y-%m-%d"), "generator": "ragmed-vlm",
         "prompt_overrides": SETS, "split": json.loads((work / "split.json").read_text()),
-        "pairs": {k: meta.get(k) for k in ("counts_before_balance", "n_pairs_before_balance", "balance", "cap",
+        "pairs": {k: meta.get(k) for k in ("counts_before_balance", "n_pairs_before_balance", "balance", "cap", "kind_cap",
                                            "counts", "n_pairs", "chosen_answers", "subkinds", "questions_done",
                                            "n_questions_answered", "n_questions_skipped", "rates",
                                            "generator_model", "generator_takes_image", "replace", "seed")},
@@ -184,6 +236,8 @@ def collect(work: Path, out: Path, ev_name: str, commands: list[str]) -> dict:
     preds = ev_path.with_suffix(".predictions.jsonl")
     if ev is not None and preds.exists():
         res["diagnosis"] = diagnosis(preds, ev["generators"])
+    for key, path in (extra or {}).items():  # e.g. the pair-cost measurement, the dev-slice selection
+        res[key] = json.loads(path.read_text()) if path.suffix == ".json" else path.read_text().splitlines()
     res = scrub(res)
     res["split"]["file"] = f"eval/splits/{SPLIT.name}"
     res["prompt_overrides"] = SETS
@@ -199,15 +253,23 @@ def collect(work: Path, out: Path, ev_name: str, commands: list[str]) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["prepare", "sets", "merge", "finalise", "merge-eval", "collect"])
+    ap.add_argument("stage", choices=["prepare", "sets", "merge", "finalise", "shard-eval", "merge-eval", "collect"])
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--work", required=True)
     ap.add_argument("--eval-n", type=int, default=150)
     ap.add_argument("--cap", type=int, default=0, help="finalise: at most this many pairs (0: all)")
+    ap.add_argument("--kind-cap", action="append", default=[], metavar="KIND=N",
+                    help="finalise: at most N pairs of this kind (balance kept; repeatable)")
     ap.add_argument("--eval-name", default="ev")
     ap.add_argument("--parts", nargs="*", default=[])
+    ap.add_argument("--base-cache", help="shard-eval: an answer cache holding the base generator's answers")
+    ap.add_argument("--model", default="ragmed-vlm:ragmed-vlm", help="shard-eval: whose cached answers seed the shards")
+    ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--commands", help="collect: a text file of the commands that ran (one a line)")
     ap.add_argument("--out", default=str(RESULTS / "align_vlm.json"))
+    ap.add_argument("--run", default="run", help="collect: the training run directory under WORK")
+    ap.add_argument("--extra", action="append", default=[], metavar="KEY=FILE",
+                    help="collect: a JSON (or text) file stored under KEY in the result (repeatable)")
     a = ap.parse_args(argv)
     work = Path(a.work).resolve()
     if a.stage == "prepare":
@@ -217,12 +279,15 @@ def main(argv=None) -> int:
     elif a.stage == "merge":
         merge_shards(work)
     elif a.stage == "finalise":
-        finalise(work, a.cap)
+        finalise(work, a.cap, kind_cap={k: int(v) for k, v in (x.split("=", 1) for x in a.kind_cap)})
+    elif a.stage == "shard-eval":
+        shard_eval(work, a.eval_name, Path(a.base_cache), a.model, a.shards)
     elif a.stage == "merge-eval":
         merge_eval(work, a.eval_name, a.parts)
     else:
         cmds = [c for c in Path(a.commands).read_text().splitlines() if c.strip()] if a.commands else []
-        collect(work, Path(a.out), a.eval_name, cmds)
+        collect(work, Path(a.out), a.eval_name, cmds, run=a.run,
+                extra={k: Path(v) for k, v in (x.split("=", 1) for x in a.extra)})
     return 0
 
 

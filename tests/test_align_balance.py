@@ -88,6 +88,22 @@ def test_stratified_cap_keeps_rag_pt_pairs_and_balance():
     assert json.dumps(out)  # plain records
 
 
+def test_kind_caps_cap_one_kind_and_keep_its_balance():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("align_vlm", Path(__file__).parent.parent / "eval" / "align_vlm.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    pairs = ([_pair(i, "cross-modality", "No." if i % 2 else "Yes.") for i in range(40)]
+             + [_pair(100 + i, "harmful", "No." if i % 2 else "Yes.") for i in range(14)])
+    out = mod.kind_caps(pairs, {"cross-modality": 10}, seed=0)
+    by = Counter((p["kind"], answer_key(p["chosen"])) for p in out)
+    assert by[("cross-modality", "yes")] == by[("cross-modality", "no")] == 5
+    assert by[("harmful", "yes")] == by[("harmful", "no")] == 7  # not capped: whole
+    assert mod.kind_caps(pairs, {"cross-modality": 10}, seed=0) == out  # seeded
+
+
 def test_ragmed_vlm_refuses_an_adapter_of_another_base_model(tmp_path):
     from ragmed.errors import GeneratorError
     from ragmed.generate.vlm.backend import VLMGenerator

@@ -5,6 +5,8 @@
 - :mod:`ragmed.align.hallucinate`: dispreferred answers and their clinical-relevance weights;
 - :mod:`ragmed.align.train`: DPO with LoRA (TRL ``DPOTrainer`` subclass: per-pair weights, an image per side),
   checkpoints, ``--resume``, curves, run card — ``ragmed align train``;
+- :mod:`ragmed.align.memo`: each text's vector encoded once (the answer step's evidence vote), for cheaper
+  pair building and evaluation;
 - :mod:`ragmed.align.evaluate`: accuracy with / without retrieval, over-reliance, helpfulness and copy rate, before
   vs after, bootstrap intervals over images — ``ragmed align eval`` / ``ragmed eval align``.
 
@@ -17,7 +19,7 @@ _NAMES = {
     "build_pairs": "pairs", "read_pairs": "pairs", "PairOptions": "pairs", "balance_pairs": "pairs",
     "train_dpo": "train", "TrainOptions": "train",
     "evaluate_alignment": "evaluate", "EvalOptions": "evaluate", "table": "evaluate",
-    "pipeline_variant": "config",
+    "pipeline_variant": "config", "memo_pipeline": "memo", "MemoTextEncoder": "memo",
 }
 __all__ = sorted(_NAMES)
 

@@ -36,16 +36,17 @@ _SET_HELP = ("Override a pipeline setting, KEY=VALUE (repeatable), e.g. generato
 @click.option("--fresh", is_flag=True, help="Start OUT afresh (default: resume, skipping questions already in it).")
 @click.option("--max-new", type=int, default=None,
               help="Answer at most this many new questions in this run (0: only recount and reweight OUT).")
+@click.option("--no-memo", is_flag=True,
+              help="Encode every text the answer step asks for afresh (default: each text's vector is kept).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def pairs(pipeline, sets, index_dir, data, images, fmt, out, limit, seed, f1_threshold, replace, no_hallucinations,
-          fresh, max_new, quiet):
+          fresh, max_new, no_memo, quiet):
     """Build preference pairs: answer each training question with / without retrieval (and with the image replaced)."""
     from ragmed.align import pipeline_variant
-    from ragmed.align import PairOptions, build_pairs
-    from ragmed.pipeline import Pipeline
+    from ragmed.align import PairOptions, build_pairs, memo_pipeline
 
     variant, applied = pipeline_variant(pipeline, sets, Path(out).with_suffix(".pipeline.yaml"))
-    p = Pipeline.for_index(index_dir, variant)
+    p = memo_pipeline(index_dir, variant, memo=not no_memo)
     kg = None
     if not no_hallucinations:
         kg = p.knowledge
@@ -132,6 +133,10 @@ def _eval_options(f):
         click.option("--noise/--no-noise", default=True, show_default=True,
                      help="Measure the copy rate (image replaced by noise; only for generators that take the image)."),
         click.option("--out", required=True, type=click.Path(dir_okay=False), help="Result JSON (plots beside it)."),
+        click.option("--unrelated/--no-unrelated", default=True, show_default=True,
+                     help="Also replace the image by an unrelated one of another organ (generators that take it)."),
+        click.option("--no-memo", is_flag=True,
+                     help="Encode every text the answer step asks for afresh (default: each text's vector is kept)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress output."),
     ]):
         f = opt(f)
@@ -141,19 +146,18 @@ def _eval_options(f):
 @align.command("eval")
 @_eval_options
 def eval_align(pipeline, sets, adapters, index_dir, data, images, fmt, limit, seed, bootstrap, f1_threshold, noise,
-               out, quiet):
+               out, unrelated, no_memo, quiet):
     """Over-reliance, helpfulness, copy rate and accuracy with / without retrieval, before vs after alignment."""
     from ragmed.align import pipeline_variant
-    from ragmed.align import EvalOptions, evaluate_alignment, table
-    from ragmed.pipeline import Pipeline
+    from ragmed.align import EvalOptions, evaluate_alignment, memo_pipeline, table
 
     variant, applied = pipeline_variant(pipeline, sets, Path(out).with_suffix(".pipeline.yaml"))
-    p = Pipeline.for_index(index_dir, variant)
+    p = memo_pipeline(index_dir, variant, memo=not no_memo)
     named = []
     for a in adapters:
         name, _, d = a.rpartition("=")
         named.append((name or Path(d).parent.name or Path(d).name, d))
-    opts = EvalOptions(limit=limit, seed=seed, bootstrap=bootstrap, f1_threshold=f1_threshold, noise=noise, fmt=fmt,
+    opts = EvalOptions(limit=limit, seed=seed, bootstrap=bootstrap, f1_threshold=f1_threshold, noise=noise, unrelated=unrelated, fmt=fmt,
                        extra={"overrides": applied})
     res = evaluate_alignment(p, data, images or str(Path(data).parent / "images"), named, out, opts,
                              progress=not quiet)
