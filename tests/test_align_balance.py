@@ -3,6 +3,7 @@ record (fast: no model is trained here)."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from types import SimpleNamespace
 
@@ -70,6 +71,23 @@ def test_ragmed_vlm_names_its_adapter_in_the_model_id(tmp_path):
     (tmp_path / "adapter").mkdir()
     g = VLMGenerator(adapter=str(tmp_path / "adapter"))
     assert g.model_id == "ragmed-vlm:ragmed-vlm+lora:adapter"  # answers of base and aligned are cached apart
+
+
+def test_adapters_saved_under_one_name_get_different_ids(tmp_path):
+    """Every `ragmed align train --out RUN` writes RUN/adapter: the id (and so every answer cache keyed by it) carries a
+    digest of the adapter's weights, so a second adapter never reuses the first one's cached answers."""
+    from ragmed.generate.vlm.backend import VLMGenerator
+
+    ids = []
+    for run, payload in (("a", b"weights of run a"), ("b", b"weights of run b"), ("c", b"weights of run a")):
+        d = tmp_path / run / "adapter"
+        d.mkdir(parents=True)
+        (d / "adapter_model.safetensors").write_bytes(payload)  # only hashed here, never loaded
+        ids.append(VLMGenerator(adapter=str(d)).model_id)
+    assert all(re.fullmatch(r"ragmed-vlm:ragmed-vlm\+lora:adapter@[0-9a-f]{8}", i) for i in ids), ids
+    assert ids[0] != ids[1] and ids[0] == ids[2]  # same weights, same id, wherever they lie
+    (tmp_path / "b" / "adapter" / "adapter_model.safetensors").write_bytes(b"retrained")
+    assert VLMGenerator(adapter=str(tmp_path / "b" / "adapter")).model_id != ids[1]  # rewritten in place: hashed again
 
 
 def test_stratified_cap_keeps_rag_pt_pairs_and_balance():

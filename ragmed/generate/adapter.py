@@ -9,6 +9,7 @@ own record (``base_model_name_or_path``, model type) as far as it goes, and a sh
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -36,6 +37,30 @@ def base_fingerprint(model) -> dict[str, Any]:
     return {"model_type": getattr(cfg, "model_type", None), "vocab_size": int(emb.shape[0]),
             "hidden_size": int(emb.shape[1]), "num_hidden_layers": getattr(text, "num_hidden_layers", None),
             "embeddings_sha256": h}
+
+
+def adapter_tag(adapter_dir: str | Path) -> str:
+    """How an adapter is named in a generator's ``model_id``: its directory name and the first 8 hex digits of the
+    sha256 of its weights file, so that two adapters saved under the same directory name (every ``run/adapter``)
+    never share an id, nor the answer caches keyed by it. The name alone when the weights file is absent (the load
+    then fails with its own clear error)."""
+    d = Path(adapter_dir)
+    return f"{d.name}@{_weights_digest(str(d.resolve()))}" if (d / "adapter_model.safetensors").is_file() else d.name
+
+
+def _weights_digest(adapter_dir: str) -> str:
+    p = Path(adapter_dir) / "adapter_model.safetensors"
+    st = p.stat()
+    return _digest_cached(str(p), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest_cached(path: str, size: int, mtime_ns: int) -> str:  # size / mtime: a rewritten file is hashed again
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:8]
 
 
 def write_record(adapter_dir: str | Path, model, model_id: str, **extra: Any) -> dict[str, Any]:

@@ -100,7 +100,11 @@ class TransformersGenerator(ChatGenerator):
 
     @property
     def adapter_suffix(self) -> str:
-        return f"+lora:{Path(self.adapter).name}" if self.adapter else ""
+        if not self.adapter:
+            return ""
+        from ragmed.generate.adapter import adapter_tag
+
+        return f"+lora:{adapter_tag(self.adapter)}"
 
     @property
     def accepts_images(self) -> bool:  # type: ignore[override]
