@@ -96,3 +96,59 @@ def test_shipped_weights_load_and_answer_through_pipeline_ask(tmp_path):
     g = gen.generate(qs[0]["question"], a.evidence, [], image=p.retrieve(images / img).image, task="closed")
     w = gen.abstain(g, qs[0]["question"], a.evidence, task="closed", min_confidence=1.01)
     assert w.insufficient and w.citations == [] and f"withheld:{said}" in w.flags
+
+
+def _open_question_setup(tmp_path, **kw):
+    """The shipped classifier with a FAKE tiny causal LM (plumbing only) as its fallback, forced to answer every open
+    question (min_open_confidence above 1)."""
+    pytest.importorskip("transformers")
+    from ragmed.generate.answerer import AnswererGenerator, shipped_path
+
+    if not (shipped_path() / "model.safetensors").exists():
+        pytest.skip("no shipped ragmed-answerer weights")
+    from ragmed.generate.testing import write_tiny_causal_lm
+    from ragmed.io import MedicalImage
+    from ragmed.types import Evidence
+
+    lm = tmp_path / "lm"
+    if not lm.exists():
+        write_tiny_causal_lm(lm)
+    rng = np.random.default_rng(0)
+    image = MedicalImage(pixels=rng.random((64, 64), dtype=np.float32), source="noise", content_hash="noise",
+                         format="png")
+    ev = [Evidence(case_id=f"c{i}", score=1.0 - i / 10, ref=f"[{i + 1}]", text=t, excerpt=t)
+          for i, t in enumerate(["Right lower lobe consolidation.", "No effusion. Normal heart size."])]
+    gen = AnswererGenerator(fallback="transformers", fallback_params={"path": str(kw.pop("path", lm)),
+                                                                     "kind": "causal-lm", "threads": 1},
+                            min_open_confidence=1.01, **kw)
+    return gen, image, ev
+
+
+def test_fallback_in_a_child_process_gives_the_in_process_answer(tmp_path):
+    """The cold-start path: an open question starts the fallback's load in a child process (its own GIL) while
+    retrieval runs; the answer is the one the same fallback gives in this process."""
+    q = "Where is the consolidation?"
+    inproc, image, ev = _open_question_setup(tmp_path, fallback_in_child=False)
+    want = inproc.generate(q, ev, [], image=image, task="open")
+    gen, _, _ = _open_question_setup(tmp_path)
+    assert not gen._ready
+    gen.warm_up_async()  # what Pipeline.ask does for a question that is not closed
+    assert gen._child is not None and gen._ready  # loading (or loaded) in the child: not started twice
+    got = gen.generate(q, ev, [], image=image, task="open")
+    assert (got.text, got.citations, got.flags, got.model) == (want.text, want.citations, want.flags, want.model)
+    assert any(f.startswith("answerer-fallback:low-confidence") for f in got.flags)
+    again = gen.generate("Which lobe?", ev, [], image=image, task="open")  # the same child answers again
+    assert again.text == inproc.generate("Which lobe?", ev, [], image=image, task="open").text
+    proc = gen._child._proc
+    gen._child.close()
+    assert proc.poll() is not None  # the child ends when its input closes
+
+
+def test_fallback_child_error_is_raised_in_the_parent(tmp_path):
+    from ragmed.errors import ModelNotFoundError
+
+    gen, image, ev = _open_question_setup(tmp_path, path=tmp_path / "absent")
+    gen.warm_up_async()
+    with pytest.raises(ModelNotFoundError, match="config.json"):
+        gen.generate("Where is the consolidation?", ev, [], image=image, task="open")
+    gen._child.close()
