@@ -126,22 +126,32 @@ def main():
                 rows=rows, qv=qv, orows=orows, oq=oq, oii=oii, rules={})
 
 
-def image_level_rule(D, k, plane=False):
+VARIANTS = {  # name: (plane head, criterion, question types answered from the heads)
+    'image_level': (False, 'f1', A.IMAGE_LEVEL),
+    'image_level_recall': (False, 'recall', A.IMAGE_LEVEL),
+    'image_level_organ_plane': (False, 'f1', ('ORGAN', 'PLANE')),
+    'image_level_recall_organ_plane': (False, 'recall', ('ORGAN', 'PLANE')),
+}
+
+
+def image_level_rule(D, k, plane=False, criterion='f1', types=A.IMAGE_LEVEL):
     """Fold k's image-level answers for its held-out open questions (None where the question-type classifier says
-    the question is not image-level), fitted on the other folds' rows and images only (answers_common.fit_image_level)."""
-    key = (k, plane)
-    if key not in D['rules']:
-        from ragmed.generate.answerer.model import ImageLevel
-        fold_of = {n: D['folds'][i] for i, n in enumerate(D['names'])}
+    the question is not image-level, or not of ``types``), fitted on the other folds' rows and images only
+    (answers_common.fit_image_level; one fit per fold serves every criterion and type subset)."""
+    from ragmed.generate.answerer.model import ImageLevel
+    fold_of = {n: D['folds'][i] for i, n in enumerate(D['names'])}
+    if (k, plane) not in D['rules']:
         train_rows = [r for r in D['rows'] if fold_of[r['image'][1]] != k]
         emb = {n: D['F']['real']['emb'][i].numpy() for i, n in enumerate(D['names'])}
-        il = ImageLevel(A.fit_image_level(train_rows, D['qv'], emb, D['vocab'], plane=plane))
-        te = [i for i, r in enumerate(D['orows']) if fold_of[r['image'][1]] == k]
-        E = np.stack([emb[D['orows'][i]['image'][1]] for i in te])
-        types, _ = il.question_types(D['oq'][te].numpy())
-        truth = [A.question_type(D['orows'][i]) for i in te]
-        D['rules'][key] = (te, il.answers(D['oq'][te].numpy(), E), float(np.mean([a == b for a, b in zip(types, truth)])))
-    return D['rules'][key]
+        D['rules'][(k, plane)] = A.fit_image_level(train_rows, D['qv'], emb, D['vocab'], plane=plane)
+    params = dict(D['rules'][(k, plane)], criterion=criterion)
+    params['head_of_type'] = {t: h for t, h in params['head_of_type'].items() if t in types}
+    il = ImageLevel(params)
+    te = [i for i, r in enumerate(D['orows']) if fold_of[r['image'][1]] == k]
+    E = np.stack([D['F']['real']['emb'][D['oii'][i]].numpy() for i in te])
+    types_, _ = il.question_types(D['oq'][te].numpy())
+    truth = [A.question_type(D['orows'][i]) for i in te]
+    return te, il.answers(D['oq'][te].numpy(), E), float(np.mean([a == b for a, b in zip(types_, truth)]))
 
 
 def open_recall(preds, golds):
@@ -277,10 +287,10 @@ def run(D, mode, kind='emb', aux_w=0.0, epochs=25, seed=0, zdim=16, imgdrop=0.3)
     base = [D['vocab'][j] for j in opred[be]]
     rec = open_recall(base, golds)
     extra = {'open_recall': round(float(rec.mean()), 4)}
-    for plane in (False, True):
+    for tag, (plane, crit, types) in VARIANTS.items():
         ruled, fired, tacc = list(base), np.zeros(len(base), bool), []
         for k in range(5):
-            te, ans, acc = image_level_rule(D, k, plane)
+            te, ans, acc = image_level_rule(D, k, plane, crit, types)
             tacc.append(acc)
             for i, a in zip(te, ans):
                 if a is not None:
@@ -290,7 +300,6 @@ def run(D, mode, kind='emb', aux_w=0.0, epochs=25, seed=0, zdim=16, imgdrop=0.3)
         g = np.random.default_rng(0)  # bootstrap over images of the paired gain
         img = D['oii'].numpy(); u = np.unique(img); by = {v: np.where(img == v)[0] for v in u}
         bs = [np.mean(np.concatenate([d[by[v]] for v in g.choice(u, len(u))])) for _ in range(1000)]
-        tag = 'image_level_plane_head' if plane else 'image_level'
         extra[tag] = {'open_recall': round(float(r2.mean()), 4), 'gain': round(float(d.mean()), 4),
                       'gain_ci95': [round(float(np.percentile(bs, 2.5)), 4), round(float(np.percentile(bs, 97.5)), 4)],
                       'fired': int(fired.sum()), 'recall_where_fired_before_after': [round(float(rec[fired].mean()), 4), round(float(r2[fired].mean()), 4)] if fired.any() else None,

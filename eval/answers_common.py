@@ -113,7 +113,8 @@ PLANE_SYNONYMS = {"axial": ("axial", "transverse"), "coronal": ("coronal",), "sa
 
 
 def fit_image_level(rows: list[dict], qvec: dict, emb: dict, vocab: list[str], *, plane: bool = False,
-                    c_type: float = 10.0, c_head: float = 1.0, seed: int = 0) -> dict:
+                    criterion: str = "f1", types: tuple[str, ...] = IMAGE_LEVEL, c_type: float = 10.0,
+                    c_head: float = 1.0) -> dict:
     """The image-level answerer of open "what organ / which modality / which plane is this?" questions, fitted on
     training-part ``rows`` only (JSON-serialisable; applied by ragmed.generate.answerer.model.ImageLevel):
 
@@ -122,9 +123,10 @@ def fit_image_level(rows: list[dict], qvec: dict, emb: dict, vocab: list[str], *
     - image heads: logistic regressions on the frozen tower embeddings (``emb``, by image name) for organ
       (VQA-RAD's ``image_organ``), modality (:func:`image_labels`, images with a known modality only) and, with
       ``plane``, plane (:func:`plane_labels`); without ``plane``, PLANE questions are answered from the organ head;
-    - per (type, label) the answer of ``vocab`` with the highest mean token F1 against the training part's open
-      answers of that type on images with that label (``ragmed.eval.vqa.token_scores``): the label put in the
-      vocabulary's words ("HEAD" → "brain", "CHEST" + PLANE → "pa").
+    - per (type, label) the answer of ``vocab`` with the highest mean token F1 (``criterion="recall"``: token recall,
+      the evaluation's open metric) against the training part's open answers of that type on images with that label
+      (``ragmed.eval.vqa.token_scores``): the label put in the vocabulary's words ("HEAD" → "brain", "CHEST" + PLANE
+      → "pa"). Both tables are kept; ``criterion`` names the one used. ``types``: the question types answered so.
     """
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -148,8 +150,9 @@ def fit_image_level(rows: list[dict], qvec: dict, emb: dict, vocab: list[str], *
     X = np.stack([qvec[q] for q in qs]).astype(np.float64)
     clf = LogisticRegression(C=c_type, max_iter=2000).fit(X, [qtype[q] for q in qs])
     out = {"qtype": {"classes": list(clf.classes_), "coef": clf.coef_.tolist(), "intercept": clf.intercept_.tolist()},
-           "heads": {}, "head_of_type": head_of, "candidates": [a for a in vocab if a not in ("yes", "no")],
-           "expected_f1": {}}
+           "heads": {}, "head_of_type": {t: h for t, h in head_of.items() if t in types},
+           "candidates": [a for a in vocab if a not in ("yes", "no")], "criterion": criterion,
+           "tables": {"f1": {}, "recall": {}}}
     for h, ys in heads_y.items():
         names = sorted(ys)
         present = sorted({ys[n] for n in names})
@@ -167,13 +170,15 @@ def fit_image_level(rows: list[dict], qvec: dict, emb: dict, vocab: list[str], *
     cand = out["candidates"]
     for t, h in head_of.items():
         ys = heads_y[h]
-        table = []
+        tables = {"f1": [], "recall": []}
         for li in range(len(label_names[h])):
             golds = [normalize_answer(r["answer"]) for r in rows if not r["closed"] and qtype[r["question"]] == t
                      and ys.get(r["image"][1]) == li]
-            table.append([float(np.mean([token_scores(a, g)["f1"] for g in golds])) if golds else 0.0
-                          for a in cand])
-        out["expected_f1"][t] = table
+            sc = [[token_scores(a, g) for g in golds] for a in cand]
+            for m in tables:
+                tables[m].append([float(np.mean([x[m] for x in row])) if golds else 0.0 for row in sc])
+        for m in tables:
+            out["tables"][m][t] = tables[m]
     return out
 
 

@@ -265,7 +265,8 @@ class ImageLevel:
     image-level heads (``image_level.json`` beside the weights, fitted on the training part by
     eval/answers_common.py's ``fit_image_level``): a linear question-type classifier over the question vector, linear
     heads over the tower embedding (organ, modality, optionally plane), and per (type, label) the expected token F1
-    of each vocabulary answer against the training part's answers. Plain numpy at run time."""
+    of each vocabulary answer against the training part's answers (F1 or recall, ``criterion``). Plain numpy at run
+    time."""
 
     def __init__(self, params: dict[str, Any]):
         qt = params["qtype"]
@@ -275,7 +276,12 @@ class ImageLevel:
                       for h, d in params["heads"].items()}
         self.head_of = dict(params["head_of_type"])
         self.candidates = list(params["candidates"])
-        self.table = {t: np.asarray(v, np.float64) for t, v in params["expected_f1"].items()}
+        self.set_criterion(params.get("criterion", "f1"), params["tables"])
+
+    def set_criterion(self, criterion: str, tables: dict[str, Any]) -> None:
+        """Choose answers by the expected token ``f1`` or ``recall`` table (both fitted)."""
+        self.criterion = criterion
+        self.table = {t: np.asarray(v, np.float64) for t, v in tables[criterion].items()}
 
     @classmethod
     def load(cls, path: str | Path) -> "ImageLevel | None":
