@@ -152,3 +152,25 @@ def test_fallback_child_error_is_raised_in_the_parent(tmp_path):
     with pytest.raises(ModelNotFoundError, match="config.json"):
         gen.generate("Where is the consolidation?", ev, [], image=image, task="open")
     gen._child.close()
+
+
+def test_image_level_answers_from_question_type_and_head():
+    """ImageLevel (image_level.json): the question-type classifier decides whether the head answers; the answer is the
+    vocabulary entry with the best expected score under the head's label probabilities (hand-set parameters)."""
+    from ragmed.generate.answerer.model import ImageLevel
+
+    e = np.eye(4)
+    params = {"qtype": {"classes": ["ORGAN", "OTHER"], "coef": (10 * e[:2]).tolist(), "intercept": [0.0, 0.0]},
+              "heads": {"organ": {"labels": ["HEAD", "CHEST", "ABD"], "coef": (10 * e[:3]).tolist(),
+                                  "intercept": [0.0, 0.0, 0.0], "n_images": 3}},
+              "head_of_type": {"ORGAN": "organ"}, "candidates": ["brain", "chest", "abdomen"], "criterion": "f1",
+              "tables": {"f1": {"ORGAN": [[1, 0, 0], [0, 1, 0], [0, 0.2, 0.8]]},
+                         "recall": {"ORGAN": [[1, 0, 0], [0, 1, 0], [0, 1, 0]]}}}
+    il = ImageLevel(params)
+    q = np.stack([e[0], e[0], e[1]])  # organ question, organ question, another question
+    emb = np.stack([e[0], e[2], e[0]])  # a head image, an abdomen image
+    out = il.answers(q, emb)
+    assert [o[0] if o else None for o in out] == ["brain", "abdomen", None]
+    assert out[0][2] == "ORGAN" and 0.9 < out[0][1] <= 1.0
+    il.set_criterion("recall", params["tables"])  # the recall table maps the abdomen label to "chest" here
+    assert il.answers(q[1:2], emb[1:2])[0][0] == "chest"
