@@ -110,8 +110,17 @@ def _portable(e: BaseException) -> BaseException:
 
 
 def serve() -> None:
-    """The child's loop: read (name, params), build and load the generator, report ``("ready", model_id)`` or
-    ``("error", exception)``, then answer each pickled request until standard input closes."""
+    """The child's loop (:func:`_serve`); ends quietly when the parent has gone (its pipe closed)."""
+    try:
+        _serve()
+    except (BrokenPipeError, EOFError):
+        pass
+    os._exit(0)
+
+
+def _serve() -> None:
+    """Read (name, params), build and load the generator, report ``("ready", model_id)`` or ``("error", exception)``,
+    then answer each pickled request until standard input closes."""
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # anything the libraries print goes to standard error, not into the protocol
     inp = sys.stdin.buffer
