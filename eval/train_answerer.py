@@ -110,7 +110,8 @@ def predict_closed(model, q, px, choices_idx, batch=128, feats=None):
     return out
 
 
-def add_image_level(weights: Path, work: Path, plane: bool, argv) -> Path:
+def add_image_level(weights: Path, work: Path, plane: bool, argv, types: tuple[str, ...] = A.IMAGE_LEVEL,
+                    criterion: str = "f1") -> Path:
     """Fit the image-level answerer (answers_common.fit_image_level: question-type classifier, organ / modality
     [/ plane] heads on the answerer's own frozen tower embeddings, answer tables) on the whole training part (train +
     dev slice; nothing here is chosen by the dev slice) and write it beside the weights (model.IMAGE_LEVEL_FILE)."""
@@ -124,7 +125,7 @@ def add_image_level(weights: Path, work: Path, plane: bool, argv) -> Path:
     qv, ims = features(rows, work / "features_train.npz")
     names = sorted({r["image"][1] for r in rows})
     emb = dict(zip(names, ans.embeddings(np.stack([ims[n] for n in names]))))
-    params = A.fit_image_level(rows, qv, emb, ans.vocab, plane=plane)
+    params = A.fit_image_level(rows, qv, emb, ans.vocab, plane=plane, types=types, criterion=criterion)
     params["fitted_on"] = (f"VQA-RAD (CC0) rows of the training part of {A.SPLIT.name} (train + dev slice: "
                            f"{len(rows)} rows, {len(names)} images); question types from VQA-RAD's question_type, "
                            "organ from image_organ, modality / plane from the same images' training questions")
@@ -143,6 +144,10 @@ def main(argv=None) -> int:
                     help="fit the image-level heads for open questions about the whole image and write them beside "
                          "the weights directory WEIGHTS (image_level.json); --work holds the feature cache")
     ap.add_argument("--plane", action="store_true", help="with --add-image-level: a plane head too")
+    ap.add_argument("--types", default=",".join(A.IMAGE_LEVEL),
+                    help="with --add-image-level: the question types the heads answer (comma-separated)")
+    ap.add_argument("--criterion", choices=("f1", "recall"), default="f1",
+                    help="with --add-image-level: the answer table's expected token score")
     ap.add_argument("--work", default=None)
     ap.add_argument("--tower", help="tower trained without the evaluation images")
     ap.add_argument("--out")
@@ -175,7 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args(argv)
     if a.add_image_level:
-        add_image_level(Path(a.add_image_level), Path(a.work or Path(a.add_image_level).parent), a.plane, argv)
+        add_image_level(Path(a.add_image_level), Path(a.work or Path(a.add_image_level).parent), a.plane, argv,
+                        tuple(t.strip().upper() for t in a.types.split(",") if t.strip()), a.criterion)
         return 0
     if not a.tower or not a.out:
         ap.error("--tower and --out are required")
