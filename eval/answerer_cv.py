@@ -119,7 +119,44 @@ def main():
     from ragmed.encoders import create_encoder
     phr = torch.from_numpy(np.asarray(create_encoder('minilm').encode_texts(LABEL_PHRASES), dtype=np.float32))
     phr = nn.functional.normalize(phr, dim=-1)
-    return dict(phr=phr, vocab=vocab, F=F, org=org, mod=mod, q=q, y=y, ii=ii, closed=closed, choices=choices, folds=folds, names=names)
+    orows = [r for r in rows if not r['closed']]  # every open question, also those whose answer is not in the vocabulary
+    oq = torch.from_numpy(np.stack([qv[r['question']] for r in orows]).astype(np.float32))
+    oii = torch.tensor([pos[r['image'][1]] for r in orows])
+    return dict(phr=phr, vocab=vocab, F=F, org=org, mod=mod, q=q, y=y, ii=ii, closed=closed, choices=choices, folds=folds, names=names,
+                rows=rows, qv=qv, orows=orows, oq=oq, oii=oii, rules={})
+
+
+VARIANTS = {  # name: (plane head, criterion, question types answered from the heads)
+    'image_level': (False, 'f1', A.IMAGE_LEVEL),
+    'image_level_recall': (False, 'recall', A.IMAGE_LEVEL),
+    'image_level_organ_plane': (False, 'f1', ('ORGAN', 'PLANE')),
+    'image_level_recall_organ_plane': (False, 'recall', ('ORGAN', 'PLANE')),
+}
+
+
+def image_level_rule(D, k, plane=False, criterion='f1', types=A.IMAGE_LEVEL):
+    """Fold k's image-level answers for its held-out open questions (None where the question-type classifier says
+    the question is not image-level, or not of ``types``), fitted on the other folds' rows and images only
+    (answers_common.fit_image_level; one fit per fold serves every criterion and type subset)."""
+    from ragmed.generate.answerer.model import ImageLevel
+    fold_of = {n: D['folds'][i] for i, n in enumerate(D['names'])}
+    if (k, plane) not in D['rules']:
+        train_rows = [r for r in D['rows'] if fold_of[r['image'][1]] != k]
+        emb = {n: D['F']['real']['emb'][i].numpy() for i, n in enumerate(D['names'])}
+        D['rules'][(k, plane)] = A.fit_image_level(train_rows, D['qv'], emb, D['vocab'], plane=plane)
+    params = dict(D['rules'][(k, plane)], criterion=criterion)
+    params['head_of_type'] = {t: h for t, h in params['head_of_type'].items() if t in types}
+    il = ImageLevel(params)
+    te = [i for i, r in enumerate(D['orows']) if fold_of[r['image'][1]] == k]
+    E = np.stack([D['F']['real']['emb'][D['oii'][i]].numpy() for i in te])
+    types_, _ = il.question_types(D['oq'][te].numpy())
+    truth = [A.question_type(D['orows'][i]) for i in te]
+    return te, il.answers(D['oq'][te].numpy(), E), float(np.mean([a == b for a, b in zip(types_, truth)]))
+
+
+def open_recall(preds, golds):
+    from ragmed.eval.vqa import token_scores
+    return np.array([token_scores(p, g)['recall'] for p, g in zip(preds, golds)])
 
 class Net(nn.Module):
     def __init__(self, V, nvocab, img_in, mode, hidden=256, zdim=16, imgdrop=0.3, drop=0.3, names=None):
@@ -203,6 +240,7 @@ def run(D, mode, kind='emb', aux_w=0.0, epochs=25, seed=0, zdim=16, imgdrop=0.3)
     if mode == 'att':
         X, XN = Pair(X, D['F']['real']['map']), Pair(XN, D['F']['noise']['map'])
     res = np.zeros((5, epochs, 3)); okq = np.zeros((epochs, 2, len(D['y'])))  # closed real, closed noise, open
+    opred = np.zeros((epochs, len(D['orows'])), dtype=np.int64)  # top answer of every held-out open question
     for k in range(5):
         torch.manual_seed(seed + k)
         trm = D['folds'][D['ii'].numpy()] != k
@@ -239,10 +277,35 @@ def run(D, mode, kind='emb', aux_w=0.0, epochs=25, seed=0, zdim=16, imgdrop=0.3)
                     cl = D['closed'][tei]
                     res[k, ep, j] = ok[cl].mean()
                     if j == 0: res[k, ep, 2] = ok[~cl].mean()
+                ote = np.where(D['folds'][D['oii'].numpy()] == k)[0]
+                if len(ote):
+                    opred[ep, ote] = net(D['oq'][ote], X[D['oii'][ote]])[0].argmax(-1).numpy()
     m = res.mean(0)
     be = int(np.argmax(m[:, 0]))
     np.save(W / ('ok_' + '_'.join(f'{a}{b}' for a, b in sorted(dict(mode=mode, kind=kind, aux_w=aux_w, seed=seed, zdim=zdim, imgdrop=imgdrop).items())).replace('+', '') + '.npy'), okq[be])
-    return {'best_epoch': be + 1, 'closed': round(m[be, 0], 4), 'closed_noise': round(m[be, 1], 4), 'open_invocab': round(m[be, 2], 4),
+    golds = [r['answer'] for r in D['orows']]
+    base = [D['vocab'][j] for j in opred[be]]
+    rec = open_recall(base, golds)
+    extra = {'open_recall': round(float(rec.mean()), 4)}
+    for tag, (plane, crit, types) in VARIANTS.items():
+        ruled, fired, tacc = list(base), np.zeros(len(base), bool), []
+        for k in range(5):
+            te, ans, acc = image_level_rule(D, k, plane, crit, types)
+            tacc.append(acc)
+            for i, a in zip(te, ans):
+                if a is not None:
+                    ruled[i], fired[i] = a[0], True
+        r2 = open_recall(ruled, golds)
+        d = r2 - rec
+        g = np.random.default_rng(0)  # bootstrap over images of the paired gain
+        img = D['oii'].numpy(); u = np.unique(img); by = {v: np.where(img == v)[0] for v in u}
+        bs = [np.mean(np.concatenate([d[by[v]] for v in g.choice(u, len(u))])) for _ in range(1000)]
+        extra[tag] = {'open_recall': round(float(r2.mean()), 4), 'gain': round(float(d.mean()), 4),
+                      'gain_ci95': [round(float(np.percentile(bs, 2.5)), 4), round(float(np.percentile(bs, 97.5)), 4)],
+                      'fired': int(fired.sum()), 'recall_where_fired_before_after': [round(float(rec[fired].mean()), 4), round(float(r2[fired].mean()), 4)] if fired.any() else None,
+                      'question_type_accuracy_heldout_open': round(float(np.mean(tacc)), 4)}
+    np.save(W / ('open_' + '_'.join(f'{a}{b}' for a, b in sorted(dict(mode=mode, kind=kind, aux_w=aux_w, seed=seed, zdim=zdim, imgdrop=imgdrop).items())).replace('+', '') + '.npy'), opred[be])
+    return {**extra, 'best_epoch': be + 1, 'closed': round(m[be, 0], 4), 'closed_noise': round(m[be, 1], 4), 'open_invocab': round(m[be, 2], 4),
             'per_fold_closed': res[:, be, 0].round(3).tolist(), 'curve_closed': m[:, 0].round(3).tolist()}
 
 def cli(argv=None) -> int:

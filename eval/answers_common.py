@@ -6,6 +6,7 @@ images (eval/eval_vlm.py's build_index); a question's own image is excluded from
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -64,6 +65,120 @@ def image_labels(rows: list[dict]) -> dict[str, tuple[int, int]]:
     for n, v in votes.items():
         m = max(v, key=v.get)
         out[n] = (organ[n], MODALITIES.index(m) if v[m] > 0 else -1)
+    return out
+
+
+IMAGE_LEVEL = ("ORGAN", "MODALITY", "PLANE")  # VQA-RAD question types about the whole image
+QTYPES = (*IMAGE_LEVEL, "OTHER")
+
+
+def question_type(row: dict, raw: dict | None = None) -> str:
+    """VQA-RAD's ``question_type`` of a row (its first type), with every type that is not image-level as OTHER."""
+    raw = raw if raw is not None else raw_rows()
+    t = str(raw[row["qid"]]["question_type"]).split(",")[0].strip().upper()
+    return t if t in IMAGE_LEVEL else "OTHER"
+
+
+@functools.lru_cache(maxsize=1)
+def raw_rows() -> dict:
+    """VQA-RAD's rows by qid (read once)."""
+    return {r["qid"]: r for r in json.loads((DATA / "vqa-rad" / "train.json").read_text())}
+
+
+def plane_labels(rows: list[dict]) -> dict[str, int]:
+    """Per image name, the index in PLANES of its plane as stated by the given (training-part) rows: an open PLANE
+    question's answer, or "Is this an axial / coronal / … image?" answered yes; images without one are absent."""
+    from ragmed.eval.normalize import normalize_answer
+
+    raw = raw_rows()
+    out: dict[str, int] = {}
+    for r in rows:
+        if question_type(r, raw) != "PLANE":
+            continue
+        a, q = normalize_answer(r["answer"]), r["question"].lower()
+        hit = None
+        if not r["closed"]:
+            hit = next((p for p, syn in PLANE_SYNONYMS.items() if a in syn), None)
+        elif a == "yes":
+            hit = next((p for p, syn in PLANE_SYNONYMS.items() if any(re.search(rf"\b{s}\b", q) for s in syn)), None)
+        if hit is not None:
+            out[r["image"][1]] = PLANES.index(hit)
+    return out
+
+
+PLANES = ["axial", "coronal", "sagittal", "pa", "ap", "lateral"]
+PLANE_SYNONYMS = {"axial": ("axial", "transverse"), "coronal": ("coronal",), "sagittal": ("sagittal",),
+                  "pa": ("pa", "posteroanterior", "posterior anterior"), "ap": ("ap", "anteroposterior"),
+                  "lateral": ("lateral",)}
+
+
+def fit_image_level(rows: list[dict], qvec: dict, emb: dict, vocab: list[str], *, plane: bool = False,
+                    criterion: str = "f1", types: tuple[str, ...] = IMAGE_LEVEL, c_type: float = 10.0,
+                    c_head: float = 1.0) -> dict:
+    """The image-level answerer of open "what organ / which modality / which plane is this?" questions, fitted on
+    training-part ``rows`` only (JSON-serialisable; applied by ragmed.generate.answerer.model.ImageLevel):
+
+    - a question-type classifier: multinomial logistic regression on the MiniLM question vectors (``qvec``, by
+      question text) with VQA-RAD's ``question_type`` (ORGAN / MODALITY / PLANE / OTHER) as labels;
+    - image heads: logistic regressions on the frozen tower embeddings (``emb``, by image name) for organ
+      (VQA-RAD's ``image_organ``), modality (:func:`image_labels`, images with a known modality only) and, with
+      ``plane``, plane (:func:`plane_labels`); without ``plane``, PLANE questions are answered from the organ head;
+    - per (type, label) the answer of ``vocab`` with the highest mean token F1 (``criterion="recall"``: token recall,
+      the evaluation's open metric) against the training part's open answers of that type on images with that label
+      (``ragmed.eval.vqa.token_scores``): the label put in the vocabulary's words ("HEAD" → "brain", "CHEST" + PLANE
+      → "pa"). Both tables are kept; ``criterion`` names the one used. ``types``: the question types answered so.
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from ragmed.eval.normalize import normalize_answer
+    from ragmed.eval.vqa import token_scores
+
+    raw = raw_rows()
+    lab = image_labels(rows)
+    heads_y = {"organ": {n: v[0] for n, v in lab.items()},
+               "modality": {n: v[1] for n, v in lab.items() if v[1] >= 0}}
+    label_names = {"organ": list(ORGANS), "modality": list(MODALITIES)}
+    if plane:
+        heads_y["plane"] = plane_labels(rows)
+        label_names["plane"] = list(PLANES)
+    head_of = {"ORGAN": "organ", "MODALITY": "modality", "PLANE": "plane" if plane else "organ"}
+    qs = sorted({r["question"] for r in rows})
+    qtype = {}
+    for r in rows:
+        qtype[r["question"]] = question_type(r, raw)
+    X = np.stack([qvec[q] for q in qs]).astype(np.float64)
+    clf = LogisticRegression(C=c_type, max_iter=2000).fit(X, [qtype[q] for q in qs])
+    out = {"qtype": {"classes": list(clf.classes_), "coef": clf.coef_.tolist(), "intercept": clf.intercept_.tolist()},
+           "heads": {}, "head_of_type": {t: h for t, h in head_of.items() if t in types},
+           "candidates": [a for a in vocab if a not in ("yes", "no")], "criterion": criterion,
+           "tables": {"f1": {}, "recall": {}}}
+    for h, ys in heads_y.items():
+        names = sorted(ys)
+        present = sorted({ys[n] for n in names})
+        m = LogisticRegression(C=c_head, max_iter=2000).fit(np.stack([emb[n] for n in names]).astype(np.float64),
+                                                          [ys[n] for n in names])
+        coef = np.zeros((len(label_names[h]), m.coef_.shape[1]))
+        icpt = np.full(len(label_names[h]), -1e4)  # labels never seen in training: never predicted
+        if len(present) == 2:  # binary: sklearn keeps one row (the second class vs the first)
+            coef[present[1]], icpt[present[1]], icpt[present[0]] = m.coef_[0], m.intercept_[0], 0.0
+        else:
+            for j, c in enumerate(m.classes_):
+                coef[c], icpt[c] = m.coef_[j], m.intercept_[j]
+        out["heads"][h] = {"labels": label_names[h], "coef": coef.tolist(), "intercept": icpt.tolist(),
+                           "n_images": len(names)}
+    cand = out["candidates"]
+    for t, h in head_of.items():
+        ys = heads_y[h]
+        tables = {"f1": [], "recall": []}
+        for li in range(len(label_names[h])):
+            golds = [normalize_answer(r["answer"]) for r in rows if not r["closed"] and qtype[r["question"]] == t
+                     and ys.get(r["image"][1]) == li]
+            sc = [[token_scores(a, g) for g in golds] for a in cand]
+            for m in tables:
+                tables[m].append([float(np.mean([x[m] for x in row])) if golds else 0.0 for row in sc])
+        for m in tables:
+            out["tables"][m][t] = tables[m]
     return out
 
 

@@ -7,6 +7,11 @@ latency (``Pipeline.ask`` in a process that already answered once), p50 / p95.
 Each generator is ``NAME`` or ``NAME:{json params}``; the pipeline is the one that built the index with only its
 generator replaced (written to a temporary YAML so the CLI can load it). Questions: VQA-RAD questions about images
 (the image's own case excluded from retrieval, as in the VQA evaluation).
+
+Cold runs also report the CPU seconds (user + system) of the whole ``ragmed ask`` process tree, including a child
+process it starts (e.g. ragmed-answerer's fallback, which outlives its parent by a moment): on Linux this script
+makes itself a child subreaper and reaps those descendants. On a shared machine CPU seconds move far less with the
+load than wall time.
 """
 from __future__ import annotations
 
@@ -59,6 +64,25 @@ def pipeline_yaml(index: str, generator: str, params: dict, tmp: Path) -> Path:
     return p
 
 
+def become_subreaper() -> bool:
+    """Orphaned descendants of the cold ``ragmed ask`` runs are re-parented to this process (Linux
+    PR_SET_CHILD_SUBREAPER), so their CPU time is counted in RUSAGE_CHILDREN once reaped."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_descendants() -> None:
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
 def questions(data: Path, images: Path, n: int, seed: int) -> list[tuple[str, str]]:
     items = json.loads(data.read_text())
     rng = random.Random(seed)
@@ -85,15 +109,23 @@ def main() -> None:
         return
     results, rows = [], []
     ragmed = [sys.executable, "-m", "ragmed"]  # this interpreter's ragmed (a copied venv's script may point elsewhere)
+    import resource
+
+    tree_cpu = become_subreaper()
     with tempfile.TemporaryDirectory(prefix="ragmed-bench-ask-") as tmp:
         for name, params in parse_generators(args.generators):
             yml = pipeline_yaml(args.index, name, params, Path(tmp))
-            cold, errors = [], []
+            cold, cold_cpu, errors = [], [], []
+            load_before = os.getloadavg()[0]
             for image, q in qs[:args.cold_runs]:
+                r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t = time.perf_counter()
                 p = subprocess.run([*ragmed, "ask", image, q, "--index", args.index, "--pipeline", str(yml), "--json"],
                                    capture_output=True, text=True)
                 cold.append(time.perf_counter() - t)
+                reap_descendants()
+                r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cold_cpu.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
                 if p.returncode != 0:
                     errors.append(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}")
             p = subprocess.run([sys.executable, __file__, "--index", args.index, "--data", args.data, "--images",
@@ -104,9 +136,12 @@ def main() -> None:
                 w = {}
             else:
                 w = json.loads(p.stdout.strip().splitlines()[-1])
-            r = {"generator": name, "params": params, "cold": percentiles(cold), "errors": errors[:3], **w}
+            r = {"generator": name, "params": params, "cold": percentiles(cold), "cold_runs_s": cold,
+                 "cold_cpu_s": cold_cpu, "cold_cpu_counts_descendants": tree_cpu,
+                 "load_avg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)], "errors": errors[:3], **w}
             results.append(r)
             rows.append({"generator": name, "cold_p50_s": r["cold"]["p50_ms"] / 1000,
+                         "cold_cpu_p50_s": float(sorted(cold_cpu)[len(cold_cpu) // 2]) if cold_cpu else None,
                          "first_ask_s": w.get("first_ask_s"), "warm_p50_ms": w.get("warm", {}).get("p50_ms"),
                          "warm_p95_ms": w.get("warm", {}).get("p95_ms"), "errors": len(errors)})
     print(table(rows))

@@ -224,11 +224,32 @@ def main(argv=None) -> int:
     oq, _ = run_model(qonly, opened, qv, ims, "real")
     open_preds = {"answerer_top": op, "answerer_top_noise": opn, "question_only_learned": oq,
                   "question_only_majority": [qo(r) for r in opened]}
+    res_image_level = None
+    if full.image_level is not None:  # open questions about the whole image answered from the image-level heads
+        rng = np.random.default_rng(a.seed)
+        oqv = np.stack([qv[r["question"]] for r in opened])
+        oarr = np.stack([ims[r["image"][1]] for r in opened])
+        for tag, arr in (("", oarr), ("_noise", T.noise_like(oarr, rng))):
+            hits = full.image_level.answers(oqv, full.embeddings(arr))
+            base = open_preds["answerer_top" + tag]
+            open_preds["answerer_top_image_level" + tag] = [h[0] if h else b for h, b in zip(hits, base)]
+        fired = [h is not None for h in full.image_level.answers(oqv, full.embeddings(oarr))]
+        truth = [A.question_type(r) for r in opened]
+        types, _ = full.image_level.question_types(oqv)
+        res_image_level = {"fired": int(sum(fired)), "n_open": len(opened),
+                           "question_type_accuracy": round(float(np.mean([x == y for x, y in zip(types, truth)])), 4),
+                           "image_level_questions_by_vqa_rad_type": int(sum(t != "OTHER" for t in truth))}
     ohave = [i for i, r in enumerate(opened) if str(r["qid"]) in votes]
     osub = [opened[i] for i in ohave]
     oscores = {k: [token_scores(p, r["answer"])["recall"] for p, r in zip(v, opened)] for k, v in open_preds.items()}
     res_open = E.summarise(opened, oscores, [("answerer_top", "answerer_top_noise"),
-                                             ("answerer_top", "question_only_learned")])
+                                             ("answerer_top", "question_only_learned")] + (
+        [("answerer_top_image_level", "answerer_top"), ("answerer_top_image_level", "answerer_top_image_level_noise"),
+         ("answerer_top_image_level", "question_only_learned")] if res_image_level else []))
+    if res_image_level:
+        fired_idx = [i for i in range(len(opened)) if open_preds["answerer_top_image_level"][i] != op[i]]
+        res_image_level["where_answer_changed"] = len(fired_idx)
+        res_open["image_level"] = res_image_level
     res_open["answered_by_answerer_at_threshold"] = round(float(np.mean([c >= min_open for c in oc])), 4)
     res_open_vote = None
     if ohave:

@@ -3,6 +3,7 @@
     python eval/train_answerer.py --tower TOWER_DIR --out RUN_DIR [--resume] [--threads 2] [--seed 0]
     python eval/train_answerer.py ... --question-only        # the same head without the image (the baseline)
     python eval/train_answerer.py ... --freeze-tower --aux [--agree]   # image only as organ + modality heads
+    python eval/train_answerer.py --add-image-level WEIGHTS [--plane] --work WORK  # image-level heads beside WEIGHTS
 
 Data: the training part of the committed VQA-RAD split by image (eval/splits/vqa_rad_vlm_seed0.json, CC0) only; its
 dev slice (10 % of the training images, eval/train_vlm.py's dev_images, seed 0) is held out of the gradient and
@@ -109,10 +110,47 @@ def predict_closed(model, q, px, choices_idx, batch=128, feats=None):
     return out
 
 
+def add_image_level(weights: Path, work: Path, plane: bool, argv, types: tuple[str, ...] = A.IMAGE_LEVEL,
+                    criterion: str = "f1") -> Path:
+    """Fit the image-level answerer (answers_common.fit_image_level: question-type classifier, organ / modality
+    [/ plane] heads on the answerer's own frozen tower embeddings, answer tables) on the whole training part (train +
+    dev slice; nothing here is chosen by the dev slice) and write it beside the weights (model.IMAGE_LEVEL_FILE)."""
+    from ragmed.generate.answerer.model import IMAGE_LEVEL_FILE, Answerer
+
+    tr, dv, _ = A.split_rows()
+    rows = tr + dv
+    ans = Answerer(weights)
+    if not ans.image_branch:
+        raise SystemExit("--add-image-level needs an answerer with an image branch")
+    qv, ims = features(rows, work / "features_train.npz")
+    names = sorted({r["image"][1] for r in rows})
+    emb = dict(zip(names, ans.embeddings(np.stack([ims[n] for n in names]))))
+    params = A.fit_image_level(rows, qv, emb, ans.vocab, plane=plane, types=types, criterion=criterion)
+    params["fitted_on"] = (f"VQA-RAD (CC0) rows of the training part of {A.SPLIT.name} (train + dev slice: "
+                           f"{len(rows)} rows, {len(names)} images); question types from VQA-RAD's question_type, "
+                           "organ from image_organ, modality / plane from the same images' training questions")
+    params["command"] = "python eval/train_answerer.py " + " ".join(
+        x if not x.startswith("/") else Path(x).name for x in (argv or sys.argv[1:]))
+    out = Path(weights) / IMAGE_LEVEL_FILE
+    out.write_text(json.dumps(params))
+    print("wrote", out, {h: d["n_images"] for h, d in params["heads"].items()},
+          file=sys.stderr)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tower", required=True, help="tower trained without the evaluation images")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--add-image-level", metavar="WEIGHTS", default=None,
+                    help="fit the image-level heads for open questions about the whole image and write them beside "
+                         "the weights directory WEIGHTS (image_level.json); --work holds the feature cache")
+    ap.add_argument("--plane", action="store_true", help="with --add-image-level: a plane head too")
+    ap.add_argument("--types", default=",".join(A.IMAGE_LEVEL),
+                    help="with --add-image-level: the question types the heads answer (comma-separated)")
+    ap.add_argument("--criterion", choices=("f1", "recall"), default="f1",
+                    help="with --add-image-level: the answer table's expected token score")
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--tower", help="tower trained without the evaluation images")
+    ap.add_argument("--out")
     ap.add_argument("--split", default=str(A.SPLIT))
     ap.add_argument("--question-only", action="store_true")
     ap.add_argument("--freeze-tower", action="store_true",
@@ -141,6 +179,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     a = ap.parse_args(argv)
+    if a.add_image_level:
+        add_image_level(Path(a.add_image_level), Path(a.work or Path(a.add_image_level).parent), a.plane, argv,
+                        tuple(t.strip().upper() for t in a.types.split(",") if t.strip()), a.criterion)
+        return 0
+    if not a.tower or not a.out:
+        ap.error("--tower and --out are required")
 
     import torch
     from safetensors.torch import load_file

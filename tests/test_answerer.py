@@ -96,3 +96,81 @@ def test_shipped_weights_load_and_answer_through_pipeline_ask(tmp_path):
     g = gen.generate(qs[0]["question"], a.evidence, [], image=p.retrieve(images / img).image, task="closed")
     w = gen.abstain(g, qs[0]["question"], a.evidence, task="closed", min_confidence=1.01)
     assert w.insufficient and w.citations == [] and f"withheld:{said}" in w.flags
+
+
+def _open_question_setup(tmp_path, **kw):
+    """The shipped classifier with a FAKE tiny causal LM (plumbing only) as its fallback, forced to answer every open
+    question (min_open_confidence above 1)."""
+    pytest.importorskip("transformers")
+    from ragmed.generate.answerer import AnswererGenerator, shipped_path
+
+    if not (shipped_path() / "model.safetensors").exists():
+        pytest.skip("no shipped ragmed-answerer weights")
+    from ragmed.generate.testing import write_tiny_causal_lm
+    from ragmed.io import MedicalImage
+    from ragmed.types import Evidence
+
+    lm = tmp_path / "lm"
+    if not lm.exists():
+        write_tiny_causal_lm(lm)
+    rng = np.random.default_rng(0)
+    image = MedicalImage(pixels=rng.random((64, 64), dtype=np.float32), source="noise", content_hash="noise",
+                         format="png")
+    ev = [Evidence(case_id=f"c{i}", score=1.0 - i / 10, ref=f"[{i + 1}]", text=t, excerpt=t)
+          for i, t in enumerate(["Right lower lobe consolidation.", "No effusion. Normal heart size."])]
+    gen = AnswererGenerator(fallback="transformers", fallback_params={"path": str(kw.pop("path", lm)),
+                                                                     "kind": "causal-lm", "threads": 1},
+                            min_open_confidence=1.01, **kw)
+    return gen, image, ev
+
+
+def test_fallback_in_a_child_process_gives_the_in_process_answer(tmp_path):
+    """The cold-start path: an open question starts the fallback's load in a child process (its own GIL) while
+    retrieval runs; the answer is the one the same fallback gives in this process."""
+    q = "Where is the consolidation?"
+    inproc, image, ev = _open_question_setup(tmp_path, fallback_in_child=False)
+    want = inproc.generate(q, ev, [], image=image, task="open")
+    gen, _, _ = _open_question_setup(tmp_path)
+    assert not gen._ready
+    gen.warm_up_async()  # what Pipeline.ask does for a question that is not closed
+    assert gen._child is not None and gen._ready  # loading (or loaded) in the child: not started twice
+    got = gen.generate(q, ev, [], image=image, task="open")
+    assert (got.text, got.citations, got.flags, got.model) == (want.text, want.citations, want.flags, want.model)
+    assert any(f.startswith("answerer-fallback:low-confidence") for f in got.flags)
+    again = gen.generate("Which lobe?", ev, [], image=image, task="open")  # the same child answers again
+    assert again.text == inproc.generate("Which lobe?", ev, [], image=image, task="open").text
+    proc = gen._child._proc
+    gen._child.close()
+    assert proc.poll() is not None  # the child ends when its input closes
+
+
+def test_fallback_child_error_is_raised_in_the_parent(tmp_path):
+    from ragmed.errors import ModelNotFoundError
+
+    gen, image, ev = _open_question_setup(tmp_path, path=tmp_path / "absent")
+    gen.warm_up_async()
+    with pytest.raises(ModelNotFoundError, match="config.json"):
+        gen.generate("Where is the consolidation?", ev, [], image=image, task="open")
+    gen._child.close()
+
+
+def test_image_level_answers_from_question_type_and_head():
+    """ImageLevel (image_level.json): the question-type classifier decides whether the head answers; the answer is the
+    vocabulary entry with the best expected score under the head's label probabilities (hand-set parameters)."""
+    from ragmed.generate.answerer.model import ImageLevel
+
+    e = np.eye(4)
+    params = {"qtype": {"classes": ["ORGAN", "OTHER"], "coef": (10 * e[:2]).tolist(), "intercept": [0.0, 0.0]},
+              "heads": {"organ": {"labels": ["HEAD", "CHEST", "ABD"], "coef": (10 * e[:3]).tolist(),
+                                  "intercept": [0.0, 0.0, 0.0], "n_images": 3}},
+              "head_of_type": {"ORGAN": "organ"}, "candidates": ["brain", "chest", "abdomen"], "criterion": "f1",
+              "tables": {"f1": {"ORGAN": [[1, 0, 0], [0, 1, 0], [0, 0.2, 0.8]]},
+                         "recall": {"ORGAN": [[1, 0, 0], [0, 1, 0], [0, 1, 0]]}}}
+    il = ImageLevel(params)
+    q = np.stack([e[0], e[0], e[1]])  # organ question, organ question, another question
+    emb = np.stack([e[0], e[2], e[0]])  # a head image, an abdomen image
+    out = il.answers(q, emb)
+    assert [o[0] if o else None for o in out] == ["brain", "abdomen", None]
+    assert out[0][2] == "ORGAN" and 0.9 < out[0][1] <= 1.0
+    il.set_criterion("recall", params["tables"])  # the recall table maps the abdomen label to "chest" here
+    assert il.answers(q[1:2], emb[1:2])[0][0] == "chest"

@@ -79,11 +79,14 @@ def confidence_of(g: Generation) -> float | None:
 class AnswererGenerator:
     """Parameters: ``weights`` (a weights directory written by eval/train_answerer.py; default the shipped one),
     ``fallback`` / ``fallback_params`` (the generator for open questions the classifier is unsure of, text-only
-    questions and reports), ``min_open_confidence`` / ``min_closed_confidence`` (default: the weights' calibration,
+    questions and reports), ``fallback_in_child`` (default true: a model fallback that an open question starts
+    loading while retrieval runs is loaded and run in a child process, :mod:`ragmed.generate.answerer.child`; false:
+    in a thread of this process), ``min_open_confidence`` / ``min_closed_confidence`` (default: the weights' calibration,
     or the pooling's dev calibration when pooling is on), ``evidence_beta`` / ``evidence_alpha`` (the pooling of
     yes/no answers with the evidence; default ``evidence_pooling.json``; ``evidence_beta: 0`` = the classifier
     alone), ``image_domain`` (default true: a closed question about an image unlike the answerer's training images
-    is answered from the evidence, :mod:`ragmed.generate.answerer.image_domain`), ``threads`` (torch threads, 1), ``text_encoder`` (the question encoder; default ragmed's ``minilm``)."""
+    is answered from the evidence, :mod:`ragmed.generate.answerer.image_domain`), ``threads`` (torch threads, 1),
+    ``text_encoder`` (the question encoder; default ragmed's ``minilm``)."""
 
     id = "ragmed-answerer"
 
@@ -91,7 +94,7 @@ class AnswererGenerator:
                  fallback_params: dict[str, Any] | None = None, min_open_confidence: float | None = None,
                  min_closed_confidence: float | None = None, evidence_beta: float | None = None,
                  evidence_alpha: float | None = None, image_domain: bool = True, threads: int | None = 1,
-                 text_encoder=None):
+                 text_encoder=None, fallback_in_child: bool = True):
         self.weights = Path(weights) if weights else shipped_path()
         self.fallback_name = fallback
         self.fallback_params = dict(fallback_params or {})
@@ -108,6 +111,8 @@ class AnswererGenerator:
         self.text_encoder = text_encoder
         self._model = None
         self._fallback = None
+        self.fallback_in_child = bool(fallback_in_child)
+        self._child = None  # the fallback in a child process (ChildGenerator), once an open question started it
         self._lock = threading.Lock()
         self._fallback_lock = threading.Lock()
 
@@ -158,7 +163,7 @@ class AnswererGenerator:
     def warm_up(self) -> None:
         _ = self.model
         self._encoder()
-        fb = self.fallback()
+        fb = self._child or self.fallback()
         if fb is not None:
             fb.warm_up()
 
@@ -167,16 +172,48 @@ class AnswererGenerator:
         """Whether the fallback model (the slow part to load, e.g. SmolLM2) is loaded; the pipeline starts
         :meth:`warm_up_async` for open questions when it is not."""
         fb = self._fallback
-        return not self.fallback_name or (fb is not None and getattr(fb, "_ready", True))
+        return not self.fallback_name or self._child is not None or (fb is not None and getattr(fb, "_ready", True))
+
+    def _start_child(self) -> bool:
+        """Start the fallback in a child process when it is a model generator not loaded yet (see
+        :mod:`ragmed.generate.answerer.child`); False when it is not one, or the child cannot start."""
+        if not self.fallback_in_child or self._child is not None:
+            return self._child is not None
+        fb = self.fallback()
+        if fb is None or not hasattr(fb, "warm_up_async") or getattr(fb, "_ready", True):
+            return False
+        import logging
+        import pickle
+
+        from ragmed.generate.answerer.child import ChildGenerator
+
+        with self._fallback_lock:
+            if self._child is None:
+                try:
+                    self._child = ChildGenerator(self.fallback_name, self.fallback_params)
+                except (OSError, pickle.PicklingError, TypeError, AttributeError) as e:
+                    logging.getLogger(__name__).warning("fallback in a child process unavailable (%s); loading it "
+                                                        "in this process", e)
+                    self.fallback_in_child = False
+                    return False
+        return True
 
     def warm_up_async(self) -> threading.Thread:
-        """Load the fallback generator's model in a background thread while retrieval runs (an open question may
-        need it); the classifier itself loads in milliseconds on first use. Returns the thread."""
+        """Start loading the fallback generator's model while retrieval runs (an open question may need it): in a
+        child process (``fallback_in_child``; the returned thread waits for it to be ready) or in a background
+        thread; the classifier itself loads in milliseconds on first use. Returns the thread."""
         def load() -> None:
+            if self._child is not None:
+                try:
+                    self._child.warm_up()
+                except Exception:  # noqa: BLE001 - generate() raises the child's error where an answer needs it
+                    pass
+                return
             fb = self.fallback()
             if fb is not None:
                 fb.warm_up()
 
+        self._start_child()
         th = threading.Thread(target=load, name=f"warm-up {self.id} fallback", daemon=True)
         th.start()
         return th
@@ -196,6 +233,26 @@ class AnswererGenerator:
         arr = self.model.letterbox(image.pixels)[None] if self.model.image_branch else None
         with torch_threads(self.threads):
             return self.model.probabilities(q, arr)[0]
+
+    def predict_open(self, question: str, image) -> tuple[str, float, str | None]:
+        """(answer, probability, image-level question type or None) of an open question: with image-level heads in
+        the weights (``image_level.json``), a question the type classifier reads as "what organ / which modality /
+        which plane is this?" gets the heads' label in the vocabulary's words; any other, the most probable
+        vocabulary answer."""
+        il = self.model.image_level
+        if il is not None:
+            import numpy as np
+
+            from ragmed.generate.hf import torch_threads
+
+            q = np.asarray(self._encoder().encode_texts([question]), dtype=np.float32)
+            with torch_threads(self.threads):
+                emb = self.model.embeddings(self.model.letterbox(image.pixels)[None])
+            hit = il.answers(q, emb)[0]
+            if hit is not None:
+                return hit
+        a, p = self.predict(question, image, "open")
+        return a, p, None
 
     def predict(self, question: str, image, task: str = "closed") -> tuple[str | None, float]:
         """(answer, probability) — closed: the most probable allowed choice (renormalised over the choices); open:
@@ -255,7 +312,7 @@ class AnswererGenerator:
         return ("yes", pp, note) if pp >= 0.5 else ("no", 1 - pp, note)
 
     def _fallback_generate(self, question, evidence, knowledge, image, domain, task, why: str) -> Generation:
-        fb = self.fallback()
+        fb = self._child or self.fallback()
         if fb is None and task == "closed":
             from ragmed.generate.vote import VoteGenerator
 
@@ -286,7 +343,8 @@ class AnswererGenerator:
                                                          f"image-distance:{far:.2f}"])
             ans, p, note = self.predict_closed(question, image, evidence)
         else:
-            ans, p = self.predict(question, image, task)
+            ans, p, itype = self.predict_open(question, image)
+            note = f"image-level:{itype.lower()}" if itype else None
         if ans is None:
             return self._fallback_generate(question, evidence, knowledge, image, domain, task, "options-unknown")
         if task == "open" and (p < self.min_open_confidence or ans in ("yes", "no")):

@@ -198,6 +198,7 @@ class Answerer:
         self.model.load_state_dict(sd)
         self.model.eval()
         self._torch = torch
+        self.image_level = ImageLevel.load(self.path) if self.image_branch else None
 
     @property
     def image_branch(self) -> bool:
@@ -213,6 +214,13 @@ class Answerer:
             q = torch.zeros(len(arrs), int(self.config["arch"]["qdim"]))
             self.model(q, to_tensor_batch(arrs, self.preprocess))
             return [lg.softmax(-1).numpy() for lg in self.model.aux_logits]
+
+    def embeddings(self, arrs: np.ndarray) -> np.ndarray:
+        """The tower's pooled embeddings (n, embed_dim) of (n, S, S, 3) letterboxed images: what the image-level
+        heads (:class:`ImageLevel`) read."""
+        torch = self._torch
+        with torch.inference_mode():
+            return self.model.image_features(to_tensor_batch(arrs, self.preprocess))[1].numpy()
 
     def letterbox(self, pixels: np.ndarray) -> np.ndarray:
         from ragmed.encoders.tower import letterbox_uint8
@@ -249,4 +257,67 @@ def choose(probs: np.ndarray, vocab_index: dict[str, int], choices: list[str]) -
     return known[j][0], float(p[j] / max(p.sum(), 1e-12))
 
 
-__all__ = ["Answerer", "build_model", "save", "choose", "CONFIG", "WEIGHTS", "LABEL_PHRASES"]
+IMAGE_LEVEL_FILE = "image_level.json"
+
+
+class ImageLevel:
+    """Open questions about the whole image ("what organ / which modality / which plane is this?") answered from
+    image-level heads (``image_level.json`` beside the weights, fitted on the training part by
+    eval/answers_common.py's ``fit_image_level``): a linear question-type classifier over the question vector, linear
+    heads over the tower embedding (organ, modality, optionally plane), and per (type, label) the expected token F1
+    of each vocabulary answer against the training part's answers (F1 or recall, ``criterion``). Plain numpy at run
+    time."""
+
+    def __init__(self, params: dict[str, Any]):
+        qt = params["qtype"]
+        self.types = list(qt["classes"])
+        self.qw, self.qb = np.asarray(qt["coef"], np.float64), np.asarray(qt["intercept"], np.float64)
+        self.heads = {h: (np.asarray(d["coef"], np.float64), np.asarray(d["intercept"], np.float64), list(d["labels"]))
+                      for h, d in params["heads"].items()}
+        self.head_of = dict(params["head_of_type"])
+        self.candidates = list(params["candidates"])
+        self.set_criterion(params.get("criterion", "f1"), params["tables"])
+
+    def set_criterion(self, criterion: str, tables: dict[str, Any]) -> None:
+        """Choose answers by the expected token ``f1`` or ``recall`` table (both fitted)."""
+        self.criterion = criterion
+        self.table = {t: np.asarray(v, np.float64) for t, v in tables[criterion].items()}
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ImageLevel | None":
+        p = Path(path) / IMAGE_LEVEL_FILE
+        return cls(json.loads(p.read_text())) if p.is_file() else None
+
+    @staticmethod
+    def _softmax(z: np.ndarray) -> np.ndarray:
+        z = z - z.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def question_types(self, qvecs: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """(most probable type, its probability) per question vector."""
+        p = self._softmax(np.asarray(qvecs, np.float64) @ self.qw.T + self.qb)
+        j = p.argmax(-1)
+        return [self.types[i] for i in j], p[np.arange(len(j)), j]
+
+    def head_probabilities(self, head: str, embs: np.ndarray) -> np.ndarray:
+        w, b, _ = self.heads[head]
+        return self._softmax(np.asarray(embs, np.float64) @ w.T + b)
+
+    def answers(self, qvecs: np.ndarray, embs: np.ndarray) -> list[tuple[str, float, str] | None]:
+        """Per (question vector, tower embedding): (answer, confidence, question type) for an image-level question,
+        None for any other. The answer maximises the expected F1 under the head's label probabilities; confidence =
+        P(type) × the head's top label probability."""
+        types, pt = self.question_types(qvecs)
+        out: list[tuple[str, float, str] | None] = []
+        for i, t in enumerate(types):
+            if t not in self.head_of:
+                out.append(None)
+                continue
+            ph = self.head_probabilities(self.head_of[t], embs[i:i + 1])[0]
+            j = int(np.argmax(ph @ self.table[t]))
+            out.append((self.candidates[j], float(pt[i] * ph.max()), t))
+        return out
+
+
+__all__ = ["ImageLevel", "IMAGE_LEVEL_FILE", "Answerer", "build_model", "save", "choose", "CONFIG", "WEIGHTS", "LABEL_PHRASES"]
