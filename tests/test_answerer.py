@@ -125,12 +125,13 @@ def _open_question_setup(tmp_path, **kw):
 
 
 def test_fallback_in_a_child_process_gives_the_in_process_answer(tmp_path):
-    """The cold-start path: an open question starts the fallback's load in a child process (its own GIL) while
-    retrieval runs; the answer is the one the same fallback gives in this process."""
+    """``fallback_in_child: true`` (off by default): an open question starts the fallback's load in a child process
+    (its own GIL) while retrieval runs; the answer is the one the same fallback gives in this process."""
     q = "Where is the consolidation?"
-    inproc, image, ev = _open_question_setup(tmp_path, fallback_in_child=False)
+    inproc, image, ev = _open_question_setup(tmp_path)
+    assert not inproc.fallback_in_child  # the default
     want = inproc.generate(q, ev, [], image=image, task="open")
-    gen, _, _ = _open_question_setup(tmp_path)
+    gen, _, _ = _open_question_setup(tmp_path, fallback_in_child=True)
     assert not gen._ready
     gen.warm_up_async()  # what Pipeline.ask does for a question that is not closed
     assert gen._child is not None and gen._ready  # loading (or loaded) in the child: not started twice
@@ -147,7 +148,7 @@ def test_fallback_in_a_child_process_gives_the_in_process_answer(tmp_path):
 def test_fallback_child_error_is_raised_in_the_parent(tmp_path):
     from ragmed.errors import ModelNotFoundError
 
-    gen, image, ev = _open_question_setup(tmp_path, path=tmp_path / "absent")
+    gen, image, ev = _open_question_setup(tmp_path, path=tmp_path / "absent", fallback_in_child=True)
     gen.warm_up_async()
     with pytest.raises(ModelNotFoundError, match="config.json"):
         gen.generate("Where is the consolidation?", ev, [], image=image, task="open")

@@ -79,7 +79,7 @@ def confidence_of(g: Generation) -> float | None:
 class AnswererGenerator:
     """Parameters: ``weights`` (a weights directory written by eval/train_answerer.py; default the shipped one),
     ``fallback`` / ``fallback_params`` (the generator for open questions the classifier is unsure of, text-only
-    questions and reports), ``fallback_in_child`` (default true: a model fallback that an open question starts
+    questions and reports), ``fallback_in_child`` (default false; true: a model fallback that an open question starts
     loading while retrieval runs is loaded and run in a child process, :mod:`ragmed.generate.answerer.child`; false:
     in a thread of this process), ``min_open_confidence`` / ``min_closed_confidence`` (default: the weights' calibration,
     or the pooling's dev calibration when pooling is on), ``evidence_beta`` / ``evidence_alpha`` (the pooling of
@@ -94,7 +94,7 @@ class AnswererGenerator:
                  fallback_params: dict[str, Any] | None = None, min_open_confidence: float | None = None,
                  min_closed_confidence: float | None = None, evidence_beta: float | None = None,
                  evidence_alpha: float | None = None, image_domain: bool = True, threads: int | None = 1,
-                 text_encoder=None, fallback_in_child: bool = True):
+                 text_encoder=None, fallback_in_child: bool = False):
         self.weights = Path(weights) if weights else shipped_path()
         self.fallback_name = fallback
         self.fallback_params = dict(fallback_params or {})

@@ -10,6 +10,9 @@ answer as in the parent process.
 
 The child ends when its standard input closes (the parent exited or called :meth:`ChildGenerator.close`), with
 ``os._exit`` (no teardown of the loaded model).
+
+Opt-in (``fallback_in_child: true``): on the idle 2-core machine it saved 0.1 s of a 5.9 s cold open question for one
+more CPU second, and at load 4–5 it was slower (README, ragmed-answerer section; ``bench_ask_answerer_open_quiet_ab.json``).
 """
 from __future__ import annotations
 
