@@ -85,40 +85,35 @@ def prepare(data: Path, work: Path, eval_n: int, shards: int = 2, seed: int = 0)
 def stratified_cap(pairs: list[dict], cap: int, seed: int) -> list[dict]:
     """At most ``cap`` pairs: every RAG-PT pair (cross-modality, helpful, harmful) is kept and the hallucination
     pairs fill the rest, drawn (seeded) so that their chosen answers stay balanced."""
-    from ragmed.align.pairs import answer_key
-
     if cap <= 0 or len(pairs) <= cap:
         return pairs
     rng = random.Random(seed)
     keep = {p["id"] for p in pairs if p["kind"] != "hallucination"}
-    room = max(0, cap - len(keep))
+    keep.update(_balanced_sample(pairs, "hallucination", max(0, cap - len(keep)), rng))
+    return [p for p in pairs if p["id"] in keep]
+
+
+def _balanced_sample(pairs: list[dict], kind: str, n: int, rng: random.Random) -> set:
+    """Ids of about ``n`` pairs of ``kind``, drawn from each chosen answer in proportion to its share (so a balanced
+    kind stays balanced)."""
+    from ragmed.align.pairs import answer_key
+
     groups: dict[str, list[dict]] = {}
     for p in pairs:
-        if p["kind"] == "hallucination":
+        if p["kind"] == kind:
             groups.setdefault(answer_key(p["chosen"]), []).append(p)
     total = sum(len(g) for g in groups.values())
-    for key in sorted(groups):
-        g = groups[key]
-        keep.update(p["id"] for p in rng.sample(g, min(len(g), round(len(g) * room / max(1, total)))))
-    return [p for p in pairs if p["id"] in keep]
+    return {p["id"] for key in sorted(groups)
+            for p in rng.sample(groups[key], min(len(groups[key]), round(len(groups[key]) * n / max(1, total))))}
 
 
 def kind_caps(pairs: list[dict], caps: dict[str, int], seed: int) -> list[dict]:
     """At most ``caps[kind]`` pairs of each capped kind, drawn (seeded) equally from each chosen answer (balance
     kept); kinds not named are left whole."""
-    from ragmed.align.pairs import answer_key
-
     rng = random.Random(seed)
     keep = {p["id"] for p in pairs if p["kind"] not in caps}
     for kind, n in caps.items():
-        groups: dict[str, list[dict]] = {}
-        for p in pairs:
-            if p["kind"] == kind:
-                groups.setdefault(answer_key(p["chosen"]), []).append(p)
-        total = sum(len(g) for g in groups.values())
-        for key in sorted(groups):
-            g = groups[key]
-            keep.update(p["id"] for p in rng.sample(g, min(len(g), round(len(g) * n / max(1, total)))))
+        keep.update(_balanced_sample(pairs, kind, n, rng))
     return [p for p in pairs if p["id"] in keep]
 
 

@@ -90,13 +90,19 @@ def test_adapters_saved_under_one_name_get_different_ids(tmp_path):
     assert VLMGenerator(adapter=str(tmp_path / "b" / "adapter")).model_id != ids[1]  # rewritten in place: hashed again
 
 
-def test_stratified_cap_keeps_rag_pt_pairs_and_balance():
+def _align_vlm():
+    """eval/align_vlm.py as a module (eval/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("align_vlm", Path(__file__).parent.parent / "eval" / "align_vlm.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_stratified_cap_keeps_rag_pt_pairs_and_balance():
+    mod = _align_vlm()
     pairs = ([_pair(i, "cross-modality", "No." if i % 2 else "Yes.") for i in range(6)]
              + [_pair(10 + i, "hallucination", "No." if i % 2 else "Yes.") for i in range(20)])
     out = mod.stratified_cap(pairs, 12, seed=0)
@@ -107,12 +113,7 @@ def test_stratified_cap_keeps_rag_pt_pairs_and_balance():
 
 
 def test_kind_caps_cap_one_kind_and_keep_its_balance():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("align_vlm", Path(__file__).parent.parent / "eval" / "align_vlm.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _align_vlm()
     pairs = ([_pair(i, "cross-modality", "No." if i % 2 else "Yes.") for i in range(40)]
              + [_pair(100 + i, "harmful", "No." if i % 2 else "Yes.") for i in range(14)])
     out = mod.kind_caps(pairs, {"cross-modality": 10}, seed=0)
