@@ -116,6 +116,22 @@ def test_uncited_sentences_given_knowledge_refs_only_are_withheld_too():
     assert cites == ["[1]"] and "mesenchyme" not in text and "pneumothorax" in text
 
 
+def test_a_knowledge_only_sentence_that_says_nothing_is_withheld():
+    """What SmolLM2-135M left of a demo report: "The term.. [K1]." cites knowledge alone and makes no claim (generic
+    words only); the report is then insufficient evidence, not a contentless cited sentence. A knowledge sentence
+    whose terms a retrieved case contains stays."""
+    evidence = ev(REPORT)
+    kn = [KnowledgeEvidence("HP:0002202", "Pleural effusion", "HPO", ref="[K1]",
+                            text="An abnormal accumulation of fluid in the pleural cavity.")]
+    text, cites, flags = ground("The term.. [K1].", "", evidence, kn, task="report")
+    assert "insufficient-evidence" in flags and "withheld-knowledge-only" in flags and cites == []
+    text, cites, flags = ground("No pleural effusion [1]. The term.. [K1].", "", evidence, kn, task="report")
+    assert cites == ["[1]"] and "term" not in text and "withheld-knowledge-only" in flags
+    text, cites, flags = ground("No pleural effusion [1]. Pleural effusion or focal consolidation [K1].", "",
+                                evidence, kn, task="report")  # every term is in the case: background, kept
+    assert cites == ["[1]", "[K1]"] and "withheld-knowledge-only" not in flags
+
+
 def test_ground_flags_unsupported_and_invented_refs():
     evidence = ev(VQA_NO, REPORT, VQA_YES)
     # cites evidence that says the opposite: that citation goes, the agreeing case is cited, the departure is said

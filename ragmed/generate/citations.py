@@ -31,7 +31,7 @@ from ragmed.types import Evidence, KnowledgeEvidence
 
 REF = re.compile(r"\[(K?\d+)\]")
 _ANY_REF = re.compile(r"\s*\[(?:K?\d+)\](?:\s*,?\s*\[(?:K?\d+)\])*")
-_ANSWER_SENT = re.compile(r"(?<=[.!?])\s+|\n+")
+_ANSWER_SENT = re.compile(r"(?<=[.!?])\s+(?!\[K?\d+\])|\n+")  # refs after the full stop stay with their sentence
 
 
 def cited_refs(text: str) -> list[str]:
@@ -175,8 +175,9 @@ def _answer_body(text: str, question: str) -> str:
 def withhold_knowledge_only(text: str, question: str, evidence: list[Evidence],
                             knowledge: list[KnowledgeEvidence]) -> tuple[str, bool]:
     """Remove the sentences that cite knowledge-graph refs only and whose content words occur in no retrieved case
-    (nor the question): "Hemorrhagic fever-renal syndrome (ORPHA:340) [K1]" when no case mentions it. Knowledge is
-    context, never the diagnosis. Returns (text, whether anything was removed)."""
+    (nor the question): "Hemorrhagic fever-renal syndrome (ORPHA:340) [K1]" when no case mentions it; and those that
+    say nothing beyond generic words ("The term.. [K1]"). Knowledge is context, never the diagnosis. Returns (text,
+    whether anything was removed)."""
     if not knowledge:
         return text, False
     cases = [e.text or e.excerpt for e in evidence]
@@ -185,7 +186,8 @@ def withhold_knowledge_only(text: str, question: str, evidence: list[Evidence],
         refs = cited_refs(sent)
         if refs and all(r.startswith("[K") for r in refs):
             body = _ANY_REF.sub(" ", sent)
-            if novel_terms(body, cases, question):
+            # terms no case contains, or no claim at all ("The term.. [K1]": generic words only)
+            if novel_terms(body, cases, question) or not novel_terms(body, []):
                 removed = True
                 continue
         kept.append(sent)
