@@ -157,8 +157,8 @@ def eval_align(pipeline, sets, adapters, index_dir, data, images, fmt, limit, se
     for a in adapters:
         name, _, d = a.rpartition("=")
         named.append((name or Path(d).parent.name or Path(d).name, d))
-    opts = EvalOptions(limit=limit, seed=seed, bootstrap=bootstrap, f1_threshold=f1_threshold, noise=noise, unrelated=unrelated, fmt=fmt,
-                       extra={"overrides": applied})
+    opts = EvalOptions(limit=limit, seed=seed, bootstrap=bootstrap, f1_threshold=f1_threshold, noise=noise,
+                       unrelated=unrelated, fmt=fmt, extra={"overrides": applied})
     res = evaluate_alignment(p, data, images or str(Path(data).parent / "images"), named, out, opts,
                              progress=not quiet)
     click.echo(table(res))

@@ -40,16 +40,10 @@ def tower_fingerprint(answerer) -> str | None:
 
 
 def embed(answerer, pixels_list) -> np.ndarray:
-    """Unit-length tower embeddings (n, d) of images given as pixel arrays (``MedicalImage.pixels``)."""
-    import torch
-
-    from ragmed.encoders.tower import to_tensor_batch
-
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(pixels_list), 32):
-            arr = np.stack([answerer.letterbox(p) for p in pixels_list[i:i + 32]])
-            out.append(answerer.model.image_features(to_tensor_batch(arr, answerer.preprocess))[1].float().numpy())
+    """Unit-length tower embeddings (n, d) of images given as pixel arrays (``MedicalImage.pixels``): the
+    answerer's own :meth:`~ragmed.generate.answerer.model.Answerer.embeddings`, 32 images at a time."""
+    out = [answerer.embeddings(np.stack([answerer.letterbox(p) for p in pixels_list[i:i + 32]]))
+           for i in range(0, len(pixels_list), 32)]
     e = np.concatenate(out).astype(np.float32)
     return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
 
